@@ -8,6 +8,7 @@ configuration form and the tests all drive it directly.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import signal
 import time
@@ -68,7 +69,9 @@ class TrainingCluster:
         self, launcher: str = "local", start_timeout: float = 120.0, profile: str = "dtrain"
     ) -> None:
         if launcher not in LAUNCHERS:
-            raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
+            raise ValueError(
+                f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}."
+            )
         self.launcher = launcher
         self.start_timeout = start_timeout
         self.profile = profile
@@ -157,8 +160,10 @@ class TrainingCluster:
             if self.layout != layout and self.running:
                 report(f"Resizing the cluster from {self.layout} to {layout}: restarting it.")
             elif not self.running:
-                report("The cluster is no longer running (a rank or the controller exited): "
-                       "starting a new one.")
+                report(
+                    "The cluster is no longer running (a rank or the controller exited): "
+                    "starting a new one."
+                )
             self.stop()
         self.start(layout, report)
         return True
@@ -214,7 +219,10 @@ class TrainingCluster:
         described = self._client[:].apply_sync(_describe_rank)
         ids = self._client.ids
         self.engines = sorted(
-            (RankEngine(d["rank"], eid, d["pid"], d["host"]) for eid, d in zip(ids, described)),
+            (
+                RankEngine(d["rank"], eid, d["pid"], d["host"])
+                for eid, d in zip(ids, described, strict=True)
+            ),
             key=lambda e: e.rank,
         )
         self._pids.update(e.pid for e in self.engines)
@@ -227,10 +235,8 @@ class TrainingCluster:
         self.engines = []
         self.backend_state = None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:
-                pass
         if cluster is not None:
             self._pids.update(p.pid for p in self.processes())
             try:
@@ -250,7 +256,9 @@ class TrainingCluster:
 
     def interrupt(self, ranks: list[int] | None = None) -> None:
         """Send SIGINT to ``ranks`` (all by default), like the notebook's stop button."""
-        targets = [self.engine_id(r) for r in (ranks if ranks is not None else range(len(self.engines)))]
+        targets = [
+            self.engine_id(r) for r in (ranks if ranks is not None else range(len(self.engines)))
+        ]
         if targets:
             self.client.send_signal(signal.SIGINT, targets=targets, block=True)
 
@@ -289,10 +297,8 @@ class TrainingCluster:
         if procs:
             _, alive = psutil.wait_procs(procs, timeout=timeout)
             for proc in alive:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-                except psutil.NoSuchProcess:
-                    pass
             psutil.wait_procs(alive, timeout=5)
         self._pids.clear()
 

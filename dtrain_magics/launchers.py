@@ -59,7 +59,7 @@ def rank_environment(layout: Layout) -> dict[str, str]:
 
 
 def local_cluster_kwargs(layout: Layout) -> dict[str, Any]:
-    """``ipyparallel.Cluster`` arguments for ``layout.ranks`` MPI engines on this host, loopback only."""
+    """``ipyparallel.Cluster`` arguments: ``layout.ranks`` MPI engines on this host, on loopback."""
     config = Config()
     config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
     # more ranks than cores is allowed, and ranks are not pinned to cores

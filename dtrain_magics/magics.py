@@ -20,7 +20,9 @@ def _int_arg(flag: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a positive integer, got {text!r}"
+            ) from None
 
     return parse
 
@@ -44,17 +46,49 @@ class DistributedMagics(Magics):
         self.runner = DistributedRunner(self.cluster)
 
     @magic_arguments()
-    @argument("--nodes", "-n", type=_int_arg("--nodes"), default=1,
-              help="Number of nodes (default 1); on the local launcher each node is simulated.")
-    @argument("--procs-per-node", "-p", type=_int_arg("--procs-per-node"), default=1,
-              help="Ranks per node (default 1); total ranks = nodes × procs-per-node.")
-    @argument("--backend", "-b", default="horovod", help=f"One of {', '.join(BACKENDS)} (default horovod).")
-    @argument("--device", "-d", default="auto",
-              help=f"One of {', '.join(DEVICES)} (default auto: a GPU per local rank where there is one).")
-    @argument("--timeout", "-t", type=_seconds, default=None,
-              help="Interrupt every rank after this many seconds (default: no timeout).")
-    @argument("--push", default=None, help="Comma-separated notebook variables to send to every rank first.")
-    @argument("--pull", default=None, help="Comma-separated names to copy from rank 0 into the notebook after.")
+    @argument(
+        "--nodes",
+        "-n",
+        type=_int_arg("--nodes"),
+        default=1,
+        help="Number of nodes (default 1); on the local launcher each node is simulated.",
+    )
+    @argument(
+        "--procs-per-node",
+        "-p",
+        type=_int_arg("--procs-per-node"),
+        default=1,
+        help="Ranks per node (default 1); total ranks = nodes × procs-per-node.",
+    )
+    @argument(
+        "--backend",
+        "-b",
+        default="horovod",
+        help=f"One of {', '.join(BACKENDS)} (default horovod).",
+    )
+    @argument(
+        "--device",
+        "-d",
+        default="auto",
+        help=f"One of {', '.join(DEVICES)} (default auto: a GPU per local rank if any).",
+    )
+    @argument(
+        "--timeout",
+        "-t",
+        type=_seconds,
+        default=None,
+        help="Interrupt every rank after this many seconds (default: no timeout).",
+    )
+    @argument(
+        "--push",
+        default=None,
+        help="Comma-separated notebook variables to send to every rank first.",
+    )
+    @argument(
+        "--pull",
+        default=None,
+        help="Comma-separated names to copy from rank 0 into the notebook after.",
+    )
     @cell_magic
     def distributed(self, line: str, cell: str) -> None:
         """Run the cell on every rank of a warm ipyparallel MPI cluster with Horovod initialised.
@@ -93,6 +127,7 @@ class DistributedMagics(Magics):
             ).validate()
         except BadOptions as e:
             raise UsageError(str(e)) from None
+        assert self.shell is not None
         status = StatusLine()
         try:
             self.runner.run(cell, options, self.shell.user_ns, report=status.update)
@@ -136,9 +171,13 @@ class DistributedMagics(Magics):
 
 def _format_status(info: dict[str, Any]) -> str:
     if info["state"] == "stopped":
-        return f"{info['launcher']} cluster: not running (it starts with the next %%distributed cell)."
-    text = (f"{info['launcher']} cluster: {info['state']}, {info['ranks']} ranks "
-            f"({info['nodes']} nodes × {info['procs_per_node']} procs)")
+        return (
+            f"{info['launcher']} cluster: not running (it starts with the next %%distributed cell)."
+        )
+    text = (
+        f"{info['launcher']} cluster: {info['state']}, {info['ranks']} ranks "
+        f"({info['nodes']} nodes × {info['procs_per_node']} procs)"
+    )
     if "engines_registered" in info:
         text += f", {info['engines_registered']}/{info['ranks']} engines registered"
     if info.get("busy") is not None:

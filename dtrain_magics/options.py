@@ -47,7 +47,9 @@ class RunOptions:
         _choice("--device", self.device, DEVICES)
         _choice("--launcher", self.launcher, LAUNCHERS)
         if self.timeout is not None and (not math.isfinite(self.timeout) or self.timeout <= 0):
-            raise BadOptions(f"--timeout must be a positive number of seconds, got {self.timeout!r}.")
+            raise BadOptions(
+                f"--timeout must be a positive number of seconds, got {self.timeout!r}."
+            )
         for flag, names in (("--push", self.push), ("--pull", self.pull)):
             for name in names:
                 if not name.isidentifier():

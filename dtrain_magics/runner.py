@@ -71,7 +71,9 @@ class DistributedRunner:
         """
         options.validate()
         if not code.strip():
-            raise BadOptions("the cell is empty: put the code to run on every rank below %%distributed.")
+            raise BadOptions(
+                "the cell is empty: put the code to run on every rank below %%distributed."
+            )
         compile(code, CELL_FILENAME, "exec")
         values = collect_push(namespace, options.push)
         self.cluster.ensure(options.layout, report)
@@ -97,14 +99,20 @@ class DistributedRunner:
 
         self.cluster.backend_state = None
         view = self.cluster.view()
-        ar = view.apply_async(init_rank, options.backend, options.device, options.procs_per_node,
-                              options.launcher == "local")
+        ar = view.apply_async(
+            init_rank,
+            options.backend,
+            options.device,
+            options.procs_per_node,
+            options.launcher == "local",
+        )
         try:
             ar.get(timeout=timeout)
         except TimeoutError:
             self.cluster.stop()
             raise RankError(
-                f"initialising {options.backend} did not finish on every rank within {timeout:.0f} s; "
+                f"initialising {options.backend} did not finish on every rank within "
+                f"{timeout:.0f} s; "
                 "the cluster was stopped and the next cell starts a new one."
             ) from None
         except Exception as e:
@@ -119,8 +127,10 @@ class DistributedRunner:
         client = self.cluster.client
         ranks = range(len(self.cluster.engines))
         started = time.monotonic()
-        ars = {r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
-               for r in ranks}
+        ars = {
+            r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
+            for r in ranks
+        }
         outcomes: dict[int, RankOutcome] = {}
         deadline = started + timeout if timeout else None
         try:
@@ -132,14 +142,22 @@ class DistributedRunner:
             restarted = self._stop_ranks(ars, outcomes, printer)
         printer.flush()
         result = RunResult(
-            status={None: "succeeded", "failed": "failed", "timeout": "timed out",
-                    "interrupted": "interrupted"}[stop],
+            status={
+                None: "succeeded",
+                "failed": "failed",
+                "timeout": "timed out",
+                "interrupted": "interrupted",
+            }[stop],
             ranks=[outcomes[r] for r in ranks],
             wall_time=time.monotonic() - started,
             restarted=restarted,
         )
         result.failing_rank = next(
-            (o.rank for o in sorted(result.ranks, key=_failure_order) if o.status in ("error", "died")),
+            (
+                o.rank
+                for o in sorted(result.ranks, key=_failure_order)
+                if o.status in ("error", "died")
+            ),
             None,
         )
         return result
@@ -156,15 +174,22 @@ class DistributedRunner:
         try:
             values = view.pull(list(names), block=True)
         except Exception as e:
-            raise BadOptions(f"--pull: could not copy {', '.join(names)} from rank 0: "
-                             f"{_first_remote_error(e)}") from None
-        return dict(zip(names, values))
+            raise BadOptions(
+                f"--pull: could not copy {', '.join(names)} from rank 0: {_first_remote_error(e)}"
+            ) from None
+        return dict(zip(names, values, strict=True))
 
     # -- watching and stopping ---------------------------------------------------------------
 
-    def _watch(self, ars: dict[int, Any], outcomes: dict[int, RankOutcome],
-               printer: RankOutputPrinter, deadline: float | None, stop_on_failure: bool,
-               interrupted: bool = False) -> str | None:
+    def _watch(
+        self,
+        ars: dict[int, Any],
+        outcomes: dict[int, RankOutcome],
+        printer: RankOutputPrinter,
+        deadline: float | None,
+        stop_on_failure: bool,
+        interrupted: bool = False,
+    ) -> str | None:
         """Collect outcomes until every rank is done (None), a rank fails, or the deadline."""
         while True:
             self._pump(ars, printer)
@@ -184,8 +209,9 @@ class DistributedRunner:
             for name in ("stdout", "stderr"):
                 printer.feed(r, name, ar[name] or "")
 
-    def _stop_ranks(self, ars: dict[int, Any], outcomes: dict[int, RankOutcome],
-                    printer: RankOutputPrinter) -> bool:
+    def _stop_ranks(
+        self, ars: dict[int, Any], outcomes: dict[int, RankOutcome], printer: RankOutputPrinter
+    ) -> bool:
         """Interrupt every running rank, then reset the backend; restart the cluster if the
         ranks do not come back. Returns True if the cluster was restarted."""
         pending = [r for r in ars if r not in outcomes]
@@ -193,8 +219,14 @@ class DistributedRunner:
         if pending and self.cluster.running:
             try:
                 self.cluster.interrupt(pending)
-                self._watch(ars, outcomes, printer, time.monotonic() + self.grace,
-                            stop_on_failure=False, interrupted=True)
+                self._watch(
+                    ars,
+                    outcomes,
+                    printer,
+                    time.monotonic() + self.grace,
+                    stop_on_failure=False,
+                    interrupted=True,
+                )
             except KeyboardInterrupt:  # a second interrupt: do not wait any longer
                 pass
             except Exception:
@@ -225,22 +257,29 @@ class DistributedRunner:
 
 def raise_for_result(result: RunResult, timeout: float | None) -> None:
     """Turn a non-successful result into the error the notebook shows."""
-    restart_note = (" The ranks did not stop, so the cluster was restarted; rank namespaces were "
-                    "reset." if result.restarted else "")
+    restart_note = (
+        " The ranks did not stop, so the cluster was restarted; rank namespaces were reset."
+        if result.restarted
+        else ""
+    )
     if result.status == "succeeded":
         return
     if result.status == "interrupted":
         raise RunInterrupted(f"interrupted: every rank was stopped.{restart_note}")
     if result.status == "timed out":
         raise RunTimeoutError(
-            f"the cell ran past --timeout {timeout:g} s and every rank was interrupted.{restart_note}"
+            f"the cell ran past --timeout {timeout:g} s and every rank was interrupted."
+            f"{restart_note}"
         )
     failing = next(o for o in result.ranks if o.rank == result.failing_rank)
     others = [o.rank for o in result.ranks if o.status in ("interrupted", "killed")]
     stopped = ""
     if others:
-        stopped = f" Rank {others[0]} was interrupted." if len(others) == 1 else (
-            f" Ranks {_ranks(others)} were interrupted.")
+        stopped = (
+            f" Rank {others[0]} was interrupted."
+            if len(others) == 1
+            else (f" Ranks {_ranks(others)} were interrupted.")
+        )
     if failing.status == "died":
         summary = f"rank {failing.rank} died: {failing.error}.{stopped}{restart_note}"
     else:

@@ -118,4 +118,11 @@ def make_backend(name: str, device: Any) -> Backend:
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "HorovodBackend", "TorchBackend", "make_backend", "resolve_device"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "HorovodBackend",
+    "TorchBackend",
+    "make_backend",
+    "resolve_device",
+]

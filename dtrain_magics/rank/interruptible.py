@@ -43,10 +43,10 @@ def _interruptible(original: Callable[[Any], Any], mpi_ops: Any) -> Callable[[An
 
 
 def make_horovod_interruptible() -> None:
-    """Replace ``synchronize`` in Horovod's torch modules with an interruptible wait (idempotent)."""
-    import horovod.torch.functions  # noqa: F401  (load every module that imported synchronize)
+    """Replace ``synchronize`` in Horovod's torch modules with an interruptible wait."""
+    import horovod.torch.functions
     import horovod.torch.mpi_ops as mpi_ops
-    import horovod.torch.optimizer  # noqa: F401
+    import horovod.torch.optimizer
     import horovod.torch.sync_batch_norm  # noqa: F401
 
     if hasattr(mpi_ops.synchronize, "__wrapped__"):
@@ -55,4 +55,4 @@ def make_horovod_interruptible() -> None:
     for name in _MODULES:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "synchronize"):
-            module.synchronize = patched
+            setattr(module, "synchronize", patched)  # noqa: B010 (module attribute)

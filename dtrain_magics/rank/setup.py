@@ -14,7 +14,9 @@ _backend: Backend | None = None
 _bound: set[str] = set()
 
 
-def init_rank(backend: str, device: str, procs_per_node: int, simulate_nodes: bool) -> dict[str, Any]:
+def init_rank(
+    backend: str, device: str, procs_per_node: int, simulate_nodes: bool
+) -> dict[str, Any]:
     """Initialise ``backend`` on this rank and bind ``hvd``/``dist``, ``rank``, ``local_rank``,
     ``size``, ``device`` and ``dtrain`` in the rank's namespace.
 

@@ -1,0 +1,34 @@
+# dtrain-magics: every target sets up what it needs first (scripts/setup.sh is idempotent).
+#   make lab    open JupyterLab on notebooks/ (the main job)
+#   make demo   run the quickstart notebook headless and print its result
+#   make test   lint, then the whole test suite against a real MPI + Horovod cluster
+# TORCH_SPEC=torch==2.11.0 make ...   pins another torch (e.g. the CUDA build on GPU nodes)
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint unit lab demo clean
+
+setup:
+	@scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks
+
+demo: setup
+	$(PY) scripts/run_notebook.py notebooks/01-quickstart.ipynb
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

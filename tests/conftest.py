@@ -1,0 +1,60 @@
+"""Fixtures: one real 2-rank MPI cluster per session, and a real IPython shell driving it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Keep the suite's IPython profile and connection files away from the user's.
+_IPYTHONDIR = os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "ipython")
+)
+os.makedirs(_IPYTHONDIR, exist_ok=True)
+os.environ.setdefault("IPYTHONDIR", _IPYTHONDIR)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run that collects nothing is a broken run, not a pass."""
+    if not session.items and not session.config.option.collectonly:
+        raise pytest.UsageError("no tests were collected; check the test paths and -k/-m filters.")
+
+
+@pytest.fixture(scope="session")
+def ip() -> Any:
+    """A real IPython shell with the extension loaded."""
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "dtrain_magics")
+    return shell
+
+
+@pytest.fixture(scope="session")
+def cluster(ip: Any) -> Iterator[Any]:
+    """The extension's cluster, started once with 2 ranks (2 simulated nodes)."""
+    import dtrain_magics
+
+    magics = dtrain_magics._magics
+    from dtrain_magics.launchers import Layout
+
+    magics.cluster.ensure(Layout(2, 1))
+    yield magics.cluster
+    magics.cluster.stop()
+
+
+@pytest.fixture
+def run(ip: Any, cluster: Any) -> Any:
+    """``run(code, line="--nodes 2")`` runs a ``%%distributed`` cell in the shell."""
+
+    def run_cell(code: str, line: str = "--nodes 2") -> Any:
+        return ip.run_cell_magic("distributed", line, code)
+
+    return run_cell
+
+
+def rank_values(cluster: Any, name: str) -> list[Any]:
+    """``name`` as bound on every rank, in rank order."""
+    return list(cluster.view().pull(name))

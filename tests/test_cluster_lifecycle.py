@@ -1,0 +1,91 @@
+"""The cluster's life on its own: progress, resize, status, stop, start failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from dtrain_magics.cluster import TrainingCluster
+from dtrain_magics.errors import ClusterStartError
+from dtrain_magics.launchers import Layout
+
+pytestmark = pytest.mark.cluster
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _names(procs: list[psutil.Process]) -> str:
+    return " ".join(" ".join(p.cmdline()) for p in procs)
+
+
+def test_start_reports_progress_resizes_and_stops_clean() -> None:
+    messages: list[str] = []
+    cluster = TrainingCluster()
+    try:
+        assert cluster.ensure(Layout(1, 2), messages.append) is True
+        assert any("engines registered 2/2" in m for m in messages)
+        assert cluster.status()["state"] == "running"
+        first = cluster.processes()
+        assert "prterun" in _names(first) and "ipyparallel.engine" in _names(
+            first
+        )  # mpiexec execs prterun
+        first_pids = [p.pid for p in first]
+        assert cluster.ensure(Layout(1, 2)) is False  # reused, not restarted
+
+        messages.clear()
+        assert cluster.ensure(Layout(3, 1), messages.append) is True
+        assert messages[0].startswith("Resizing the cluster from 2 ranks")
+        assert [e.rank for e in cluster.engines] == [0, 1, 2]
+        assert len(set(cluster.view().apply_sync(os.getpid))) == 3
+        assert not _alive(first_pids)
+    finally:
+        tracked = [p.pid for p in cluster.processes()]
+        cluster.stop()
+    assert len(tracked) >= 5, "the cluster's processes were not tracked"
+    assert not _alive(tracked)
+    assert cluster.status()["state"] == "stopped"
+
+
+def test_mpiexec_failure_raises_with_the_output_tail(monkeypatch: Any) -> None:
+    from dtrain_magics import cluster as cluster_module
+
+    original = cluster_module.local_cluster_kwargs
+    monkeypatch.setattr(
+        cluster_module, "local_cluster_kwargs", lambda layout: _with_bad_args(original(layout))
+    )
+    cluster = TrainingCluster(start_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(
+        ClusterStartError, match="mpiexec exited before all engines registered"
+    ) as info:
+        cluster.start(Layout(2, 1))
+    assert time.monotonic() - started < 30
+    assert "no-such-mpiexec-option" in str(info.value)
+    assert cluster.status()["state"] == "stopped" and not cluster.processes()
+
+
+def _with_bad_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs["config"].MPIEngineSetLauncher.mpi_args = ["--no-such-mpiexec-option"]
+    return kwargs
+
+
+def test_missing_mpiexec_is_one_clear_sentence(monkeypatch: Any, tmp_path: Any) -> None:
+    from dtrain_magics import launchers
+
+    monkeypatch.setattr(launchers.sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ClusterStartError, match="mpiexec was not found in"):
+        launchers.find_mpiexec()

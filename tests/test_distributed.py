@@ -1,0 +1,181 @@
+"""%%distributed through the real stack: ipyparallel engines under mpiexec, real Horovod/gloo."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import rank_values
+from IPython.core.error import UsageError
+
+from dtrain_magics.errors import RankError, RunTimeoutError
+
+pytestmark = pytest.mark.cluster
+
+
+def test_names_bound_on_every_rank(run: Any, cluster: Any) -> None:
+    run("info = (rank, local_rank, size, str(device), hvd.rank(), hvd.size(), dtrain.rank)")
+    assert rank_values(cluster, "info") == [(0, 0, 2, "cpu", 0, 2, 0), (1, 0, 2, "cpu", 1, 2, 1)]
+
+
+def test_horovod_allreduce_sum(run: Any, cluster: Any) -> None:
+    run(
+        "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0, 10.0]), op=hvd.Sum).tolist()"
+    )
+    assert rank_values(cluster, "total") == [[3.0, 20.0], [3.0, 20.0]]
+
+
+TRAIN = """
+import torch
+torch.manual_seed(1234 + rank)            # different data and init on each rank
+model = torch.nn.Linear(8, 1)
+{setup}
+x, y = torch.randn(64, 8), torch.randn(64, 1)
+for _ in range(5):
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss({forward}(x), y)
+    loss.backward()
+    opt.step()
+weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
+"""
+
+
+def _assert_synced_and_trained(cluster: Any) -> None:
+    w0, w1 = rank_values(cluster, "weights")
+    np.testing.assert_array_equal(w0, w1)
+    init0 = rank_values(cluster, "init")[0]
+    assert not np.allclose(w0, init0), "the optimizer did not change the weights"
+
+
+def test_horovod_distributed_optimizer_keeps_ranks_identical(run: Any, cluster: Any) -> None:
+    setup = """
+hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+init = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy()
+opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1 * size),
+                               named_parameters=model.named_parameters())
+"""
+    run(TRAIN.format(setup=setup, forward="model"))
+    _assert_synced_and_trained(cluster)
+
+
+def test_torch_backend_ddp_keeps_ranks_identical(run: Any, cluster: Any) -> None:
+    setup = """
+from torch.nn.parallel import DistributedDataParallel as DDP
+ddp = DDP(model)
+init = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy()
+opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+"""
+    try:
+        run(TRAIN.format(setup=setup, forward="ddp"), "--nodes 2 --backend torch")
+        run(
+            "backend_facts = (dist.get_backend(), dist.get_world_size(), 'hvd' in globals())",
+            "--nodes 2 --backend torch",
+        )
+        assert rank_values(cluster, "backend_facts") == [("gloo", 2, False)] * 2
+        _assert_synced_and_trained(cluster)
+    finally:
+        run("pass")  # back to horovod for the other tests
+    run("import torch\nback = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()")
+    assert rank_values(cluster, "back") == [2.0, 2.0]
+
+
+def test_push_and_pull_round_trip(ip: Any, run: Any) -> None:
+    ip.user_ns.update(scale=3, words=["a", "b"])
+    run(
+        "result = {'scaled': scale * (rank + 1), 'words': words + [str(rank)]}",
+        "--nodes 2 --push scale,words --pull result",
+    )
+    assert ip.user_ns["result"] == {"scaled": 3, "words": ["a", "b", "0"]}
+
+
+def test_push_errors_name_the_variable(ip: Any, run: Any) -> None:
+    ip.user_ns.pop("nowhere", None)
+    with pytest.raises(UsageError, match="nowhere is not defined"):
+        run("pass", "--nodes 2 --push nowhere")
+    import threading
+
+    ip.user_ns["lock"] = threading.Lock()
+    with pytest.raises(UsageError, match="lock cannot be sent"):
+        run("pass", "--nodes 2 --push lock")
+
+
+def test_pull_of_undefined_name(run: Any) -> None:
+    with pytest.raises(UsageError, match="rank 0 does not define never_set"):
+        run("something = 1", "--nodes 2 --pull never_set")
+
+
+def test_namespace_persists_between_cells(run: Any, cluster: Any) -> None:
+    run("import torch\nnet = torch.nn.Linear(2, 2)\ncounter = rank * 10")
+    run("counter += 1\nout_features = net.out_features")
+    assert rank_values(cluster, "counter") == [1, 11]
+    assert rank_values(cluster, "out_features") == [2, 2]
+
+
+def test_syntax_error_is_not_dispatched(run: Any, cluster: Any) -> None:
+    sent = len(cluster.client.history)
+    with pytest.raises(SyntaxError):
+        run("x = (1,\nprint('never')")
+    assert len(cluster.client.history) == sent
+
+
+def test_exception_on_one_rank_names_it_and_next_cell_works(run: Any, cluster: Any) -> None:
+    pids = [e.pid for e in cluster.engines]
+    code = (
+        "import torch\n"
+        "if rank == 1:\n"
+        "    raise ValueError('bad shard on rank one')\n"
+        "hvd.allreduce(torch.ones(1))  # rank 0 waits here for rank 1, which never comes\n"
+    )
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        run(code)
+    assert time.monotonic() - started < 20
+    err = info.value
+    assert err.rank == 1
+    assert "rank 1 failed with ValueError: bad shard on rank one" in str(err)
+    assert "Rank 0 was interrupted" in str(err)
+    rendered = "\n".join(err._render_traceback_())
+    assert "line 3" in rendered  # the cell's own line numbers
+    # the same processes carry on: interrupted, reset, not restarted
+    assert [e.pid for e in cluster.engines] == pids
+    run("import torch\nok = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()")
+    assert rank_values(cluster, "ok") == [2.0, 2.0]
+
+
+def test_timeout_interrupts_a_cell_stuck_in_a_collective(run: Any, cluster: Any) -> None:
+    code = (
+        "import time, torch\n"
+        "if rank == 0:\n"
+        "    hvd.allreduce(torch.ones(1))  # stuck: rank 1 never joins\n"
+        "else:\n"
+        "    time.sleep(3600)\n"
+    )
+    started = time.monotonic()
+    with pytest.raises(RunTimeoutError, match="--timeout 2 s"):
+        run(code, "--nodes 2 --timeout 2")
+    assert time.monotonic() - started < 15
+    run("import torch\nok = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()")
+    assert rank_values(cluster, "ok") == [2.0, 2.0]
+
+
+def test_rank_output_is_streamed_with_rank_labels(run: Any, capsys: Any) -> None:
+    run("import sys\nprint('hello from', rank)\nprint('warn', rank, file=sys.stderr)")
+    captured = capsys.readouterr()
+    assert "[rank 0] hello from 0" in captured.out
+    assert "[rank 1] hello from 1" in captured.out
+    assert "[rank 1] warn 1" in captured.err
+
+
+def test_device_cuda_without_gpu_is_one_sentence(run: Any, cluster: Any) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the no-GPU message cannot be produced here")
+    with pytest.raises(
+        UsageError, match=r"--device cuda was requested but rank \d sees no CUDA GPU"
+    ):
+        run("pass", "--nodes 2 --device cuda")
+    run("ok = True")
+    assert rank_values(cluster, "ok") == [True, True]

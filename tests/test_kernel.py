@@ -1,0 +1,98 @@
+"""Through a real Jupyter kernel: the stop button, %dtrain, no orphans after the kernel exits."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from kernel_session import KernelSession
+
+pytestmark = pytest.mark.cluster
+
+CLUSTER_PIDS = (
+    "import dtrain_magics\n"
+    "print('PIDS', [p.pid for p in dtrain_magics._magics.cluster.processes()])"
+)
+
+
+@pytest.fixture
+def kernel() -> Iterator[KernelSession]:
+    session = KernelSession()
+    yield session
+    session.close()
+
+
+def _pids(text: str) -> list[int]:
+    match = re.search(r"PIDS \[([\d, ]*)\]", text)
+    assert match, text
+    return [int(p) for p in match.group(1).split(",") if p.strip()]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: KernelSession) -> None:
+    assert kernel.run("%load_ext dtrain_magics").status == "ok"
+    reply = kernel.run("%dtrain status")
+    assert "not running" in reply.text
+
+    code = (
+        "%%distributed --nodes 2\n"
+        "import time, torch\n"
+        "print('looping', flush=True)\n"
+        "while True:\n"
+        "    hvd.allreduce(torch.ones(1))\n"
+        "    time.sleep(0.01)\n"
+    )
+    msg_id = kernel.submit(code)
+    reply = kernel.collect(msg_id, timeout=120, until="[rank 1] looping")
+    assert reply.status == "running"
+    interrupted_at = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = kernel.collect(msg_id, timeout=30)
+    assert time.monotonic() - interrupted_at < 10
+    assert reply.status == "error" and "interrupted: every rank was stopped" in reply.text
+
+    reply = kernel.run(
+        "%%distributed --nodes 2\nimport torch\n"
+        "print('sum', hvd.allreduce(torch.ones(1), op=hvd.Sum).item())"
+    )
+    assert reply.status == "ok", reply.text
+    assert "[rank 0] sum 2.0" in reply.text and "[rank 1] sum 2.0" in reply.text
+
+    reply = kernel.run("%dtrain status")
+    assert "running, 2 ranks" in reply.text and "2/2 engines registered" in reply.text
+
+    reply = kernel.run("%dtrain restart")
+    assert reply.status == "ok" and "Cluster ready" in reply.text
+    pids = _pids(kernel.run(CLUSTER_PIDS).text)
+    reply = kernel.run("%dtrain stop")
+    assert "Cluster stopped." in reply.text
+    assert not _alive(pids)
+
+
+def test_kernel_shutdown_leaves_no_cluster_processes() -> None:
+    session = KernelSession()
+    try:
+        session.run("%load_ext dtrain_magics")
+        reply = session.run("%%distributed --nodes 2\nprint('up')")
+        assert reply.status == "ok", reply.text
+        pids = _pids(session.run(CLUSTER_PIDS).text)
+        assert len(pids) >= 4  # controller, mpiexec, 2 engines (and their nannies)
+    finally:
+        session.close()
+    deadline = time.monotonic() + 20
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pids)
