@@ -7,6 +7,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# JupyterLab refuses to run as root unless told (containers and CI machines often are root)
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: setup test lint unit lab demo clean
 
@@ -25,7 +27,7 @@ unit: setup
 	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=notebooks $(LAB_ARGS)
 
 demo: setup
 	$(PY) scripts/run_notebook.py notebooks/01-quickstart.ipynb
