@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # JupyterLab refuses to run as root unless told (containers and CI machines often are root)
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup test lint unit lab demo clean
+.PHONY: setup browser test lint unit lab demo clean
 
 setup:
 	@scripts/setup.sh
@@ -20,7 +20,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+browser:
+	@scripts/setup-browser.sh
+
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: setup

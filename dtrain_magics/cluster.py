@@ -78,6 +78,7 @@ class TrainingCluster:
         self.layout: Layout | None = None
         self.engines: list[RankEngine] = []
         self.backend_state: tuple[Any, ...] | None = None
+        self.device: str | None = None
         self._cluster: Any = None
         self._client: Any = None
         self._pids: set[int] = set()

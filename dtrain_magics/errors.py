@@ -35,5 +35,8 @@ class RunTimeoutError(RankError):
     """The cell ran past ``--timeout``; every rank was interrupted."""
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """The user interrupted the cell; every rank was interrupted."""
+class RunInterrupted(RankError):
+    """The user stopped the cell (stop button or kernel interrupt); every rank was interrupted.
+
+    An ``Exception``, not a ``KeyboardInterrupt``: it must not escape the kernel's event loop.
+    """

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import socket
+import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from traitlets.config import Config
 
 from .errors import ClusterStartError
 
-LAUNCHERS = ("local",)
+LAUNCHERS = ("local", "mpi", "slurm")
+
+# names that always mean this host in a hostfile or a Slurm node list
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What the ``slurm`` launcher asks of ``sbatch`` beyond the layout."""
+
+    partition: str = ""
+    account: str = ""
+    time_limit: str = ""
+    extra_sbatch_options: list[str] = field(default_factory=list)
+    # seconds a job may wait in the queue before the start is given up (enforced by the caller)
+    pending_timeout: float = 300.0
+    # set to 1 when the device is cuda
+    gpus_per_task: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,4 +93,178 @@ def local_cluster_kwargs(layout: Layout) -> dict[str, Any]:
         "n": layout.ranks,
         "controller_ip": "127.0.0.1",
         "config": config,
+    }
+
+
+def cluster_kwargs(
+    launcher: str,
+    layout: Layout,
+    *,
+    hostfile: str | None = None,
+    slurm: SlurmOptions | None = None,
+) -> dict[str, Any]:
+    """``ipyparallel.Cluster`` arguments for ``launcher`` (``local``, ``mpi`` or ``slurm``)."""
+    if launcher == "local":
+        return local_cluster_kwargs(layout)
+    if launcher == "mpi":
+        if hostfile is None:
+            raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
+        return mpi_cluster_kwargs(layout, hostfile)
+    if launcher == "slurm":
+        return slurm_cluster_kwargs(layout, slurm or SlurmOptions())
+    raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
+
+
+# -- mpi: mpiexec --hostfile ----------------------------------------------------------------
+
+
+def read_hostfile(path: str) -> list[str]:
+    """The host names of an Open MPI hostfile (first word of each line, comments skipped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ClusterStartError(f"cannot read the hostfile {path!r}: {reason}.") from None
+    hosts = [line.split("#", 1)[0].split()[:1] for line in lines]
+    found = [h[0] for h in hosts if h]
+    if not found:
+        raise ClusterStartError(f"the hostfile {path!r} names no hosts.")
+    return found
+
+
+def is_local_host(name: str) -> bool:
+    """True if ``name`` is this machine (loopback, its short name or its full name)."""
+    name = name.lower()
+    short = socket.gethostname().split(".")[0].lower()
+    return name in _LOOPBACK or name.split(".")[0] == short or name == socket.getfqdn().lower()
+
+
+def controller_address(local_only: bool) -> dict[str, str]:
+    """Loopback for a one-host cluster; else listen everywhere, located by this host's name."""
+    if local_only:
+        return {"controller_ip": "127.0.0.1"}
+    return {"controller_ip": "*", "controller_location": socket.gethostname()}
+
+
+def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
+    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts."""
+    env = rank_environment(layout)
+    if not local_only:
+        del env["OMPI_MCA_btl_tcp_if_include"]
+    return env
+
+
+def mpiexec_args(env: Mapping[str, str]) -> list[str]:
+    """mpiexec options: oversubscription allowed, no pinning, ``env`` forwarded to remote ranks."""
+    forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
+    args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
+    for name in forwarded:
+        args += ["-x", name]
+    return args
+
+
+def mpi_cluster_kwargs(layout: Layout, hostfile: str) -> dict[str, Any]:
+    """Engines started by ``mpiexec --hostfile``; the controller is reachable from every host."""
+    hostfile = os.path.abspath(hostfile)
+    local_only = all(is_local_host(h) for h in read_hostfile(hostfile))
+    env = multi_host_environment(layout, local_only)
+    config = Config()
+    config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
+    config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *mpiexec_args(env)]
+    config.MPIEngineSetLauncher.environment = env
+    return {
+        "engines": "mpi",
+        "n": layout.ranks,
+        "config": config,
+        **controller_address(local_only),
+    }
+
+
+# -- slurm: sbatch, then mpiexec inside the allocation ---------------------------------------
+
+
+def find_sbatch() -> str:
+    """The ``sbatch`` on PATH."""
+    found = shutil.which("sbatch")
+    if found is None:
+        raise ClusterStartError(
+            "Slurm's sbatch was not found on PATH; install Slurm "
+            "(scripts/slurm-local.sh sets up a one-host Slurm) or use --launcher local."
+        )
+    return found
+
+
+def slurm_hosts(partition: str = "") -> list[str]:
+    """Host names of the Slurm nodes (of ``partition``); empty if ``sinfo`` cannot tell."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%n", *(["-p", partition] if partition else [])]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(set(out.split()))
+
+
+def slurm_job_state(job_id: str) -> str:
+    """The job's state as ``squeue`` reports it (``PENDING``, ``RUNNING``…); ``""`` once gone."""
+    cmd = ["squeue", "-h", "-j", str(job_id), "-o", "%T"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip()
+
+
+def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
+    """The ``#SBATCH`` lines for ``layout`` and ``options`` (braces escaped for the template)."""
+    opts = [f"--nodes={layout.nodes}", f"--ntasks-per-node={layout.procs_per_node}"]
+    if options.gpus_per_task:
+        opts.append(f"--gpus-per-task={options.gpus_per_task}")
+    if options.partition:
+        opts.append(f"--partition={options.partition}")
+    if options.account:
+        opts.append(f"--account={options.account}")
+    if options.time_limit:
+        opts.append(f"--time={options.time_limit}")
+    opts += options.extra_sbatch_options
+    return [f"#SBATCH {o}".replace("{", "{{").replace("}", "}}") for o in opts]
+
+
+def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str, str]) -> str:
+    """The engines' job script: one allocation, ranks started by the venv's ``mpiexec``.
+
+    ``{n}``, ``{cluster_id}``, ``{output_file}``, ``{program}`` and ``{program_args}`` are filled
+    in by ipyparallel's ``SlurmEngineSetLauncher``; ``srun`` is not used because it would start
+    independent singletons instead of one MPI job.
+    """
+    mpiexec = shlex.join([find_mpiexec(), *mpiexec_args(env)])
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "#SBATCH --export=ALL",
+            "#SBATCH --job-name=ipengine-{cluster_id}",
+            "#SBATCH --output={output_file}",
+            *_sbatch_lines(layout, options),
+            f"exec {mpiexec} -n {{n}} {{program}} --mpi {{program_args}}",
+            "",
+        ]
+    )
+
+
+def slurm_cluster_kwargs(layout: Layout, options: SlurmOptions) -> dict[str, Any]:
+    """Engines started as one Slurm job (``sbatch``) running ``mpiexec`` inside its allocation."""
+    find_sbatch()
+    hosts = slurm_hosts(options.partition)
+    local_only = bool(hosts) and all(is_local_host(h) for h in hosts)
+    env = multi_host_environment(layout, local_only)
+    script = os.path.join(tempfile.gettempdir(), f"dtrain-engines-{uuid.uuid4().hex[:12]}.sbatch")
+    config = Config()
+    config.SlurmEngineSetLauncher.batch_template = slurm_batch_template(layout, options, env)
+    config.SlurmEngineSetLauncher.batch_file_name = script  # not the notebook's directory
+    config.SlurmEngineSetLauncher.environment = env  # sbatch --export=ALL passes it on
+    return {
+        "engines": "slurm",
+        "n": layout.ranks,
+        "config": config,
+        **controller_address(local_only),
     }

@@ -12,6 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .cluster import TrainingCluster
 from .display import StatusLine
 from .options import BACKENDS, DEVICES, BadOptions, RunOptions, parse_names
+from .records import last_run
 from .runner import DistributedRunner
 
 
@@ -85,6 +86,11 @@ class DistributedMagics(Magics):
         help="Comma-separated notebook variables to send to every rank first.",
     )
     @argument(
+        "--no-widget",
+        action="store_true",
+        help="Print labelled output and text summaries instead of the live dashboard.",
+    )
+    @argument(
         "--pull",
         default=None,
         help="Comma-separated names to copy from rank 0 into the notebook after.",
@@ -98,6 +104,9 @@ class DistributedMagics(Magics):
         (a ``torch.device``, ``cuda:<local_rank>`` on GPU nodes) and ``dtrain`` (rank helpers).
         Rank namespaces persist between cells. Each rank's output streams in, labelled by rank.
         An error on any rank fails the cell with that rank's traceback and interrupts the others.
+        A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
+        ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
+        ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
 
         Examples
         --------
@@ -114,6 +123,26 @@ class DistributedMagics(Magics):
             In [3]: %%distributed --nodes 2 --push lr --pull model --timeout 600
                ...: model = train(lr * size)
         """
+        options, widget = self.parse(line)
+        try:
+            self.runner.run(cell, options, self._namespace(), widget=widget)
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
+        finally:
+            self._publish_record()
+
+    async def distributed_async(self, line: str, cell: str) -> None:
+        """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
+        options, widget = self.parse(line)
+        try:
+            await self.runner.run_async(cell, options, self._namespace(), widget=widget)
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
+        finally:
+            self._publish_record()
+
+    def parse(self, line: str) -> tuple[RunOptions, bool]:
+        """``%%distributed`` flags → validated options and whether to show the widget."""
         try:
             args = parse_argstring(self.distributed, line)
             options = RunOptions(
@@ -127,14 +156,16 @@ class DistributedMagics(Magics):
             ).validate()
         except BadOptions as e:
             raise UsageError(str(e)) from None
+        return options, not args.no_widget
+
+    def _namespace(self) -> dict[str, Any]:
         assert self.shell is not None
-        status = StatusLine()
-        try:
-            self.runner.run(cell, options, self.shell.user_ns, report=status.update)
-        except BadOptions as e:
-            raise UsageError(str(e)) from None
-        finally:
-            status.close()
+        return self.shell.user_ns
+
+    def _publish_record(self) -> None:
+        record = last_run()
+        if record is not None:
+            self._namespace()["_dtrain"] = record
 
     @line_magic
     def dtrain(self, line: str) -> Any:

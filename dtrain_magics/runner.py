@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+from . import records
 from .cluster import Report, TrainingCluster, _quiet
+from .dashboard import Dashboard, make_dashboard
 from .errors import RankError, RunInterrupted, RunTimeoutError
 from .options import BadOptions, RunOptions
-from .output import RankOutputPrinter
+from .records import RunRecord, RunStore, new_run_id
+from .run_state import RunState
 
+T = TypeVar("T")
 CELL_FILENAME = "<distributed cell>"
 
 
@@ -38,7 +45,7 @@ class RunResult:
 
 
 class DistributedRunner:
-    """Runs cells on a ``TrainingCluster``.
+    """Runs cells on a ``TrainingCluster``, showing a live dashboard and recording each run.
 
     Parameters
     ----------
@@ -52,6 +59,7 @@ class DistributedRunner:
         self.cluster = cluster
         self.grace = grace
         self.poll = poll
+        self._stop_requested = False
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -61,13 +69,26 @@ class DistributedRunner:
         options: RunOptions,
         namespace: dict[str, Any],
         report: Report = _quiet,
-        printer: RankOutputPrinter | None = None,
+        widget: bool = True,
+    ) -> RunResult:
+        """Run ``code`` on every rank, blocking; see ``run_async``."""
+        return drive(self.run_async(code, options, namespace, report, widget, sleep=SyncPause))
+
+    async def run_async(
+        self,
+        code: str,
+        options: RunOptions,
+        namespace: dict[str, Any],
+        report: Report = _quiet,
+        widget: bool = True,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        info: dict[str, Any] | None = None,
     ) -> RunResult:
         """Run ``code`` on every rank; raise ``RankError`` if a rank fails.
 
         Raises ``SyntaxError`` before anything is sent, ``BadOptions`` for names that cannot be
         pushed or pulled, ``RunTimeoutError`` past ``options.timeout`` and ``RunInterrupted``
-        on a kernel interrupt.
+        on a kernel interrupt or the dashboard's Stop button.
         """
         options.validate()
         if not code.strip():
@@ -76,17 +97,53 @@ class DistributedRunner:
             )
         compile(code, CELL_FILENAME, "exec")
         values = collect_push(namespace, options.push)
-        self.cluster.ensure(options.layout, report)
-        self.prepare(options)
-        if values:
-            self.cluster.view().push(values)
-        printer = printer or RankOutputPrinter()
-        result = self.execute(code, options.timeout, printer)
-        if result.status == "succeeded" and options.pull:
-            result.pulled = self.pull(options.pull)
-            namespace.update(result.pulled)
+        run_id = new_run_id()
+        store = RunStore(run_id, options.layout.ranks)
+        state = RunState(
+            run_id,
+            options.layout.ranks,
+            {
+                "backend": options.backend,
+                "device": options.device,
+                "launcher": options.launcher,
+                "nodes": options.nodes,
+                "procs_per_node": options.procs_per_node,
+                "cell": code,
+                **(info or {}),
+            },
+            store,
+        )
+        self._stop_requested = False
+        dashboard = make_dashboard(state, self.request_stop, widget)
+        result: RunResult | None = None
+        try:
+
+            def starting(message: str) -> None:
+                report(message)
+                state.set_status("starting cluster", message)
+                store.write_summary(state.summary())
+                dashboard.refresh(force=True)
+
+            self.cluster.ensure(options.layout, starting)
+            self.prepare(options)
+            if values:
+                self.cluster.view().push(values)
+            state.info["device"] = self.cluster.device or options.device
+            state.set_status("running", "")
+            result = await self._execute(code, options.timeout, state, dashboard, sleep)
+            if result.status == "succeeded" and options.pull:
+                result.pulled = self.pull(options.pull)
+                namespace.update(result.pulled)
+        finally:
+            self._finish(state, result, options)
+            dashboard.close()
+            store.close()
         raise_for_result(result, options.timeout)
         return result
+
+    def request_stop(self) -> None:
+        """Ask the running cell to interrupt every rank (the dashboard's Stop button)."""
+        self._stop_requested = True
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -107,13 +164,12 @@ class DistributedRunner:
             options.launcher == "local",
         )
         try:
-            ar.get(timeout=timeout)
+            described = ar.get(timeout=timeout)
         except TimeoutError:
             self.cluster.stop()
             raise RankError(
                 f"initialising {options.backend} did not finish on every rank within "
-                f"{timeout:.0f} s; "
-                "the cluster was stopped and the next cell starts a new one."
+                f"{timeout:.0f} s; the cluster was stopped and the next cell starts a new one."
             ) from None
         except Exception as e:
             message = _first_remote_error(e)
@@ -121,8 +177,16 @@ class DistributedRunner:
                 raise BadOptions(message) from None
             raise RankError(f"initialising {options.backend} failed: {message}") from None
         self.cluster.backend_state = state
+        self.cluster.device = ", ".join(sorted({d["device"] for d in described}))
 
-    def execute(self, code: str, timeout: float | None, printer: RankOutputPrinter) -> RunResult:
+    async def _execute(
+        self,
+        code: str,
+        timeout: float | None,
+        state: RunState,
+        dashboard: Dashboard,
+        sleep: Callable[[float], Awaitable[Any]],
+    ) -> RunResult:
         """Execute ``code`` on every rank; on a failure, timeout or interrupt stop all ranks."""
         client = self.cluster.client
         ranks = range(len(self.cluster.engines))
@@ -131,16 +195,19 @@ class DistributedRunner:
             r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
             for r in ranks
         }
-        outcomes: dict[int, RankOutcome] = {}
+        watch = _Watch(ars, state, dashboard)
         deadline = started + timeout if timeout else None
         try:
-            stop = self._watch(ars, outcomes, printer, deadline, stop_on_failure=True)
-        except KeyboardInterrupt:
+            stop = await self._watch(watch, sleep, deadline, stop_on_failure=True)
+        except (KeyboardInterrupt, asyncio.CancelledError):
             stop = "interrupted"
         restarted = False
         if stop is not None:
-            restarted = self._stop_ranks(ars, outcomes, printer)
-        printer.flush()
+            state.set_status("stopping", f"{stop}: interrupting every rank")
+            dashboard.refresh(force=True)
+            restarted = await self._stop_ranks(watch, sleep)
+        watch.drain()
+        outcomes = watch.outcomes
         result = RunResult(
             status={
                 None: "succeeded",
@@ -181,61 +248,53 @@ class DistributedRunner:
 
     # -- watching and stopping ---------------------------------------------------------------
 
-    def _watch(
+    async def _watch(
         self,
-        ars: dict[int, Any],
-        outcomes: dict[int, RankOutcome],
-        printer: RankOutputPrinter,
+        watch: _Watch,
+        sleep: Callable[[float], Awaitable[Any]],
         deadline: float | None,
         stop_on_failure: bool,
         interrupted: bool = False,
     ) -> str | None:
         """Collect outcomes until every rank is done (None), a rank fails, or the deadline."""
         while True:
-            self._pump(ars, printer)
-            for r, ar in ars.items():
-                if r not in outcomes and ar.ready():
-                    outcomes[r] = _outcome(r, ar, interrupted)
-                    if stop_on_failure and outcomes[r].status in ("error", "died"):
-                        return "failed"
-            if len(outcomes) == len(ars):
+            failed = watch.poll(interrupted)
+            if stop_on_failure and failed:
+                return "failed"
+            if watch.done:
                 return None
+            if stop_on_failure and self._stop_requested:
+                return "interrupted"
             if deadline is not None and time.monotonic() >= deadline:
                 return "timeout"
-            time.sleep(self.poll)
+            await sleep(self.poll)
 
-    def _pump(self, ars: dict[int, Any], printer: RankOutputPrinter) -> None:
-        for r, ar in ars.items():
-            for name in ("stdout", "stderr"):
-                printer.feed(r, name, ar[name] or "")
-
-    def _stop_ranks(
-        self, ars: dict[int, Any], outcomes: dict[int, RankOutcome], printer: RankOutputPrinter
-    ) -> bool:
+    async def _stop_ranks(self, watch: _Watch, sleep: Callable[[float], Awaitable[Any]]) -> bool:
         """Interrupt every running rank, then reset the backend; restart the cluster if the
         ranks do not come back. Returns True if the cluster was restarted."""
-        pending = [r for r in ars if r not in outcomes]
+        pending = watch.pending
         responsive = True
         if pending and self.cluster.running:
             try:
                 self.cluster.interrupt(pending)
-                self._watch(
-                    ars,
-                    outcomes,
-                    printer,
+                await self._watch(
+                    watch,
+                    sleep,
                     time.monotonic() + self.grace,
                     stop_on_failure=False,
                     interrupted=True,
                 )
-            except KeyboardInterrupt:  # a second interrupt: do not wait any longer
+            except (KeyboardInterrupt, asyncio.CancelledError):  # a second interrupt: stop waiting
                 pass
             except Exception:
                 responsive = False
-        for r in ars:
-            outcomes.setdefault(r, RankOutcome(r, "killed", "did not stop after an interrupt"))
-        if responsive and all(o.status != "killed" for o in outcomes.values()) and self._reset():
+        watch.kill_pending()
+        if (
+            responsive
+            and all(o.status != "killed" for o in watch.outcomes.values())
+            and self._reset()
+        ):
             return False
-        printer.flush()
         layout = self.cluster.layout
         self.cluster.stop()
         if layout is not None:
@@ -254,9 +313,141 @@ class DistributedRunner:
         except Exception:
             return False
 
+    def _finish(self, state: RunState, result: RunResult | None, options: RunOptions) -> None:
+        """Close the run's state and record, whatever happened."""
+        if result is None:
+            status, reason = "failed", "the run did not start (see the error below)"
+            state.finish(status, failure=reason)
+        else:
+            status, reason = result.status, _exit_reason(result, options.timeout)
+            failing = next((o for o in result.ranks if o.rank == result.failing_rank), None)
+            state.finish(
+                status,
+                result.failing_rank,
+                failing.error if failing else "",
+                failing.traceback if failing else "",
+            )
+        state.store.write_summary(state.summary()) if state.store else None
+        records.add(
+            RunRecord(
+                id=state.id,
+                status=status,
+                exit_reason=reason,
+                wall_time=state.elapsed,
+                ranks=state.summary()["ranks"],
+                options=dict(state.info),
+                dir=state.store.dir if state.store else Path(),
+                failing_rank=state.failing_rank,
+                log_paths=dict(state.store.log_paths) if state.store else {},
+            )
+        )
 
-def raise_for_result(result: RunResult, timeout: float | None) -> None:
+
+class _Watch:
+    """The per-rank results of one execution, pumped into the run state and dashboard."""
+
+    def __init__(self, ars: dict[int, Any], state: RunState, dashboard: Dashboard) -> None:
+        self.ars = ars
+        self.state = state
+        self.dashboard = dashboard
+        self.outcomes: dict[int, RankOutcome] = {}
+        self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
+        self._seq = dict.fromkeys(ars, 0)
+
+    @property
+    def pending(self) -> list[int]:
+        return [r for r in self.ars if r not in self.outcomes]
+
+    @property
+    def done(self) -> bool:
+        return len(self.outcomes) == len(self.ars)
+
+    def poll(self, interrupted: bool) -> bool:
+        """Take new output and telemetry; record finished ranks. True if a rank failed now."""
+        failed = False
+        for r in self.pending:
+            ar = self.ars[r]
+            if ar.ready():
+                with contextlib.suppress(Exception):
+                    ar.wait_for_output(timeout=2)
+                self._pump(r)
+                outcome = self.outcomes[r] = _outcome(r, ar, interrupted)
+                self.state.finish_rank(r, outcome.status, outcome.error)
+                failed = failed or outcome.status in ("error", "died")
+            else:
+                self._pump(r)
+        self.dashboard.refresh()
+        return failed
+
+    def drain(self) -> None:
+        for r in self.ars:
+            self._pump(r)
+        self.dashboard.refresh(force=True)
+
+    def kill_pending(self) -> None:
+        for r in self.pending:
+            self.outcomes[r] = RankOutcome(r, "killed", "did not stop after an interrupt")
+            self.state.finish_rank(r, "killed", "did not stop after an interrupt")
+
+    def _pump(self, r: int) -> None:
+        ar = self.ars[r]
+        for name in ("stdout", "stderr"):
+            text = ar[name] or ""
+            seen = self._seen[(r, name)]
+            if len(text) > seen:
+                self._seen[(r, name)] = len(text)
+                self.state.add_output(r, text[seen:], name)
+        data = ar["data"]
+        while True:
+            payload = data.pop(f"dtrain-{self._seq[r]}", None)
+            if payload is None:
+                break
+            self._seq[r] += 1
+            self.state.add_telemetry(r, payload)
+
+
+class SyncPause:
+    """What ``drive`` sleeps on: ``await SyncPause(seconds)`` outside an event loop."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __await__(self) -> Generator[SyncPause, None, None]:
+        yield self
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that only awaits ``SyncPause``, blocking; Ctrl-C is thrown into it."""
+    value: Any = None
+    throw: BaseException | None = None
+    while True:
+        try:
+            pause = coro.throw(throw) if throw is not None else coro.send(value)
+        except StopIteration as stop:
+            return stop.value
+        throw = None
+        try:
+            time.sleep(pause.seconds)
+        except KeyboardInterrupt as e:
+            throw = e
+
+
+def _exit_reason(result: RunResult, timeout: float | None) -> str:
+    if result.status == "succeeded":
+        return "every rank finished"
+    if result.status == "interrupted":
+        return "interrupted by the user"
+    if result.status == "timed out":
+        return f"ran past --timeout {timeout:g} s"
+    failing = next(o for o in result.ranks if o.rank == result.failing_rank)
+    return (
+        f"rank {failing.rank} {'died' if failing.status == 'died' else 'failed'}: {failing.error}"
+    )
+
+
+def raise_for_result(result: RunResult | None, timeout: float | None) -> None:
     """Turn a non-successful result into the error the notebook shows."""
+    assert result is not None
     restart_note = (
         " The ranks did not stop, so the cluster was restarted; rank namespaces were reset."
         if result.restarted
@@ -355,6 +546,3 @@ def _failure_order(o: RankOutcome) -> tuple[int, int]:
 
 def _ranks(ranks: list[int]) -> str:
     return ", ".join(map(str, ranks))
-
-
-Printer = Callable[[str], None]

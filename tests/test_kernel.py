@@ -48,7 +48,7 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     assert "not running" in reply.text
 
     code = (
-        "%%distributed --nodes 2\n"
+        "%%distributed --nodes 2 --no-widget\n"
         "import time, torch\n"
         "print('looping', flush=True)\n"
         "while True:\n"
@@ -65,7 +65,7 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     assert reply.status == "error" and "interrupted: every rank was stopped" in reply.text
 
     reply = kernel.run(
-        "%%distributed --nodes 2\nimport torch\n"
+        "%%distributed --nodes 2 --no-widget\nimport torch\n"
         "print('sum', hvd.allreduce(torch.ones(1), op=hvd.Sum).item())"
     )
     assert reply.status == "ok", reply.text

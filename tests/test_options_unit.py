@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from dtrain_magics.options import BadOptions, RunOptions, parse_names
-from dtrain_magics.output import RankOutputPrinter
 
 
 def test_defaults() -> None:
@@ -35,19 +32,3 @@ def test_invalid_nodes(nodes: object) -> None:
 def test_parse_names() -> None:
     assert parse_names(" a, b ,,c ") == ("a", "b", "c")
     assert parse_names(None) == ()
-
-
-def test_printer_labels_whole_lines_and_never_repeats() -> None:
-    out, err = io.StringIO(), io.StringIO()
-    printer = RankOutputPrinter(out, err)
-    printer.feed(0, "stdout", "hel")
-    assert out.getvalue() == ""
-    printer.feed(0, "stdout", "hello\nwor")
-    printer.feed(1, "stdout", "one\n")
-    printer.feed(0, "stdout", "hello\nwor")  # same text again: nothing new
-    printer.feed(1, "stderr", "oops\n")
-    printer.flush()
-    printer.feed(0, "stdout", "hello\nworld")  # flushed partial is not printed twice
-    printer.flush()
-    assert out.getvalue() == "[rank 0] hello\n[rank 1] one\n[rank 0] wor\n[rank 0] ld\n"
-    assert err.getvalue() == "[rank 1] oops\n"

@@ -6,11 +6,31 @@ through this package except to check that names can be pushed.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from .rank_context import RankContext, current
+from .telemetry import current as _telemetry
 
-__all__ = ["RankContext", "barrier", "context", "current", "is_root"]
+T = TypeVar("T")
+
+__all__ = ["RankContext", "barrier", "context", "current", "is_root", "log", "progress"]
+
+
+def log(step: int | None = None, **scalars: Any) -> None:
+    """Record scalar metrics (loss, accuracy, lr, samples, ...) for this rank.
+
+    ``step`` defaults to a per-rank counter that starts at 0 in each cell. Cheap: points are
+    buffered and sent to the notebook's dashboard at most about 10 times a second.
+    """
+    _telemetry().log(step, **scalars)
+
+
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str | None = None
+) -> Iterator[T]:
+    """Wrap a loop to report this rank's progress (n, total, rate) to the dashboard."""
+    return _telemetry().progress(iterable, total=total, desc=desc)
 
 
 def context() -> RankContext:

@@ -28,8 +28,12 @@ def init_rank(
 
     import dtrain_magics.rank as dtrain
 
+    from .telemetry import install
+
     shell = get_ipython()
     ns: dict[str, Any] = shell.user_ns if shell is not None else {}
+    if shell is not None:
+        install(shell)
     if _backend is not None and _backend.name != backend:
         shutdown_rank()
         for name in _bound:

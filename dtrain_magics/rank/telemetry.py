@@ -1,0 +1,134 @@
+"""Rank-side metrics and progress, coalesced and published at most ~10 times a second.
+
+``log`` and ``progress`` only append to a bounded buffer and compare a clock; a message to the
+notebook goes out when 0.1 s have passed since the last one (and when the cell ends). Each message
+carries every point logged since the previous one; if more than ``MAX_BUFFER`` points pile up
+inside one interval, every other point is dropped (and counted), so a million calls cost bounded
+memory and bounded messages.
+
+Messages travel on ipyparallel's data channel (``datapub.publish_data``) under the keys
+``dtrain-0``, ``dtrain-1``, ... so the notebook reads them in order and loses none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+INTERVAL = 0.1
+MAX_BUFFER = 2048
+
+
+def _publish_data(data: dict[str, Any]) -> None:
+    from ipyparallel.datapub import publish_data
+
+    publish_data(data)
+
+
+class Telemetry:
+    """One rank's metric buffer and progress state."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None] = _publish_data) -> None:
+        self._publish = publish
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new cell: step counter, buffer and message sequence from zero."""
+        self._points: list[tuple[int, str, float, float]] = []
+        self._dropped = 0
+        self._step = 0
+        self._progress: dict[str, Any] | None = None
+        self._seq = 0
+        self._last = 0.0
+        self._dirty = False
+
+    def log(self, step: int | None = None, **scalars: Any) -> None:
+        """Record scalar metrics for this rank at ``step`` (default: this rank's next step)."""
+        if step is None:
+            step = self._step
+        self._step = step + 1
+        now = time.time()
+        points = self._points
+        for name, value in scalars.items():
+            points.append(
+                (step, name, float(value.item() if hasattr(value, "item") else value), now)
+            )
+        if len(points) > MAX_BUFFER:
+            self._dropped += len(points) - len(points[::2])
+            self._points = points[::2]
+        self._dirty = True
+        if now - self._last >= INTERVAL:
+            self.flush()
+
+    def progress(
+        self, iterable: Iterable[T], total: int | None = None, desc: str | None = None
+    ) -> Iterator[T]:
+        """Iterate over ``iterable``, reporting this rank's progress (n, total, rate)."""
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        started = time.time()
+        state: dict[str, Any] = {
+            "n": 0,
+            "total": total,
+            "desc": desc or "",
+            "started": started,
+            "rate": 0.0,
+            "done": False,
+        }
+        self._progress = state
+        self._dirty = True
+        n = 0
+        for item in iterable:
+            yield item
+            n += 1
+            state["n"] = n
+            now = time.time()
+            if now - self._last >= INTERVAL:
+                state["rate"] = n / max(now - started, 1e-9)
+                self._dirty = True
+                self.flush()
+        state["rate"] = n / max(time.time() - started, 1e-9)
+        state["done"] = True
+        self._dirty = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Publish what was recorded since the last message (nothing if nothing changed)."""
+        self._last = time.time()
+        if not self._dirty:
+            return
+        payload = {
+            "points": self._points,
+            "dropped": self._dropped,
+            "progress": dict(self._progress) if self._progress else None,
+        }
+        self._points, self._dropped, self._dirty = [], 0, False
+        self._publish({f"dtrain-{self._seq}": payload})
+        self._seq += 1
+
+
+_telemetry = Telemetry()
+
+
+def current() -> Telemetry:
+    """This rank's telemetry."""
+    return _telemetry
+
+
+def install(shell: Any) -> None:
+    """Reset before each cell and flush after it, on this rank's IPython shell (idempotent)."""
+    events = shell.events
+    if _reset_hook not in events.callbacks["pre_execute"]:
+        events.register("pre_execute", _reset_hook)
+        events.register("post_execute", _flush_hook)
+
+
+def _reset_hook() -> None:
+    _telemetry.reset()
+
+
+def _flush_hook() -> None:
+    _telemetry.flush()

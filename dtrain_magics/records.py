@@ -1,0 +1,127 @@
+"""Run records: every run's summary, metric history and rank logs, written to disk as they arrive.
+
+Layout, under ``runs_dir()`` (``$DTRAIN_RUNS_DIR`` or ``<jupyter data dir>/dtrain-magics/runs``)::
+
+    <run id>/run.json        summary, rewritten atomically while the run goes on
+    <run id>/metrics.jsonl   one {"step", "rank", "name", "value", "time"} per line
+    <run id>/rank-<N>.log    everything rank N printed
+
+A kernel crash loses nothing that reached the notebook: lines are flushed as they are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+def runs_dir() -> Path:
+    """Where run records live."""
+    env = os.environ.get("DTRAIN_RUNS_DIR")
+    if env:
+        return Path(env)
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "dtrain-magics" / "runs"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class RunStore:
+    """Appends one run's metrics and logs to disk and keeps its summary current."""
+
+    def __init__(self, run_id: str, ranks: int, root: Path | None = None) -> None:
+        self.dir = (root or runs_dir()) / run_id
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.log_paths = {r: self.dir / f"rank-{r}.log" for r in range(ranks)}
+        self._metrics: IO[str] = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._logs: dict[int, IO[str]] = {}
+
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        self._metrics.write("".join(json.dumps(row) + "\n" for row in rows))
+        self._metrics.flush()
+
+    def append_log(self, rank: int, text: str) -> None:
+        log = self._logs.get(rank)
+        if log is None:
+            log = self._logs[rank] = open(self.log_paths[rank], "a", encoding="utf-8")  # noqa: SIM115
+        log.write(text)
+        log.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Replace ``run.json`` atomically (temporary file, then rename)."""
+        tmp = self.dir / ".run.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, self.dir / "run.json")
+
+    def close(self) -> None:
+        self._metrics.close()
+        for log in self._logs.values():
+            log.close()
+
+
+@dataclass(repr=False)
+class RunRecord:
+    """What ``dtrain_magics.last_run()`` returns: one finished run, backed by its files."""
+
+    id: str
+    status: str
+    exit_reason: str
+    wall_time: float
+    ranks: list[dict[str, Any]]
+    options: dict[str, Any]
+    dir: Path
+    log_paths: dict[int, Path] = field(default_factory=dict)
+    failing_rank: int | None = None
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """The metric history: dicts with step, rank, name, value, time (read from disk)."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def metric(self, name: str, rank: int | None = None) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs of one metric, for one rank or (by default) rank 0."""
+        want = 0 if rank is None else rank
+        return [
+            (m["step"], m["value"]) for m in self.metrics if m["name"] == name and m["rank"] == want
+        ]
+
+    def log(self, rank: int) -> str:
+        """Everything ``rank`` printed."""
+        path = self.log_paths.get(rank)
+        return path.read_text(encoding="utf-8") if path and path.exists() else ""
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(
+            f"<RunRecord {self.id}: {self.status} in {self.wall_time:.1f} s, "
+            f"{len(self.ranks)} ranks; {self.exit_reason}>"
+        )
+
+
+_session: list[RunRecord] = []
+
+
+def add(record: RunRecord) -> None:
+    _session.append(record)
+
+
+def last_run() -> RunRecord | None:
+    """The record of this session's latest ``%%distributed`` run (``None`` before any)."""
+    return _session[-1] if _session else None
+
+
+def runs() -> list[RunRecord]:
+    """Every run of this session, oldest first."""
+    return list(_session)

@@ -1,0 +1,200 @@
+"""The live state of one run, fed by the runner, read by the dashboard and saved as its record."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .records import RunStore
+
+OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
+MAX_POINTS_PER_SERIES = 20_000  # per metric and rank, in memory; the disk keeps every point
+
+
+@dataclass
+class RankState:
+    """Progress, output and status of one rank."""
+
+    rank: int
+    status: str = "running"  # running | ok | error | interrupted | died | killed
+    n: int = 0
+    total: int | None = None
+    desc: str = ""
+    rate: float = 0.0
+    error: str = ""
+    lines: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=OUTPUT_LINES))
+    line_count: int = 0
+    samples: float = 0.0
+    steps: int = 0
+    messages: int = 0
+    first_time: float | None = None
+    last_time: float | None = None
+    _partial: dict[str, str] = field(default_factory=dict)
+
+
+class RunState:
+    """Everything known about a run while it happens."""
+
+    def __init__(
+        self, run_id: str, ranks: int, info: dict[str, Any], store: RunStore | None = None
+    ) -> None:
+        self.id = run_id
+        self.info = info  # backend, device, layout, cell, where settings came from ...
+        self.status = "starting cluster"
+        self.message = ""
+        self.started = time.time()
+        self.ended: float | None = None
+        self.ranks = [RankState(r) for r in range(ranks)]
+        self.series: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        self.latest: dict[str, dict[int, float]] = {}
+        self.failing_rank: int | None = None
+        self.failure = ""
+        self.traceback = ""
+        self.dropped = 0
+        self.version = 0
+        self.store = store
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def set_status(self, status: str, message: str = "") -> None:
+        self.status, self.message = status, message
+        self.version += 1
+
+    def add_output(self, rank: int, text: str, stream: str = "stdout") -> None:
+        """Append newly printed text of ``rank`` on ``stream`` (stdout or stderr)."""
+        if not text:
+            return
+        state = self.ranks[rank]
+        if self.store is not None:
+            self.store.append_log(rank, text)
+        *lines, state._partial[stream] = (state._partial.get(stream, "") + text).split("\n")
+        state.lines.extend((stream, line) for line in lines)
+        state.line_count += len(lines)
+        self.version += 1
+
+    def add_telemetry(self, rank: int, payload: dict[str, Any]) -> None:
+        """Take one coalesced message from ``rank``: metric points and progress."""
+        state = self.ranks[rank]
+        state.messages += 1
+        points = payload.get("points") or []
+        self.dropped += int(payload.get("dropped") or 0)
+        rows = []
+        for step, name, value, when in points:
+            series = self.series.setdefault(name, {}).setdefault(rank, [])
+            series.append((step, value))
+            if len(series) > MAX_POINTS_PER_SERIES:
+                del series[::2]
+            self.latest.setdefault(name, {})[rank] = value
+            rows.append({"step": step, "rank": rank, "name": name, "value": value, "time": when})
+            if name in ("samples", "batch_size"):
+                state.samples += value
+            state.steps = max(state.steps, step + 1)
+            state.first_time = when if state.first_time is None else state.first_time
+            state.last_time = when
+        if rows and self.store is not None:
+            self.store.append_metrics(rows)
+        progress = payload.get("progress")
+        if progress:
+            state.n, state.total = progress["n"], progress["total"]
+            state.desc, state.rate = progress["desc"], progress["rate"]
+        self.version += 1
+
+    def finish_rank(self, rank: int, status: str, error: str = "") -> None:
+        state = self.ranks[rank]
+        state.status, state.error = status, error
+        for stream, rest in state._partial.items():
+            if rest:
+                state.lines.append((stream, rest))
+                state.line_count += 1
+        state._partial.clear()
+        self.version += 1
+
+    def finish(
+        self, status: str, failing_rank: int | None = None, failure: str = "", traceback: str = ""
+    ) -> None:
+        self.ended = time.time()
+        self.failing_rank, self.failure, self.traceback = failing_rank, failure, traceback
+        self.set_status(status)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+    @property
+    def finished(self) -> bool:
+        return self.ended is not None
+
+    def eta(self) -> float | None:
+        """Seconds left, from the slowest rank's progress, when totals are known."""
+        etas = []
+        for r in self.ranks:
+            if r.total and r.rate > 0 and r.status == "running":
+                etas.append(max(r.total - r.n, 0) / r.rate)
+        return max(etas) if etas else None
+
+    def throughput(self) -> dict[str, float]:
+        """Steps per second (mean over ranks) and samples per second (sum over ranks)."""
+        steps, samples = [], 0.0
+        for r in self.ranks:
+            if r.first_time is not None and r.last_time is not None and r.last_time > r.first_time:
+                span = r.last_time - r.first_time
+                steps.append((r.steps - 1) / span if r.steps > 1 else 0.0)
+                samples += r.samples / span
+            elif r.rate:
+                steps.append(r.rate)
+        out: dict[str, float] = {}
+        if steps:
+            out["steps/s"] = sum(steps) / len(steps)
+        if samples:
+            out["samples/s"] = samples
+        return out
+
+    def chart_series(self, name: str) -> list[tuple[int, float, float, float]]:
+        """``(step, mean, min, max)`` across the ranks that logged ``name`` at each step."""
+        by_step: dict[int, list[float]] = {}
+        for points in self.series.get(name, {}).values():
+            for step, value in points:
+                by_step.setdefault(step, []).append(value)
+        return [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(by_step.items())]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary written to ``run.json`` (read by the lab extension)."""
+        latest = {name: sum(v.values()) / len(v) for name, v in self.latest.items() if v}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "message": self.message,
+            "started": self.started,
+            "ended": self.ended,
+            "elapsed": self.elapsed,
+            "eta": self.eta(),
+            "kernel_pid": os.getpid(),
+            "info": self.info,
+            "failing_rank": self.failing_rank,
+            "failure": self.failure,
+            "latest_metrics": latest,
+            "throughput": self.throughput(),
+            "dropped_points": self.dropped,
+            "ranks": [
+                {
+                    "rank": r.rank,
+                    "status": r.status,
+                    "n": r.n,
+                    "total": r.total,
+                    "desc": r.desc,
+                    "rate": r.rate,
+                    "error": r.error,
+                    "lines": r.line_count,
+                    "messages": r.messages,
+                }
+                for r in self.ranks
+            ],
+            "log_paths": {
+                str(k): str(v) for k, v in (self.store.log_paths if self.store else {}).items()
+            },
+        }

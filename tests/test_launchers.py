@@ -1,0 +1,223 @@
+"""The ``mpi`` (hostfile) and ``slurm`` launchers: their errors, and real 2-rank Horovod runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ipyparallel as ipp
+import psutil
+import pytest
+
+from dtrain_magics import launchers
+from dtrain_magics.errors import ClusterStartError
+from dtrain_magics.launchers import Layout, SlurmOptions, cluster_kwargs
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+
+
+# -- errors and arguments (no cluster) ---------------------------------------------------------
+
+
+def test_missing_hostfile_is_one_clear_sentence(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-hostfile"
+    with pytest.raises(ClusterStartError, match=r"^cannot read the hostfile .*no-such-hostfile"):
+        cluster_kwargs("mpi", Layout(2, 1), hostfile=str(missing))
+
+
+def test_unreadable_or_empty_hostfile(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("# nothing here\n\n")
+    with pytest.raises(ClusterStartError, match="names no hosts"):
+        cluster_kwargs("mpi", Layout(2, 1), hostfile=str(tmp_path / "empty"))
+    with pytest.raises(ClusterStartError, match="cannot read the hostfile"):
+        cluster_kwargs("mpi", Layout(2, 1), hostfile=str(tmp_path))  # a directory
+    with pytest.raises(ClusterStartError, match="needs a hostfile"):
+        cluster_kwargs("mpi", Layout(2, 1))
+
+
+def test_no_sbatch_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ClusterStartError) as info:
+        cluster_kwargs("slurm", Layout(1, 2))
+    message = str(info.value)
+    assert "sbatch was not found" in message and "--launcher local" in message
+    assert message.count(". ") == 0 and message.endswith(".")
+
+
+def test_local_hostfile_keeps_the_controller_on_loopback(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# one host\nlocalhost slots=2\n127.0.0.1\n")
+    kwargs = cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile))
+    assert kwargs["controller_ip"] == "127.0.0.1" and "controller_location" not in kwargs
+    args = kwargs["config"].MPIEngineSetLauncher.mpi_args
+    assert args[:2] == ["--hostfile", str(hostfile)]
+    assert kwargs["config"].MPIEngineSetLauncher.environment["OMPI_MCA_btl_tcp_if_include"] == "lo"
+
+
+def test_remote_hostfile_listens_for_remote_engines(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\nnode-b.example.org slots=1  # the other one\n")
+    kwargs = cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile))
+    assert kwargs["controller_ip"] == "*" and kwargs["controller_location"]
+    env = kwargs["config"].MPIEngineSetLauncher.environment
+    assert "OMPI_MCA_btl_tcp_if_include" not in env and env["OMPI_ALLOW_RUN_AS_ROOT"] == "1"
+    args = kwargs["config"].MPIEngineSetLauncher.mpi_args
+    assert {"OMPI_ALLOW_RUN_AS_ROOT", "IPP_CLUSTER_ID"} <= set(args)
+
+
+def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
+    options = SlurmOptions(
+        partition="gpu",
+        account="proj",
+        time_limit="01:00:00",
+        extra_sbatch_options=["--qos=high", "--comment={x}"],
+        gpus_per_task=1,
+    )
+    env = launchers.rank_environment(Layout(2, 4))
+    template = launchers.slurm_batch_template(Layout(2, 4), options, env)
+    lines = template.splitlines()
+    for line in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --time=01:00:00",
+        "#SBATCH --qos=high",
+        "#SBATCH --comment={{x}}",
+        "#SBATCH --output={output_file}",
+    ]:
+        assert line in lines
+    run = lines[-1]
+    assert run.startswith(f"exec {launchers.find_mpiexec()} ") and "srun" not in template
+    assert run.endswith("-n {n} {program} --mpi {program_args}")
+    no_gpu = launchers.slurm_batch_template(Layout(1, 2), SlurmOptions(), env)
+    assert "--gpus-per-task" not in no_gpu and "--partition" not in no_gpu
+
+
+# -- real clusters -------------------------------------------------------------------------------
+
+
+@ipp.interactive
+def _allreduce() -> dict[str, Any]:
+    """Runs on an engine: Horovod's rank, size and the sum of rank+1 over all ranks."""
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    rank = hvd.rank()
+    total = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum)
+    return {"rank": rank, "size": hvd.size(), "sum": float(total.item())}
+
+
+@ipp.interactive
+def _slurm_place() -> tuple[str, str]:
+    """Runs on an engine: the Slurm job it belongs to and the Slurm node it runs on."""
+    import os
+
+    return os.environ.get("SLURM_JOB_ID", ""), os.environ.get("SLURMD_NODENAME", "")
+
+
+def _cluster_processes(cluster_id: str) -> list[psutil.Process]:
+    """Live processes started for ``cluster_id`` (ipyparallel sets IPP_CLUSTER_ID in their env)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("IPP_CLUSTER_ID") == cluster_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _wait_until(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.25)
+
+
+def _start(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    cluster = ipp.Cluster(profile="dtrain-launchers", **kwargs)
+    cluster.start_controller_sync()
+    cluster.start_engines_sync()
+    return cluster, cluster.connect_client_sync()
+
+
+def _check_horovod(client: Any) -> None:
+    client.wait_for_engines(2, timeout=120)
+    results = sorted(client[:].apply_sync(_allreduce), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1]
+    assert all(r["size"] == 2 and r["sum"] == 3.0 for r in results), results
+
+
+def _stop(cluster: Any, client: Any) -> None:
+    client.close()
+    cluster.stop_cluster_sync()
+    left = _wait_until(lambda: not _cluster_processes(cluster.cluster_id), timeout=30)
+    assert left, f"processes left behind: {_cluster_processes(cluster.cluster_id)}"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_mpi_launcher_runs_horovod_over_a_hostfile(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n")
+    cluster, client = _start(cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile)))
+    try:
+        _check_horovod(client)
+    finally:
+        _stop(cluster, client)
+
+
+@pytest.fixture(scope="session")
+def slurm_up() -> None:
+    """A running Slurm of 2 nodes on this host, set up by scripts/slurm-local.sh; or a failure."""
+    script = ROOT / "scripts" / "slurm-local.sh"
+    env = {**os.environ, "SLURM_NODES": os.environ.get("SLURM_NODES", "2")}
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, env=env)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/slurm-local.sh failed: {done.stdout}{done.stderr}".strip())
+
+
+def _squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.fixture(params=[Layout(1, 2), Layout(2, 1)], ids=["1x2", "2x1"])
+def slurm_cluster(slurm_up: None, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...]]:
+    """A started 2-rank Slurm cluster (1 node × 2 procs, then 2 nodes × 1 proc), its layout."""
+    cluster, client = _start(cluster_kwargs("slurm", request.param))
+    try:
+        yield cluster, client, request.param
+    finally:
+        if cluster.engines:  # the test did not stop it
+            _stop(cluster, client)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...]) -> None:
+    cluster, client, layout = slurm_cluster
+    [engines] = cluster.engines.values()
+    job_id = engines.job_id
+    assert job_id in _squeue_ids()
+    _check_horovod(client)
+    assert launchers.slurm_job_state(job_id) == "RUNNING"
+    places = client[:].apply_sync(_slurm_place)
+    assert [job for job, _ in places] == [job_id, job_id]
+    assert len({node for _, node in places}) == layout.nodes, places
+
+    _stop(cluster, client)
+    assert _wait_until(lambda: job_id not in _squeue_ids(), timeout=30), "job still in squeue"
