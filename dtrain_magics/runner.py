@@ -55,7 +55,7 @@ class DistributedRunner:
         Seconds the ranks get to stop after an interrupt before the cluster is restarted.
     """
 
-    def __init__(self, cluster: TrainingCluster, grace: float = 10.0, poll: float = 0.05) -> None:
+    def __init__(self, cluster: TrainingCluster, grace: float = 10.0, poll: float = 0.1) -> None:
         self.cluster = cluster
         self.grace = grace
         self.poll = poll
