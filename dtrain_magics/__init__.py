@@ -10,10 +10,26 @@ from typing import Any
 from ._version import __version__
 from .records import last_run, runs
 
-__all__ = ["__version__", "last_run", "load_ipython_extension", "runs", "unload_ipython_extension"]
+__all__ = [
+    "ConfigPanel",
+    "__version__",
+    "last_run",
+    "load_ipython_extension",
+    "runs",
+    "unload_ipython_extension",
+]
 
 _magics: Any = None
 _MAGIC = "%%distributed"
+
+
+def ConfigPanel(magics: Any = None) -> Any:
+    """The settings form of ``%dtrain config``, for the loaded extension's magics."""
+    from .config_panel import ConfigPanel as Panel
+
+    if magics is None and _magics is None:
+        raise RuntimeError("load the extension first: %load_ext dtrain_magics")
+    return Panel(magics or _magics)
 
 
 def _await_distributed_cells(lines: list[str]) -> list[str]:

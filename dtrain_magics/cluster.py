@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import signal
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from typing import Any
 
 import psutil
 
+from . import security, watchdog
 from .errors import ClusterStartError
-from .launchers import LAUNCHERS, Layout, local_cluster_kwargs
+from .launchers import LAUNCHERS, LaunchSpec, Layout, launch_kwargs, slurm_job_state
 
 Report = Callable[[str], None]
 
@@ -66,13 +68,17 @@ class TrainingCluster:
     """
 
     def __init__(
-        self, launcher: str = "local", start_timeout: float = 120.0, profile: str = "dtrain"
+        self,
+        launcher: str = "local",
+        start_timeout: float = 120.0,
+        profile: str = "dtrain",
+        spec: LaunchSpec | None = None,
     ) -> None:
         if launcher not in LAUNCHERS:
             raise ValueError(
                 f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}."
             )
-        self.launcher = launcher
+        self.spec = spec or LaunchSpec(launcher=launcher)
         self.start_timeout = start_timeout
         self.profile = profile
         self.layout: Layout | None = None
@@ -82,16 +88,25 @@ class TrainingCluster:
         self._cluster: Any = None
         self._client: Any = None
         self._pids: set[int] = set()
+        self._external = False  # connected to a cluster we did not start (launcher "profile")
+        # set from another thread to give up a start in progress (the notebook was interrupted)
+        self.abort_start = threading.Event()
         _live.add(self)
+
+    @property
+    def launcher(self) -> str:
+        return self.spec.launcher
 
     # -- state -------------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True while the controller and every engine are up."""
-        if self._cluster is None or self._client is None:
+        if self._client is None:
             return False
-        if self._launchers_stopped():
+        if self._external:
+            return len(self._client.ids) >= len(self.engines)
+        if self._cluster is None or self._launchers_stopped():
             return False
         return len(self._client.ids) >= len(self.engines)
 
@@ -104,6 +119,8 @@ class TrainingCluster:
 
     @property
     def cluster_id(self) -> str | None:
+        if self._external:
+            return self.spec.cluster_id or None
         return None if self._cluster is None else str(self._cluster.cluster_id)
 
     def engine_id(self, rank: int) -> int:
@@ -119,7 +136,8 @@ class TrainingCluster:
 
     def status(self) -> dict[str, Any]:
         """A summary: launcher, layout, state, engines registered and busy."""
-        state = "running" if self.running else ("stopped" if self._cluster is None else "broken")
+        started = self._cluster is not None or self._external
+        state = "running" if self.running else ("broken" if started else "stopped")
         info: dict[str, Any] = {
             "launcher": self.launcher,
             "state": state,
@@ -131,8 +149,12 @@ class TrainingCluster:
         if self._client is not None:
             info["engines_registered"] = len(self._client.ids)
             try:
-                queues = self._client.queue_status(block=True)
-                busy = sum(1 for k, v in queues.items() if k != "unassigned" and v.get("tasks"))
+                queues = self._client.queue_status()
+                busy = sum(
+                    1
+                    for k, v in queues.items()
+                    if k != "unassigned" and (v.get("queue") or v.get("tasks"))
+                )
                 info["busy"] = busy
             except Exception:
                 info["busy"] = None
@@ -153,12 +175,20 @@ class TrainingCluster:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def ensure(self, layout: Layout, report: Report = _quiet) -> bool:
-        """Make sure a cluster of ``layout`` is running; return True if one was (re)started."""
-        if self.running and self.layout == layout:
+    def ensure(
+        self, layout: Layout, report: Report = _quiet, spec: LaunchSpec | None = None
+    ) -> bool:
+        """Make sure a cluster of ``layout`` started by ``spec`` is running; True if (re)started."""
+        spec = spec or self.spec
+        if self.running and spec == self.spec and (self._external or self.layout == layout):
             return False
-        if self._cluster is not None:
-            if self.layout != layout and self.running:
+        if self._cluster is not None or self._external:
+            if spec != self.spec and self.running:
+                report(
+                    f"Switching from the {self.spec.launcher} launcher to {spec.launcher}: "
+                    "restarting the cluster."
+                )
+            elif self.layout != layout and self.running:
                 report(f"Resizing the cluster from {self.layout} to {layout}: restarting it.")
             elif not self.running:
                 report(
@@ -166,18 +196,22 @@ class TrainingCluster:
                     "starting a new one."
                 )
             self.stop()
+        self.spec = spec
         self.start(layout, report)
         return True
 
     def start(self, layout: Layout, report: Report = _quiet) -> None:
         """Start a controller and ``layout.ranks`` engines under mpiexec and wait for them."""
-        if self._cluster is not None:
+        if self._cluster is not None or self._external:
             raise RuntimeError("the cluster is already started; stop it first.")
         import ipyparallel as ipp
 
-        kwargs = local_cluster_kwargs(layout)
-        self.layout = layout
         self.backend_state = None
+        if self.spec.launcher == "profile":
+            self._connect(report)
+            return
+        kwargs = launch_kwargs(self.spec, layout)
+        self.layout = layout
         self._cluster = ipp.Cluster(
             profile=self.profile, log_level=logging.WARNING, shutdown_atexit=True, **kwargs
         )
@@ -188,6 +222,7 @@ class TrainingCluster:
             raise
 
     def _start_and_wait(self, layout: Layout, report: Report) -> None:
+        self.abort_start.clear()
         n = layout.ranks
         deadline = time.monotonic() + self.start_timeout
         report(f"Starting {layout}: controller")
@@ -196,9 +231,17 @@ class TrainingCluster:
         self._cluster.start_engines_sync(n)
         for engine_set in self._cluster.engines.values():
             self._track(engine_set)
+        watchdog.guard(self, self._pids)  # kills these trees if the kernel dies
         self._client = self._cluster.connect_client_sync()
         registered = -1
+        pending_since = None
         while True:
+            if self.spec.launcher == "slurm":
+                pending_since = self._check_slurm_job(report, pending_since)
+                if pending_since is not None:
+                    deadline = time.monotonic() + self.start_timeout  # counted once it runs
+                    time.sleep(1)
+                    continue
             count = len(self._client.ids)
             if count != registered:
                 registered = count
@@ -216,7 +259,14 @@ class TrainingCluster:
                     "raise the start timeout or look at the engine output below.\n"
                     + self._output_tail()
                 )
+            if self.abort_start.is_set():
+                raise KeyboardInterrupt("the start was interrupted")
             time.sleep(0.1)
+        self._describe_engines()
+        security.restrict_files(self._cluster.profile_dir)
+        report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
+
+    def _describe_engines(self) -> None:
         described = self._client[:].apply_sync(_describe_rank)
         ids = self._client.ids
         self.engines = sorted(
@@ -227,12 +277,63 @@ class TrainingCluster:
             key=lambda e: e.rank,
         )
         self._pids.update(e.pid for e in self.engines)
-        report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
+
+    def _connect(self, report: Report) -> None:
+        """Connect to a running cluster by profile or cluster id (launcher ``profile``)."""
+        import ipyparallel as ipp
+
+        spec = self.spec
+        where = f"profile {spec.profile or 'default'}"
+        if spec.cluster_id:
+            where += f", cluster id {spec.cluster_id}"
+        report(f"Connecting to the running cluster ({where})")
+        try:
+            client = ipp.Client(
+                profile=spec.profile or None,
+                cluster_id=spec.cluster_id or None,
+                timeout=min(self.start_timeout, 30),
+            )
+            client.wait_for_engines(1, timeout=self.start_timeout)
+        except Exception as e:
+            raise ClusterStartError(
+                f"could not connect to a running ipyparallel cluster ({where}): {e}; start it "
+                "with ipcluster or pick another profile or cluster id."
+            ) from None
+        self._client, self._external = client, True
+        self._describe_engines()
+        self.layout = Layout(len(self.engines), 1)
+        report(f"Connected: {len(self.engines)} engines ({where})")
+
+    def _check_slurm_job(self, report: Report, pending_since: float | None) -> float | None:
+        """Watch the engines' Slurm job; return since when it is pending (None once it runs)."""
+        engine_set = next(iter(self._cluster.engines.values()))
+        job_id = getattr(engine_set, "job_id", None)
+        state = slurm_job_state(job_id) if job_id else "PENDING"
+        if state == "PENDING":
+            now = time.monotonic()
+            pending_since = pending_since or now
+            waited = now - pending_since
+            report(f"Slurm job {job_id} is pending ({waited:.0f} s)")
+            if waited > self.spec.slurm.pending_timeout:
+                raise ClusterStartError(
+                    f"the Slurm job {job_id} stayed pending for {waited:.0f} s and was cancelled; "
+                    "check squeue and sinfo, or raise the pending timeout."
+                )
+            return pending_since
+        assert self.layout is not None
+        if not state and len(self._client.ids) < self.layout.ranks:
+            raise ClusterStartError(
+                f"the Slurm job {job_id} ended before all engines registered.\n"
+                + self._output_tail()
+            )
+        return None
 
     def stop(self) -> None:
         """Stop the cluster and make sure none of its processes are left."""
-        cluster, client = self._cluster, self._client
+        watchdog.release(self)
+        cluster, client, external = self._cluster, self._client, self._external
         self._cluster = self._client = None
+        self._external = False
         self.engines = []
         self.backend_state = None
         if client is not None:
@@ -244,7 +345,10 @@ class TrainingCluster:
                 cluster.stop_cluster_sync()
             except Exception as e:  # still reap below
                 logging.getLogger(__name__).debug("stop_cluster failed: %s", e)
-        self._reap()
+        if external:  # never stop a cluster we only connected to
+            self._pids.clear()
+        else:
+            self._reap()
         self.layout = None
 
     def restart(self, report: Report = _quiet) -> None:

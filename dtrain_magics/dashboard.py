@@ -19,6 +19,7 @@ from .run_state import RunState
 PROGRESS_EVERY = 0.25
 CHARTS_EVERY = 0.5
 TEXT_EVERY = 5.0
+TEXT_LINES_PER_RANK = 1000  # lines a rank may print into the notebook in text mode
 
 _STATUS_COLOURS = {
     "succeeded": "#2e7d32",
@@ -186,21 +187,38 @@ class TextDashboard:
 
     def refresh(self, force: bool = False) -> None:
         state = self.state
+        stall = state.status == "running" and state.stalled and state.message != self._message
+        if stall:
+            self._message = state.message
+            print(f"[dtrain] {state.message}", flush=True)
         if state.status == "starting cluster" and state.message != self._message:
             self._message = state.message
             print(state.message, flush=True)
         for r in state.ranks:
             new = r.line_count - self._lines_shown[r.rank]
             if new > 0:
-                shown = list(r.lines)[-new:] if new <= len(r.lines) else list(r.lines)
-                for stream, line in shown:
-                    out = sys.stderr if stream == "stderr" else sys.stdout
-                    print(f"[rank {r.rank}] {line}", file=out)
-                self._lines_shown[r.rank] = r.line_count
+                self._print_lines(r, new)
         now = time.monotonic()
         if now - self._printed_at >= TEXT_EVERY:
             self._printed_at = now
             print(f"[dtrain] {headline(state)} · {self._progress()}", flush=True)
+
+    def _print_lines(self, r: Any, new: int) -> None:
+        """Print ``r``'s ``new`` lines, up to ``TEXT_LINES_PER_RANK`` per run and rank."""
+        shown = self._lines_shown[r.rank]
+        room = TEXT_LINES_PER_RANK - min(shown, TEXT_LINES_PER_RANK)
+        lines = list(r.lines)[-new:] if new <= len(r.lines) else list(r.lines)
+        for stream, line in lines[:room]:
+            out = sys.stderr if stream == "stderr" else sys.stdout
+            print(f"[rank {r.rank}] {line}", file=out)
+        if shown <= TEXT_LINES_PER_RANK < shown + new:
+            where = self.state.store.log_paths[r.rank] if self.state.store else "the run's log"
+            print(
+                f"[rank {r.rank}] … more than {TEXT_LINES_PER_RANK} lines: the rest is not "
+                f"shown here; the full output is in {where}",
+                flush=True,
+            )
+        self._lines_shown[r.rank] = r.line_count
 
     def _progress(self) -> str:
         return ", ".join(
@@ -217,6 +235,9 @@ class TextDashboard:
             if v
         )
         print(f"[dtrain] {headline(state)}" + (f" · last {metrics}" if metrics else ""), flush=True)
+        if state.stalled:
+            ranks = ", ".join(map(str, state.stalled))
+            print(f"[dtrain] Horovod reported stalls waiting for rank {ranks}", flush=True)
         if state.store is not None:
             print(f"[dtrain] logs and metrics: {state.store.dir}", flush=True)
 

@@ -18,7 +18,7 @@ from traitlets.config import Config
 
 from .errors import ClusterStartError
 
-LAUNCHERS = ("local", "mpi", "slurm")
+LAUNCHERS = ("local", "mpi", "slurm", "profile")
 
 # names that always mean this host in a hostfile or a Slurm node list
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -74,6 +74,8 @@ def rank_environment(layout: Layout) -> dict[str, str]:
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         # keep MPI's own TCP traffic on loopback for a one-host cluster
         "OMPI_MCA_btl_tcp_if_include": "lo",
+        # ranks on one host talk over shared memory: no MPI TCP listener on any interface
+        "OMPI_MCA_btl": "self,sm",
         "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
     }
     # share the cores between ranks instead of every rank's torch using all of them
@@ -115,6 +117,40 @@ def cluster_kwargs(
     raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
 
 
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where and how engines start: the launcher and its own settings, plus rank env vars.
+
+    ``profile`` connects to a running ipyparallel cluster (by profile or cluster id) instead of
+    starting one; such a cluster is never stopped by us.
+    """
+
+    launcher: str = "local"
+    hostfile: str = ""
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    profile: str = ""
+    cluster_id: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def launch_kwargs(spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
+    """``ipyparallel.Cluster`` arguments for ``spec``, with ``spec.env`` set on every rank."""
+    kwargs = cluster_kwargs(spec.launcher, layout, hostfile=spec.hostfile or None, slurm=spec.slurm)
+    env = dict(spec.env)
+    if env:
+        config = kwargs["config"]
+        for section in ("MPIEngineSetLauncher", "SlurmEngineSetLauncher"):
+            if section in config:
+                config[section].environment = {**config[section].environment, **env}
+        if "MPIEngineSetLauncher" in config and spec.launcher == "mpi":
+            forwarded = [arg for name in env for arg in ("-x", name)]  # reach remote ranks too
+            config.MPIEngineSetLauncher.mpi_args = [
+                *config.MPIEngineSetLauncher.mpi_args,
+                *forwarded,
+            ]
+    return kwargs
+
+
 # -- mpi: mpiexec --hostfile ----------------------------------------------------------------
 
 
@@ -152,6 +188,7 @@ def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
     env = rank_environment(layout)
     if not local_only:
         del env["OMPI_MCA_btl_tcp_if_include"]
+        del env["OMPI_MCA_btl"]
     return env
 
 
@@ -257,6 +294,10 @@ def slurm_cluster_kwargs(layout: Layout, options: SlurmOptions) -> dict[str, Any
     hosts = slurm_hosts(options.partition)
     local_only = bool(hosts) and all(is_local_host(h) for h in hosts)
     env = multi_host_environment(layout, local_only)
+    if layout.nodes > 1 and "OMPI_MCA_btl" in env:
+        # several Slurm nodes on this one host: MPI sees separate nodes, which need its TCP
+        # transport between them (still on loopback only, per btl_tcp_if_include)
+        env["OMPI_MCA_btl"] = "self,sm,tcp"
     script = os.path.join(tempfile.gettempdir(), f"dtrain-engines-{uuid.uuid4().hex[:12]}.sbatch")
     config = Config()
     config.SlurmEngineSetLauncher.batch_template = slurm_batch_template(layout, options, env)

@@ -8,33 +8,62 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import TraitError
 
 from .cluster import TrainingCluster
 from .display import StatusLine
+from .launchers import LAUNCHERS
 from .options import BACKENDS, DEVICES, BadOptions, RunOptions, parse_names
 from .records import last_run
 from .runner import DistributedRunner
+from .settings import DistributedSettings, SettingsStore
 
 
-def _int_arg(flag: str) -> Any:
-    def parse(text: str) -> int:
+def _typed(flag: str, cast: Any, what: str) -> Any:
+    """An argparse type that turns a bad value into one sentence naming the flag."""
+
+    def parse(text: str) -> Any:
         try:
-            return int(text)
+            return cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} must be a positive integer, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{flag} must be {what}, got {text!r}") from None
 
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--timeout must be a positive number of seconds, got {text!r}"
-        ) from None
+def _int_arg(flag: str) -> Any:
+    return _typed(flag, int, "a positive integer")
+
+
+def _seconds(flag: str) -> Any:
+    return _typed(flag, float, "a positive number of seconds")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+# flag destination → settings name, for the flags that are settings
+_SETTING_FLAGS = {
+    "nodes": "nodes",
+    "procs_per_node": "procs_per_node",
+    "backend": "backend",
+    "device": "device",
+    "timeout": "timeout",
+    "launcher": "launcher",
+    "hostfile": "hostfile",
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "time_limit": "slurm_time_limit",
+    "sbatch_option": "slurm_options",
+    "pending_timeout": "slurm_pending_timeout",
+    "profile": "profile",
+    "cluster_id": "cluster_id",
+    "env": "env",
+}
 
 
 @magics_class
@@ -45,38 +74,40 @@ class DistributedMagics(Magics):
         super().__init__(shell)
         self.cluster = cluster or TrainingCluster()
         self.runner = DistributedRunner(self.cluster)
+        self.settings = SettingsStore()
+        try:
+            self.settings.load()
+        except (TraitError, ValueError) as e:  # a broken config file must not break %load_ext
+            print(f"dtrain_magics: ignoring the config file: {e}")
 
     @magic_arguments()
     @argument(
         "--nodes",
         "-n",
         type=_int_arg("--nodes"),
-        default=1,
+        default=None,
         help="Number of nodes (default 1); on the local launcher each node is simulated.",
     )
     @argument(
         "--procs-per-node",
         "-p",
         type=_int_arg("--procs-per-node"),
-        default=1,
+        default=None,
         help="Ranks per node (default 1); total ranks = nodes × procs-per-node.",
     )
     @argument(
-        "--backend",
-        "-b",
-        default="horovod",
-        help=f"One of {', '.join(BACKENDS)} (default horovod).",
+        "--backend", "-b", default=None, help=f"One of {', '.join(BACKENDS)} (default horovod)."
     )
     @argument(
         "--device",
         "-d",
-        default="auto",
+        default=None,
         help=f"One of {', '.join(DEVICES)} (default auto: a GPU per local rank if any).",
     )
     @argument(
         "--timeout",
         "-t",
-        type=_seconds,
+        type=_seconds("--timeout"),
         default=None,
         help="Interrupt every rank after this many seconds (default: no timeout).",
     )
@@ -86,14 +117,44 @@ class DistributedMagics(Magics):
         help="Comma-separated notebook variables to send to every rank first.",
     )
     @argument(
+        "--pull",
+        default=None,
+        help="Comma-separated names to copy from rank 0 into the notebook after.",
+    )
+    @argument(
         "--no-widget",
         action="store_true",
         help="Print labelled output and text summaries instead of the live dashboard.",
     )
     @argument(
-        "--pull",
+        "--launcher", "-l", default=None, help=f"One of {', '.join(LAUNCHERS)} (default local)."
+    )
+    @argument("--hostfile", default=None, help="Open MPI hostfile (launcher mpi).")
+    @argument("--partition", default=None, help="Slurm partition (launcher slurm).")
+    @argument("--account", default=None, help="Slurm account (launcher slurm).")
+    @argument("--time-limit", default=None, help="Slurm time limit, e.g. 01:00:00.")
+    @argument(
+        "--sbatch-option",
+        action="append",
         default=None,
-        help="Comma-separated names to copy from rank 0 into the notebook after.",
+        help="Extra sbatch option, e.g. --sbatch-option=--qos=debug (repeatable).",
+    )
+    @argument(
+        "--pending-timeout",
+        type=_seconds("--pending-timeout"),
+        default=None,
+        help="Seconds a Slurm job may stay pending (default 300).",
+    )
+    @argument(
+        "--profile", default=None, help="ipyparallel profile to connect to (launcher profile)."
+    )
+    @argument("--cluster-id", default=None, help="ipyparallel cluster id (launcher profile).")
+    @argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=None,
+        help="NAME=VALUE environment variable for every rank (repeatable).",
     )
     @cell_magic
     def distributed(self, line: str, cell: str) -> None:
@@ -107,6 +168,9 @@ class DistributedMagics(Magics):
         A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
         ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
         ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
+
+        Flags override the defaults applied with ``%dtrain config`` (the form), which override
+        the config file saved from it.
 
         Examples
         --------
@@ -122,10 +186,20 @@ class DistributedMagics(Magics):
 
             In [3]: %%distributed --nodes 2 --push lr --pull model --timeout 600
                ...: model = train(lr * size)
+
+            In [4]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
+               ...: ...
         """
-        options, widget = self.parse(line)
+        settings, options, sources, widget = self.parse(line)
         try:
-            self.runner.run(cell, options, self._namespace(), widget=widget)
+            self.runner.run(
+                cell,
+                options,
+                self._namespace(),
+                widget=widget,
+                spec=settings.launch_spec(),
+                info={"sources": sources},
+            )
         except BadOptions as e:
             raise UsageError(str(e)) from None
         finally:
@@ -133,30 +207,52 @@ class DistributedMagics(Magics):
 
     async def distributed_async(self, line: str, cell: str) -> None:
         """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
-        options, widget = self.parse(line)
+        settings, options, sources, widget = self.parse(line)
         try:
-            await self.runner.run_async(cell, options, self._namespace(), widget=widget)
+            await self.runner.run_async(
+                cell,
+                options,
+                self._namespace(),
+                widget=widget,
+                spec=settings.launch_spec(),
+                info={"sources": sources},
+            )
         except BadOptions as e:
             raise UsageError(str(e)) from None
         finally:
             self._publish_record()
 
-    def parse(self, line: str) -> tuple[RunOptions, bool]:
-        """``%%distributed`` flags → validated options and whether to show the widget."""
+    def parse(self, line: str) -> tuple[DistributedSettings, RunOptions, str, bool]:
+        """Flags → this cell's settings, validated options, where settings came from, widget?"""
         try:
             args = parse_argstring(self.distributed, line)
-            options = RunOptions(
-                nodes=args.nodes,
-                procs_per_node=args.procs_per_node,
-                backend=args.backend,
-                device=args.device,
-                timeout=args.timeout,
-                push=parse_names(args.push),
-                pull=parse_names(args.pull),
+            flags = {
+                name: getattr(args, dest)
+                for dest, name in _SETTING_FLAGS.items()
+                if getattr(args, dest) is not None
+            }
+            if "env" in flags:
+                flags["env"] = dict(flags["env"])
+            push, pull = parse_names(args.push), parse_names(args.pull)
+            defaults = self.settings.defaults()
+            RunOptions(
+                **{
+                    k: flags.get(k, getattr(defaults, k))
+                    for k in ("nodes", "procs_per_node", "backend", "device", "launcher", "timeout")
+                },
+                push=push,
+                pull=pull,
             ).validate()
-        except BadOptions as e:
+            settings, sources = self.settings.resolve(flags)
+            options = settings.run_options(push, pull).validate()
+        except (BadOptions, TraitError) as e:
             raise UsageError(str(e)) from None
-        return options, not args.no_widget
+        described = ", ".join(
+            f"{name} from the {source}"
+            for name, source in sorted(sources.items())
+            if source != "flag"
+        )
+        return settings, options, described, not args.no_widget
 
     def _namespace(self) -> dict[str, Any]:
         assert self.shell is not None
@@ -169,7 +265,10 @@ class DistributedMagics(Magics):
 
     @line_magic
     def dtrain(self, line: str) -> Any:
-        """Control the training cluster: ``%dtrain status``, ``%dtrain stop``, ``%dtrain restart``.
+        """Control the training cluster and its settings.
+
+        ``%dtrain status``, ``%dtrain stop``, ``%dtrain restart``, and ``%dtrain config`` (the
+        configuration form: settings, detected resources, Apply/Save/Reset, Start/Stop).
 
         Examples
         --------
@@ -180,13 +279,15 @@ class DistributedMagics(Magics):
         """
         command = line.strip() or "status"
         if command == "status":
-            info = self.cluster.status()
-            print(_format_status(info))
+            print(_format_status(self.cluster.status()))
             return None
         if command == "stop":
-            was = self.cluster.running
+            was, external = self.cluster.running, self.cluster.launcher == "profile"
             self.cluster.stop()
-            print("Cluster stopped." if was else "No cluster was running.")
+            if external and was:
+                print("Disconnected; the cluster was not started here, so it keeps running.")
+            else:
+                print("Cluster stopped." if was else "No cluster was running.")
             return None
         if command == "restart":
             if self.cluster.layout is None:
@@ -197,7 +298,13 @@ class DistributedMagics(Magics):
             finally:
                 status.close()
             return None
-        raise UsageError(f"unknown %dtrain command {command!r}; use status, stop or restart.")
+        if command == "config":
+            from .config_panel import ConfigPanel
+
+            return ConfigPanel(self)
+        raise UsageError(
+            f"unknown %dtrain command {command!r}; use status, stop, restart or config."
+        )
 
 
 def _format_status(info: dict[str, Any]) -> str:

@@ -56,6 +56,9 @@ class RunOptions:
                     raise BadOptions(
                         f"{flag} takes comma-separated Python names, and {name!r} is not one."
                     )
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice is not None:
+                raise BadOptions(f"{flag} names {twice} twice; list each name once.")
         return self
 
 

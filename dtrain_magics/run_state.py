@@ -54,6 +54,7 @@ class RunState:
         self.failure = ""
         self.traceback = ""
         self.dropped = 0
+        self.stalled: list[int] = []  # ranks Horovod reported as stalling
         self.version = 0
         self.store = store
 
@@ -101,6 +102,16 @@ class RunState:
             state.n, state.total = progress["n"], progress["total"]
             state.desc, state.rate = progress["desc"], progress["rate"]
         self.version += 1
+
+    def add_stall(self, rank: int) -> None:
+        """Horovod reported that the other ranks wait for ``rank`` in a collective."""
+        if rank not in self.stalled:
+            self.stalled.append(rank)
+            self.message = (
+                f"rank {rank} is stalling: the other ranks wait for it in a "
+                "collective (Horovod stall warning)"
+            )
+            self.version += 1
 
     def finish_rank(self, rank: int, status: str, error: str = "") -> None:
         state = self.ranks[rank]
@@ -180,6 +191,7 @@ class RunState:
             "latest_metrics": latest,
             "throughput": self.throughput(),
             "dropped_points": self.dropped,
+            "stalled_ranks": self.stalled,
             "ranks": [
                 {
                     "rank": r.rank,

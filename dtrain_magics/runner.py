@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
@@ -13,10 +15,13 @@ from typing import Any, TypeVar
 from . import records
 from .cluster import Report, TrainingCluster, _quiet
 from .dashboard import Dashboard, make_dashboard
+from .deaths import cause_of_death, mpiexec_output
 from .errors import RankError, RunInterrupted, RunTimeoutError
+from .launchers import LaunchSpec
 from .options import BadOptions, RunOptions
 from .records import RunRecord, RunStore, new_run_id
 from .run_state import RunState
+from .stalls import OutputFollower, stalled_ranks
 
 T = TypeVar("T")
 CELL_FILENAME = "<distributed cell>"
@@ -70,9 +75,15 @@ class DistributedRunner:
         namespace: dict[str, Any],
         report: Report = _quiet,
         widget: bool = True,
+        spec: LaunchSpec | None = None,
+        info: dict[str, Any] | None = None,
     ) -> RunResult:
         """Run ``code`` on every rank, blocking; see ``run_async``."""
-        return drive(self.run_async(code, options, namespace, report, widget, sleep=SyncPause))
+        return drive(
+            self.run_async(
+                code, options, namespace, report, widget, sleep=SyncPause, spec=spec, info=info
+            )
+        )
 
     async def run_async(
         self,
@@ -83,6 +94,7 @@ class DistributedRunner:
         widget: bool = True,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         info: dict[str, Any] | None = None,
+        spec: LaunchSpec | None = None,
     ) -> RunResult:
         """Run ``code`` on every rank; raise ``RankError`` if a rank fails.
 
@@ -97,11 +109,16 @@ class DistributedRunner:
             )
         compile(code, CELL_FILENAME, "exec")
         values = collect_push(namespace, options.push)
+        spec = spec or LaunchSpec(launcher=options.launcher)
+        ranks = options.layout.ranks
+        if spec.launcher == "profile":  # the running cluster decides how many ranks there are
+            self.cluster.ensure(options.layout, report, spec)
+            ranks = len(self.cluster.engines)
         run_id = new_run_id()
-        store = RunStore(run_id, options.layout.ranks)
+        store = RunStore(run_id, ranks)
         state = RunState(
             run_id,
-            options.layout.ranks,
+            ranks,
             {
                 "backend": options.backend,
                 "device": options.device,
@@ -124,7 +141,13 @@ class DistributedRunner:
                 store.write_summary(state.summary())
                 dashboard.refresh(force=True)
 
-            self.cluster.ensure(options.layout, starting)
+            try:
+                await self._ensure_cluster(options, starting, spec, sleep)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                raise RunInterrupted(
+                    "interrupted while the cluster was starting: it was stopped and none of its "
+                    "processes are left; the next cell starts a new one."
+                ) from None
             self.prepare(options)
             if values:
                 self.cluster.view().push(values)
@@ -140,6 +163,46 @@ class DistributedRunner:
             store.close()
         raise_for_result(result, options.timeout)
         return result
+
+    async def _ensure_cluster(
+        self,
+        options: RunOptions,
+        report: Report,
+        spec: LaunchSpec,
+        sleep: Callable[[float], Awaitable[Any]],
+    ) -> None:
+        """Start or resize the cluster; in a kernel, in a worker thread the cell awaits.
+
+        Awaiting keeps a kernel interrupt deliverable during the start: it sets the cluster's
+        ``abort_start``, the start stops what it launched, and the interrupt propagates.
+        """
+        if sleep is SyncPause:  # plain IPython: Ctrl-C interrupts the start directly
+            self.cluster.ensure(options.layout, report, spec)
+            return
+        messages: queue.SimpleQueue[str] = queue.SimpleQueue()
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                self.cluster.ensure(options.layout, messages.put, spec)
+            except BaseException as e:  # re-raised in the notebook's thread
+                failure.append(e)
+
+        worker = threading.Thread(target=start, name="dtrain-start", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                while not messages.empty():
+                    report(messages.get())  # widgets are updated from this (the main) thread
+                await sleep(self.poll)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.cluster.abort_start.set()
+            worker.join(timeout=60)
+            raise KeyboardInterrupt from None
+        while not messages.empty():
+            report(messages.get())
+        if failure:
+            raise failure[0]
 
     def request_stop(self) -> None:
         """Ask the running cell to interrupt every rank (the dashboard's Stop button)."""
@@ -195,18 +258,23 @@ class DistributedRunner:
             r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
             for r in ranks
         }
-        watch = _Watch(ars, state, dashboard)
+        watch = _Watch(ars, state, dashboard, OutputFollower(self.cluster))
         deadline = started + timeout if timeout else None
         try:
             stop = await self._watch(watch, sleep, deadline, stop_on_failure=True)
         except (KeyboardInterrupt, asyncio.CancelledError):
             stop = "interrupted"
         restarted = False
+        death = None
         if stop is not None:
             state.set_status("stopping", f"{stop}: interrupting every rank")
             dashboard.refresh(force=True)
-            restarted = await self._stop_ranks(watch, sleep)
+            if watch.died:
+                death = await self._cause_of_death(watch, sleep)
+            restarted = await self._stop_ranks(watch, sleep, restart=bool(watch.died))
         watch.drain()
+        if death is not None:
+            watch.blame(*death)
         outcomes = watch.outcomes
         result = RunResult(
             status={
@@ -227,7 +295,24 @@ class DistributedRunner:
             ),
             None,
         )
+        if death is not None:
+            result.failing_rank = death[0]
         return result
+
+    async def _cause_of_death(
+        self, watch: _Watch, sleep: Callable[[float], Awaitable[Any]], wait: float = 5.0
+    ) -> tuple[int, str] | None:
+        """``(rank, cause)`` from mpiexec's report of the rank that died, if it makes one."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                death = cause_of_death(mpiexec_output(self.cluster))
+            except OSError:
+                return None
+            if death is not None or time.monotonic() >= deadline:
+                return death
+            watch.poll(interrupted=True)
+            await sleep(self.poll)
 
     def pull(self, names: tuple[str, ...]) -> dict[str, Any]:
         """Copy ``names`` from rank 0's namespace."""
@@ -269,12 +354,15 @@ class DistributedRunner:
                 return "timeout"
             await sleep(self.poll)
 
-    async def _stop_ranks(self, watch: _Watch, sleep: Callable[[float], Awaitable[Any]]) -> bool:
+    async def _stop_ranks(
+        self, watch: _Watch, sleep: Callable[[float], Awaitable[Any]], restart: bool = False
+    ) -> bool:
         """Interrupt every running rank, then reset the backend; restart the cluster if the
-        ranks do not come back. Returns True if the cluster was restarted."""
+        ranks do not come back, or at once with ``restart`` (a rank died: MPI aborts the job).
+        Returns True if the cluster was restarted."""
         pending = watch.pending
-        responsive = True
-        if pending and self.cluster.running:
+        responsive = not restart
+        if pending and responsive and self.cluster.running:
             try:
                 self.cluster.interrupt(pending)
                 await self._watch(
@@ -346,10 +434,18 @@ class DistributedRunner:
 class _Watch:
     """The per-rank results of one execution, pumped into the run state and dashboard."""
 
-    def __init__(self, ars: dict[int, Any], state: RunState, dashboard: Dashboard) -> None:
+    def __init__(
+        self,
+        ars: dict[int, Any],
+        state: RunState,
+        dashboard: Dashboard,
+        mpiexec: OutputFollower | None = None,
+    ) -> None:
         self.ars = ars
         self.state = state
         self.dashboard = dashboard
+        self.mpiexec = mpiexec
+        self._stall_checked = time.monotonic()
         self.outcomes: dict[int, RankOutcome] = {}
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
         self._seq = dict.fromkeys(ars, 0)
@@ -376,13 +472,37 @@ class _Watch:
                 failed = failed or outcome.status in ("error", "died")
             else:
                 self._pump(r)
+        self._check_stalls()
         self.dashboard.refresh()
         return failed
+
+    def _check_stalls(self, every: float = 1.0) -> None:
+        """Surface Horovod's stall warnings (they go to mpiexec's output, not to the cell)."""
+        now = time.monotonic()
+        if self.mpiexec is None or now - self._stall_checked < every:
+            return
+        self._stall_checked = now
+        for rank in stalled_ranks(self.mpiexec.new_text()):
+            self.state.add_stall(rank)
 
     def drain(self) -> None:
         for r in self.ars:
             self._pump(r)
         self.dashboard.refresh(force=True)
+
+    @property
+    def died(self) -> list[int]:
+        return [r for r, o in self.outcomes.items() if o.status == "died"]
+
+    def blame(self, rank: int, cause: str) -> None:
+        """``rank`` died of ``cause``; the ranks that ended with it were stopped by MPI."""
+        for r, o in list(self.outcomes.items()):
+            if r == rank:
+                self.outcomes[r] = RankOutcome(r, "died", cause)
+                self.state.finish_rank(r, "died", cause)
+            elif o.status in ("died", "killed"):
+                self.outcomes[r] = RankOutcome(r, "interrupted", f"stopped when rank {rank} died")
+                self.state.finish_rank(r, "interrupted", f"stopped when rank {rank} died")
 
     def kill_pending(self) -> None:
         for r in self.pending:
@@ -440,9 +560,9 @@ def _exit_reason(result: RunResult, timeout: float | None) -> str:
     if result.status == "timed out":
         return f"ran past --timeout {timeout:g} s"
     failing = next(o for o in result.ranks if o.rank == result.failing_rank)
-    return (
-        f"rank {failing.rank} {'died' if failing.status == 'died' else 'failed'}: {failing.error}"
-    )
+    if failing.status == "died":
+        return f"rank {failing.rank} died ({failing.error})"
+    return f"rank {failing.rank} failed: {failing.error}"
 
 
 def raise_for_result(result: RunResult | None, timeout: float | None) -> None:
@@ -455,6 +575,12 @@ def raise_for_result(result: RunResult | None, timeout: float | None) -> None:
     )
     if result.status == "succeeded":
         return
+    failing = next((o for o in result.ranks if o.rank == result.failing_rank), None)
+    if result.restarted and failing is not None and failing.status == "died":
+        restart_note = (
+            " MPI ends the whole job when one rank dies, so the cluster was restarted; "
+            "rank namespaces were reset."
+        )
     if result.status == "interrupted":
         raise RunInterrupted(f"interrupted: every rank was stopped.{restart_note}")
     if result.status == "timed out":
@@ -462,7 +588,7 @@ def raise_for_result(result: RunResult | None, timeout: float | None) -> None:
             f"the cell ran past --timeout {timeout:g} s and every rank was interrupted."
             f"{restart_note}"
         )
-    failing = next(o for o in result.ranks if o.rank == result.failing_rank)
+    assert failing is not None
     others = [o.rank for o in result.ranks if o.status in ("interrupted", "killed")]
     stopped = ""
     if others:
@@ -472,7 +598,7 @@ def raise_for_result(result: RunResult | None, timeout: float | None) -> None:
             else (f" Ranks {_ranks(others)} were interrupted.")
         )
     if failing.status == "died":
-        summary = f"rank {failing.rank} died: {failing.error}.{stopped}{restart_note}"
+        summary = f"rank {failing.rank} died ({failing.error}).{stopped}{restart_note}"
     else:
         summary = f"rank {failing.rank} failed with {failing.error}.{stopped}{restart_note}"
     raise RankError(summary, failing.rank, failing.traceback)
@@ -511,9 +637,12 @@ def _outcome(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
         ar.get(0)
         return RankOutcome(rank, "ok")
     except RemoteError as e:
+        if e.ename == "EngineError":  # the engine process went away while running the cell
+            return RankOutcome(rank, "died", "its engine process exited")
         if e.ename == "KeyboardInterrupt":
             return RankOutcome(rank, "interrupted", "KeyboardInterrupt")
-        return RankOutcome(rank, "error", f"{e.ename}: {e.evalue}", _remote_traceback(e))
+        error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
+        return RankOutcome(rank, "error", error, _remote_traceback(e))
     except EngineError as e:
         return RankOutcome(rank, "died", str(e).strip() or "its engine exited")
     except Exception as e:  # e.g. the cluster went away

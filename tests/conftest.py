@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,6 +57,42 @@ def run(ip: Any, cluster: Any) -> Any:
     return run_cell
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still running (zombies count as gone)."""
+    import psutil
+
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
 def rank_values(cluster: Any, name: str) -> list[Any]:
     """``name`` as bound on every rank, in rank order."""
     return list(cluster.view().pull(name))
+
+
+@pytest.fixture(scope="session")
+def slurm_up() -> None:
+    """A running Slurm of 2 nodes on this host, set up by scripts/slurm-local.sh; or a failure."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "slurm-local.sh"
+    env = {**os.environ, "SLURM_NODES": os.environ.get("SLURM_NODES", "2")}
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, env=env)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/slurm-local.sh failed: {done.stdout}{done.stderr}".strip())
+
+
+@pytest.fixture
+def magics(ip: Any, monkeypatch: Any, tmp_path: Path) -> Iterator[Any]:
+    """Magics with their own cluster and an empty config dir (the session cluster is untouched)."""
+    from dtrain_magics.cluster import TrainingCluster
+    from dtrain_magics.magics import DistributedMagics
+
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
+    m = DistributedMagics(ip, cluster=TrainingCluster())
+    yield m
+    m.cluster.stop()

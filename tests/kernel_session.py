@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,9 @@ class Reply:
 class KernelSession:
     """Starts a python3 kernel (this venv) and runs cells in it."""
 
-    def __init__(self) -> None:
-        self.km, self.kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        extra = {"env": env} if env is not None else {}
+        self.km, self.kc = start_new_kernel(kernel_name="python3", startup_timeout=60, **extra)
 
     def submit(self, code: str) -> str:
         return self.kc.execute(code)
@@ -68,3 +70,10 @@ class KernelSession:
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=False)
+
+
+def printed_pids(text: str) -> list[int]:
+    """The pids a cell printed as ``PIDS [1, 2, ...]``."""
+    match = re.search(r"PIDS \[([\d, ]*)\]", text)
+    assert match, text
+    return [int(p) for p in match.group(1).split(",") if p.strip()]

@@ -8,23 +8,13 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import alive
 
 from dtrain_magics.cluster import TrainingCluster
 from dtrain_magics.errors import ClusterStartError
 from dtrain_magics.launchers import Layout
 
 pytestmark = pytest.mark.cluster
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _names(procs: list[psutil.Process]) -> str:
@@ -50,21 +40,21 @@ def test_start_reports_progress_resizes_and_stops_clean() -> None:
         assert messages[0].startswith("Resizing the cluster from 2 ranks")
         assert [e.rank for e in cluster.engines] == [0, 1, 2]
         assert len(set(cluster.view().apply_sync(os.getpid))) == 3
-        assert not _alive(first_pids)
+        assert not alive(first_pids)
     finally:
         tracked = [p.pid for p in cluster.processes()]
         cluster.stop()
     assert len(tracked) >= 5, "the cluster's processes were not tracked"
-    assert not _alive(tracked)
+    assert not alive(tracked)
     assert cluster.status()["state"] == "stopped"
 
 
 def test_mpiexec_failure_raises_with_the_output_tail(monkeypatch: Any) -> None:
     from dtrain_magics import cluster as cluster_module
 
-    original = cluster_module.local_cluster_kwargs
+    original = cluster_module.launch_kwargs
     monkeypatch.setattr(
-        cluster_module, "local_cluster_kwargs", lambda layout: _with_bad_args(original(layout))
+        cluster_module, "launch_kwargs", lambda spec, layout: _with_bad_args(original(spec, layout))
     )
     cluster = TrainingCluster(start_timeout=60)
     started = time.monotonic()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
-from kernel_session import KernelSession
+from conftest import alive
+from kernel_session import KernelSession, printed_pids
 
 pytestmark = pytest.mark.cluster
 
@@ -23,23 +22,6 @@ def kernel() -> Iterator[KernelSession]:
     session = KernelSession()
     yield session
     session.close()
-
-
-def _pids(text: str) -> list[int]:
-    match = re.search(r"PIDS \[([\d, ]*)\]", text)
-    assert match, text
-    return [int(p) for p in match.group(1).split(",") if p.strip()]
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: KernelSession) -> None:
@@ -76,10 +58,10 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
 
     reply = kernel.run("%dtrain restart")
     assert reply.status == "ok" and "Cluster ready" in reply.text
-    pids = _pids(kernel.run(CLUSTER_PIDS).text)
+    pids = printed_pids(kernel.run(CLUSTER_PIDS).text)
     reply = kernel.run("%dtrain stop")
     assert "Cluster stopped." in reply.text
-    assert not _alive(pids)
+    assert not alive(pids)
 
 
 def test_kernel_shutdown_leaves_no_cluster_processes() -> None:
@@ -88,11 +70,11 @@ def test_kernel_shutdown_leaves_no_cluster_processes() -> None:
         session.run("%load_ext dtrain_magics")
         reply = session.run("%%distributed --nodes 2\nprint('up')")
         assert reply.status == "ok", reply.text
-        pids = _pids(session.run(CLUSTER_PIDS).text)
+        pids = printed_pids(session.run(CLUSTER_PIDS).text)
         assert len(pids) >= 4  # controller, mpiexec, 2 engines (and their nannies)
     finally:
         session.close()
     deadline = time.monotonic() + 20
-    while _alive(pids) and time.monotonic() < deadline:
+    while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(pids)
+    assert not alive(pids)

@@ -180,16 +180,6 @@ def test_mpi_launcher_runs_horovod_over_a_hostfile(tmp_path: Path) -> None:
         _stop(cluster, client)
 
 
-@pytest.fixture(scope="session")
-def slurm_up() -> None:
-    """A running Slurm of 2 nodes on this host, set up by scripts/slurm-local.sh; or a failure."""
-    script = ROOT / "scripts" / "slurm-local.sh"
-    env = {**os.environ, "SLURM_NODES": os.environ.get("SLURM_NODES", "2")}
-    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, env=env)
-    if done.returncode != 0:
-        pytest.fail(f"scripts/slurm-local.sh failed: {done.stdout}{done.stderr}".strip())
-
-
 def _squeue_ids() -> set[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
     return set(out.stdout.split())

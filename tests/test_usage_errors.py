@@ -46,7 +46,8 @@ def test_empty_cell_is_a_usage_error(ip: Any, cluster: Any) -> None:
 
 def test_unknown_dtrain_subcommand(ip: Any) -> None:
     with pytest.raises(
-        UsageError, match=r"unknown %dtrain command 'explode'; use status, stop or restart\."
+        UsageError,
+        match=r"unknown %dtrain command 'explode'; use status, stop, restart or config\.",
     ):
         ip.run_line_magic("dtrain", "explode")
 

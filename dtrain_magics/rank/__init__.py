@@ -9,12 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from .checkpoint import checkpoint, load_checkpoint
 from .rank_context import RankContext, current
 from .telemetry import current as _telemetry
 
 T = TypeVar("T")
 
-__all__ = ["RankContext", "barrier", "context", "current", "is_root", "log", "progress"]
+__all__ = [
+    "RankContext",
+    "barrier",
+    "checkpoint",
+    "context",
+    "current",
+    "is_root",
+    "load_checkpoint",
+    "log",
+    "progress",
+]
 
 
 def log(step: int | None = None, **scalars: Any) -> None:

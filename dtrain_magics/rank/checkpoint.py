@@ -1,0 +1,86 @@
+"""Save and load training state from the ranks: rank 0 writes atomically, every rank agrees.
+
+``checkpoint`` writes on rank 0 only (a temporary file in the target's directory, fsync,
+``os.replace``, fsync of the directory), so a crash at any moment leaves either the old file or
+the new one, never a torn one; the other ranks wait for it and raise if it failed.
+``load_checkpoint`` reads on rank 0 and broadcasts the bytes over MPI, so every rank resumes
+from the same state. Both use mpi4py's ``COMM_WORLD`` and work with either backend.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Any
+
+
+def _comm() -> Any:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically and durably (this process only)."""
+    import torch
+
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def checkpoint(obj: Any, path: str) -> None:
+    """Save ``obj`` (e.g. ``{"step", "model", "optimizer"}``) to ``path`` from rank 0.
+
+    Every rank must call it; it returns on all of them once the file is safely on disk.
+    """
+    comm = _comm()
+    error = None
+    if comm.Get_rank() == 0:
+        try:
+            save_atomic(obj, path)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise RuntimeError(f"saving the checkpoint {path} failed on rank 0: {error}")
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    """The object saved at ``path``, read on rank 0 and sent to every rank; None if absent.
+
+    ``weights_only`` (torch's safe loader, the default) refuses arbitrary pickled objects.
+    """
+    import torch
+
+    comm = _comm()
+    message: tuple[str, Any] = ("missing", None)
+    if comm.Get_rank() == 0 and os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                message = ("ok", f.read())
+        except OSError as e:
+            message = ("error", f"{type(e).__name__}: {e}")
+    kind, payload = comm.bcast(message, root=0)
+    if kind == "missing":
+        return None
+    if kind == "error":
+        raise RuntimeError(f"reading the checkpoint {path} failed on rank 0: {payload}")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=weights_only)

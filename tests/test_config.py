@@ -1,0 +1,229 @@
+"""Settings, the configuration form, and launchers through %%distributed, on the real stack."""
+
+from __future__ import annotations
+
+import html
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import rank_values
+from IPython.core.error import UsageError
+from kernel_session import KernelSession
+
+import dtrain_magics
+from dtrain_magics.config_panel import ConfigPanel
+from dtrain_magics.settings import SettingsStore, load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_form_round_trips_to_settings_and_magic_line(magics: Any) -> None:
+    panel = ConfigPanel(magics)
+    panel.fields["nodes"].value = 2
+    panel.fields["procs_per_node"].value = 3
+    panel.fields["backend"].value = "torch"
+    panel.fields["timeout"].value = "90"
+    panel.fields["env"].value = "NCCL_DEBUG=INFO\nOMP_NUM_THREADS=1"
+    assert panel.line.value == (
+        "%%distributed --nodes 2 --procs-per-node 3 --backend torch "
+        "--timeout 90 --env NCCL_DEBUG=INFO --env OMP_NUM_THREADS=1"
+    )
+    assert panel.apply()
+    settings = magics.settings.defaults()
+    assert (settings.nodes, settings.procs_per_node, settings.backend, settings.timeout) == (
+        2,
+        3,
+        "torch",
+        90.0,
+    )
+    assert settings.env == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "1"}
+    # the line parses back to the same settings
+    line = panel.line.value.removeprefix("%%distributed ")
+    parsed, _, sources, _ = magics.parse(line)
+    assert parsed.values() == settings.values() and sources == ""
+
+
+def test_launcher_fields_show_only_for_their_launcher(magics: Any) -> None:
+    panel = ConfigPanel(magics)
+    shown = lambda: {n for n, r in panel.rows.items() if r.layout.display != "none"}  # noqa: E731
+    assert "hostfile" not in shown() and "slurm_partition" not in shown()
+    panel.fields["launcher"].value = "slurm"
+    assert {"slurm_partition", "slurm_account", "slurm_time_limit"} <= shown()
+    assert "hostfile" not in shown()
+    panel.fields["launcher"].value = "mpi"
+    assert "hostfile" in shown() and "slurm_partition" not in shown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("nodes", 0, "--nodes must be a positive integer up to 1024, got 0."),
+        ("procs_per_node", -2, "--procs-per-node must be a positive integer up to 1024, got -2."),
+        ("timeout", "-5", "--timeout must be a positive number of seconds, got -5.0."),
+        ("timeout", "soon", "--timeout must be a number of seconds, got 'soon'."),
+        ("env", "JUSTANAME", "--env takes NAME=VALUE, got 'JUSTANAME'."),
+    ],
+)
+def test_invalid_values_are_marked_and_not_applied(
+    magics: Any, name: str, value: Any, reason: str
+) -> None:
+    panel = ConfigPanel(magics)
+    panel.fields[name].value = value
+    assert reason in html.unescape(panel.errors[name].value)
+    assert not panel.apply()
+    assert magics.settings.applied == {}
+    assert "Not applied" in panel.message.value
+
+
+def test_flags_beat_form_beats_file(tmp_path: Path) -> None:
+    path = save_file({"nodes": 4, "backend": "torch"}, tmp_path / "c.json")
+    store = SettingsStore()
+    store.file_values = load_file(path)
+    store.apply({**store.defaults().values(), "nodes": 3})
+    settings, sources = store.resolve({"nodes": 2})
+    assert (settings.nodes, settings.backend) == (2, "torch")
+    assert sources == {"nodes": "flag", "backend": "config file"}
+    settings, sources = store.resolve({})
+    assert settings.nodes == 3 and sources["nodes"] == "form"
+
+
+def test_broken_config_file_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"DistributedSettings": {"nodes": 0}}')
+    with pytest.raises(Exception, match="--nodes must be a positive integer"):
+        load_file(path)
+    path.write_text('{"DistributedSettings": {"gpus": 2}}')
+    with pytest.raises(Exception, match="unknown settings gpus"):
+        load_file(path)
+
+
+@pytest.mark.cluster
+def test_apply_changes_what_the_next_cell_uses(ip: Any, cluster: Any) -> None:
+    magics = dtrain_magics._magics
+    panel = ConfigPanel(magics)
+    panel.fields["nodes"].value = 2
+    panel.fields["backend"].value = "torch"
+    try:
+        assert panel.apply()
+        ip.run_cell_magic("distributed", "--no-widget", "facts = (size, 'dist' in globals())")
+        assert rank_values(cluster, "facts") == [(2, True), (2, True)]
+        assert "backend from the form" in dtrain_magics.last_run().options["sources"]
+    finally:
+        panel.reset()
+        ip.run_cell_magic("distributed", "--nodes 2 --no-widget", "pass")
+    assert magics.settings.applied == {}
+
+
+@pytest.mark.cluster
+def test_start_and_stop_buttons_control_a_real_cluster(magics: Any) -> None:
+    panel = ConfigPanel(magics)
+    panel.fields["nodes"].value = 2
+    panel.buttons["Start"].click()
+    assert magics.cluster.running and len(magics.cluster.engines) == 2
+    assert "running, 2 ranks" in panel.status.value and "idle" in panel.status.value
+    pids = [p.pid for p in magics.cluster.processes()]
+    panel.buttons["Stop"].click()
+    assert not magics.cluster.running
+    assert "not running" in panel.status.value
+    import psutil
+
+    assert not [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+@pytest.mark.cluster
+def test_saved_settings_reach_a_fresh_kernel(tmp_path: Path) -> None:
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path)}
+    first = KernelSession(env=env)
+    try:
+        reply = first.run(
+            "%load_ext dtrain_magics\np = %dtrain config\n"
+            "p.fields['nodes'].value = 2\np.fields['timeout'].value = '120'\n"
+            "print(p.save())"
+        )
+        assert "True" in reply.text, reply.text
+    finally:
+        first.close()
+    assert load_file(tmp_path / "dtrain_magics_config.json") == {"nodes": 2, "timeout": 120.0}
+    second = KernelSession(env=env)
+    try:
+        second.run("%load_ext dtrain_magics")
+        reply = second.run("%%distributed --no-widget\nprint('ranks', size)", timeout=120)
+        assert "[rank 1] ranks 2" in reply.text, reply.text
+        reply = second.run("print(_dtrain.options['sources'])")
+        assert (
+            "nodes from the config file" in reply.text
+            and "timeout from the config file" in reply.text
+        )
+    finally:
+        second.close()
+
+
+def test_unknown_launcher_is_a_usage_error(magics: Any) -> None:
+    with pytest.raises(UsageError, match="--launcher must be one of local, mpi, slurm, profile"):
+        magics.parse("--launcher kubernetes")
+
+
+@pytest.mark.cluster
+def test_mpi_hostfile_launcher_through_the_magic(magics: Any, tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n")
+    ns = magics.shell.user_ns
+    magics.distributed(
+        f"--launcher mpi --hostfile {hostfile} --procs-per-node 2 --no-widget --pull total",
+        "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()",
+    )
+    assert ns["total"] == 3.0 and magics.cluster.launcher == "mpi"
+    with pytest.raises(Exception, match="cannot read the hostfile"):
+        magics.distributed("--launcher mpi --hostfile /nonexistent/hosts --no-widget", "pass")
+
+
+def _squeue() -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True, timeout=15
+    ).stdout
+
+
+@pytest.mark.cluster
+def test_slurm_launcher_through_the_magic(magics: Any, slurm_up: None) -> None:
+    magics.distributed(
+        "--launcher slurm --procs-per-node 2 --no-widget --pull facts",
+        "import os, torch\n"
+        "facts = (hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item(), "
+        "os.environ.get('SLURM_JOB_ID'))",
+    )
+    total, job_id = magics.shell.user_ns["facts"]
+    assert total == 3.0 and job_id
+    assert f"{job_id} RUNNING" in _squeue()
+    magics.dtrain("stop")
+    assert job_id not in _squeue()
+
+
+@pytest.mark.cluster
+def test_profile_launcher_connects_and_never_stops_a_foreign_cluster(magics: Any) -> None:
+    import ipyparallel as ipp
+
+    from dtrain_magics.launchers import Layout, local_cluster_kwargs
+
+    foreign = ipp.Cluster(profile="dtrain-foreign", **local_cluster_kwargs(Layout(2, 1)))
+    foreign.start_cluster_sync()
+    try:
+        magics.distributed(
+            f"--launcher profile --profile dtrain-foreign --cluster-id {foreign.cluster_id} "
+            "--no-widget --pull total",
+            "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()",
+        )
+        assert magics.shell.user_ns["total"] == 3.0
+        magics.dtrain("stop")
+        client = foreign.connect_client_sync()
+        client.wait_for_engines(2, timeout=30)
+        assert len(client.ids) == 2  # still running: we only disconnected
+        client.close()
+    finally:
+        foreign.stop_cluster_sync()
