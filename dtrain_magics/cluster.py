@@ -267,8 +267,8 @@ class TrainingCluster:
         report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
 
     def _describe_engines(self) -> None:
-        described = self._client[:].apply_sync(_describe_rank)
-        ids = self._client.ids
+        ids = list(self._client.ids)  # fixed first: engines may still be registering
+        described = self._client[ids].apply_sync(_describe_rank)
         self.engines = sorted(
             (
                 RankEngine(d["rank"], eid, d["pid"], d["host"])
@@ -294,6 +294,7 @@ class TrainingCluster:
                 timeout=min(self.start_timeout, 30),
             )
             client.wait_for_engines(1, timeout=self.start_timeout)
+            _wait_until_steady(client, settle=2.0, timeout=self.start_timeout)
         except Exception as e:
             raise ClusterStartError(
                 f"could not connect to a running ipyparallel cluster ({where}): {e}; start it "
@@ -406,6 +407,17 @@ class TrainingCluster:
                     proc.kill()
             psutil.wait_procs(alive, timeout=5)
         self._pids.clear()
+
+
+def _wait_until_steady(client: Any, settle: float, timeout: float) -> None:
+    """Wait until no engine has registered for ``settle`` seconds (a cluster we did not start
+    tells us nothing about how many engines are on their way)."""
+    deadline = time.monotonic() + timeout
+    count, since = len(client.ids), time.monotonic()
+    while time.monotonic() - since < settle and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if len(client.ids) != count:
+            count, since = len(client.ids), time.monotonic()
 
 
 def _alive(proc: psutil.Process) -> bool:
