@@ -107,7 +107,8 @@ class ConfigPanel:
             for name in ("Apply", "Save", "Reset", "Start", "Stop", "Restart")
         }
         for name, button in self.buttons.items():
-            button.on_click(getattr(self, f"_on_{name.lower()}"))
+            action = getattr(self, name.lower())
+            button.on_click(lambda _, action=action: action())
         resources = w.HTML(f"<small>{detected_resources()}</small>")
         self.widget = w.VBox(
             [
@@ -224,24 +225,6 @@ class ConfigPanel:
             return
         self.cluster.restart(self._say)
         self.refresh_status()
-
-    def _on_apply(self, _: Any) -> None:
-        self.apply()
-
-    def _on_save(self, _: Any) -> None:
-        self.save()
-
-    def _on_reset(self, _: Any) -> None:
-        self.reset()
-
-    def _on_start(self, _: Any) -> None:
-        self.start()
-
-    def _on_stop(self, _: Any) -> None:
-        self.stop()
-
-    def _on_restart(self, _: Any) -> None:
-        self.restart()
 
     def refresh_status(self) -> None:
         from .magics import _format_status

@@ -42,6 +42,13 @@ def cause_of_death(output: str) -> tuple[int, str] | None:
     return None
 
 
+def mpiexec_output_files(cluster: Any) -> list[str]:
+    """The files the cluster's ``mpiexec`` (one per engine set) writes its output to."""
+    ipp_cluster = getattr(cluster, "_cluster", None)
+    paths = (getattr(s, "output_file", None) for s in getattr(ipp_cluster, "engines", {}).values())
+    return [p for p in paths if p]
+
+
 def mpiexec_output(cluster: Any, tail: int = 20_000) -> str:
     """The end of what the cluster's ``mpiexec`` printed, read from its output file.
 
@@ -49,10 +56,8 @@ def mpiexec_output(cluster: Any, tail: int = 20_000) -> str:
     and mpiexec prints its report of the dead rank just before it exits.
     """
     parts = []
-    ipp_cluster = getattr(cluster, "_cluster", None)
-    for engine_set in getattr(ipp_cluster, "engines", {}).values():
-        path = getattr(engine_set, "output_file", None)
-        if not path or not os.path.exists(path):
+    for path in mpiexec_output_files(cluster):
+        if not os.path.exists(path):
             continue
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - tail))

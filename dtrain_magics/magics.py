@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -190,33 +192,27 @@ class DistributedMagics(Magics):
             In [4]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
                ...: ...
         """
-        settings, options, sources, widget = self.parse(line)
-        try:
-            self.runner.run(
-                cell,
-                options,
-                self._namespace(),
-                widget=widget,
-                spec=settings.launch_spec(),
-                info={"sources": sources},
-            )
-        except BadOptions as e:
-            raise UsageError(str(e)) from None
-        finally:
-            self._publish_record()
+        args, kwargs = self._run_arguments(line, cell)
+        with self._reporting():
+            self.runner.run(*args, **kwargs)
 
     async def distributed_async(self, line: str, cell: str) -> None:
         """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
+        args, kwargs = self._run_arguments(line, cell)
+        with self._reporting():
+            await self.runner.run_async(*args, **kwargs)
+
+    def _run_arguments(self, line: str, cell: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The runner's arguments for one cell (raises ``UsageError`` for bad flags)."""
         settings, options, sources, widget = self.parse(line)
+        kwargs = {"widget": widget, "spec": settings.launch_spec(), "info": {"sources": sources}}
+        return (cell, options, self._namespace()), kwargs
+
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens."""
         try:
-            await self.runner.run_async(
-                cell,
-                options,
-                self._namespace(),
-                widget=widget,
-                spec=settings.launch_spec(),
-                info={"sources": sources},
-            )
+            yield
         except BadOptions as e:
             raise UsageError(str(e)) from None
         finally:

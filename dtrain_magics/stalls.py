@@ -16,6 +16,8 @@ import os
 import re
 from typing import Any
 
+from .deaths import mpiexec_output_files
+
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 
@@ -35,15 +37,7 @@ class OutputFollower:
     """Reads what the cluster's ``mpiexec`` output files gained since the last read."""
 
     def __init__(self, cluster: Any) -> None:
-        ipp_cluster = getattr(cluster, "_cluster", None)
-        self._paths = [
-            p
-            for p in (
-                getattr(s, "output_file", None)
-                for s in getattr(ipp_cluster, "engines", {}).values()
-            )
-            if p
-        ]
+        self._paths = mpiexec_output_files(cluster)
         self._offsets = {p: _size(p) for p in self._paths}
 
     def new_text(self) -> str:

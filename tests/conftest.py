@@ -96,3 +96,13 @@ def magics(ip: Any, monkeypatch: Any, tmp_path: Path) -> Iterator[Any]:
     m = DistributedMagics(ip, cluster=TrainingCluster())
     yield m
     m.cluster.stop()
+
+
+@pytest.fixture
+def kernel() -> Iterator[Any]:
+    """A real Jupyter kernel (this venv's python3), shut down afterwards."""
+    from kernel_session import KernelSession
+
+    session = KernelSession()
+    yield session
+    session.close()

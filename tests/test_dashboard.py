@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +100,6 @@ def test_run_record_and_files(trained_notebook: Any) -> None:
     assert "finished 1" in (run / "rank-1.log").read_text()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["rank"] for r in rows} == {0, 1} and {r["name"] for r in rows} == {"loss", "samples"}
-
-
-@pytest.fixture
-def kernel() -> Iterator[KernelSession]:
-    session = KernelSession()
-    yield session
-    session.close()
 
 
 def test_stop_button_interrupts_and_next_cell_works(kernel: KernelSession) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from conftest import alive
@@ -15,13 +14,6 @@ CLUSTER_PIDS = (
     "import dtrain_magics\n"
     "print('PIDS', [p.pid for p in dtrain_magics._magics.cluster.processes()])"
 )
-
-
-@pytest.fixture
-def kernel() -> Iterator[KernelSession]:
-    session = KernelSession()
-    yield session
-    session.close()
 
 
 def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: KernelSession) -> None:
