@@ -149,6 +149,9 @@ class TrainingCluster:
         if self._client is not None:
             info["engines_registered"] = len(self._client.ids)
             try:
+                if not self._client.outstanding:  # nothing of ours in flight: the controller's
+                    info["busy"] = 0  # counts may still lag behind a reply we already have
+                    return info
                 queues = self._client.queue_status()
                 busy = sum(
                     1
