@@ -19,6 +19,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" jlpm lint
 
 browser:
 	@scripts/setup-browser.sh

@@ -47,6 +47,16 @@ def _await_distributed_cells(lines: list[str]) -> list[str]:
     return [f"await __import__('dtrain_magics')._magics.distributed_async({line!r}, {cell!r})\n"]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the built front-end extension."""
+    return [{"src": "labextension", "dest": "dtrain-magics"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The server extension behind the lab extension's sidebar (``/dtrain/`` endpoints)."""
+    return [{"module": "dtrain_magics.server"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%%distributed`` and ``%dtrain`` (heavy imports happen on first use)."""
     global _magics

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from . import security, watchdog
+from . import kernel_state, security, watchdog
 from .errors import ClusterStartError
 from .launchers import LAUNCHERS, LaunchSpec, Layout, launch_kwargs, slurm_job_state
 
@@ -134,8 +134,11 @@ class TrainingCluster:
         view.block = True
         return view
 
-    def status(self) -> dict[str, Any]:
-        """A summary: launcher, layout, state, engines registered and busy."""
+    def status(self, ask_controller: bool = True) -> dict[str, Any]:
+        """A summary: launcher, layout, state, engines registered and busy.
+
+        ``ask_controller=False`` leaves out the controller's queue counts (no round trip).
+        """
         started = self._cluster is not None or self._external
         state = "running" if self.running else ("broken" if started else "stopped")
         info: dict[str, Any] = {
@@ -148,6 +151,8 @@ class TrainingCluster:
         }
         if self._client is not None:
             info["engines_registered"] = len(self._client.ids)
+            if not ask_controller:
+                return info
             try:
                 if not self._client.outstanding:  # nothing of ours in flight: the controller's
                     info["busy"] = 0  # counts may still lag behind a reply we already have
@@ -212,6 +217,7 @@ class TrainingCluster:
         self.backend_state = None
         if self.spec.launcher == "profile":
             self._connect(report)
+            self.publish_state()
             return
         kwargs = launch_kwargs(self.spec, layout)
         self.layout = layout
@@ -223,6 +229,7 @@ class TrainingCluster:
         except BaseException:
             self.stop()
             raise
+        self.publish_state()
 
     def _start_and_wait(self, layout: Layout, report: Report) -> None:
         self.abort_start.clear()
@@ -354,6 +361,11 @@ class TrainingCluster:
         else:
             self._reap()
         self.layout = None
+        self.publish_state()
+
+    def publish_state(self, activity: str | None = None, run_id: str | None = None) -> None:
+        """Write this cluster's state where the lab extension's server reads it."""
+        kernel_state.publish(self.status(ask_controller=False), activity, run_id)
 
     def restart(self, report: Report = _quiet) -> None:
         """Stop and start again with the same layout."""

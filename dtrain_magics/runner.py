@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import records
+from . import kernel_state, records
 from .cluster import Report, TrainingCluster, _quiet
 from .dashboard import Dashboard, make_dashboard
 from .deaths import cause_of_death, mpiexec_output
@@ -126,6 +126,7 @@ class DistributedRunner:
                 "nodes": options.nodes,
                 "procs_per_node": options.procs_per_node,
                 "cell": code,
+                **kernel_state.identity(),
                 **(info or {}),
             },
             store,
@@ -139,6 +140,7 @@ class DistributedRunner:
                 report(message)
                 state.set_status("starting cluster", message)
                 store.write_summary(state.summary())
+                self.cluster.publish_state("starting", run_id)
                 dashboard.refresh(force=True)
 
             try:
@@ -153,12 +155,14 @@ class DistributedRunner:
                 self.cluster.view().push(values)
             state.info["device"] = self.cluster.device or options.device
             state.set_status("running", "")
+            self.cluster.publish_state("busy", run_id)
             result = await self._execute(code, options.timeout, state, dashboard, sleep)
             if result.status == "succeeded" and options.pull:
                 result.pulled = self.pull(options.pull)
                 namespace.update(result.pulled)
         finally:
             self._finish(state, result, options)
+            self.cluster.publish_state()
             dashboard.close()
             store.close()
         raise_for_result(result, options.timeout)
@@ -445,7 +449,7 @@ class _Watch:
         self.state = state
         self.dashboard = dashboard
         self.mpiexec = mpiexec
-        self._stall_checked = time.monotonic()
+        self._stall_checked = self._saved = time.monotonic()
         self.outcomes: dict[int, RankOutcome] = {}
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
         self._seq = dict.fromkeys(ars, 0)
@@ -474,7 +478,17 @@ class _Watch:
                 self._pump(r)
         self._check_stalls()
         self.dashboard.refresh()
+        self._save_summary()
         return failed
+
+    def _save_summary(self, every: float = 1.0) -> None:
+        """Keep ``run.json`` current (the lab extension's sidebar reads it) about once a second."""
+        now = time.monotonic()
+        if self.state.store is None or now - self._saved < every:
+            return
+        self._saved = now
+        with contextlib.suppress(OSError):
+            self.state.store.write_summary(self.state.summary())
 
     def _check_stalls(self, every: float = 1.0) -> None:
         """Surface Horovod's stall warnings (they go to mpiexec's output, not to the cell)."""

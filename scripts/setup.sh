@@ -26,6 +26,7 @@ stamp_key() {
 }
 STAMP="$VENV/.dtrain-setup-stamp"
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$(stamp_key)" ]] && "$VENV/bin/python" -c "import horovod.torch, dtrain_magics" 2>/dev/null; then
+  scripts/build-labextension.sh "$VENV"
   say "venv $VENV is up to date"
   exit 0
 fi
@@ -45,7 +46,12 @@ say "installing $TORCH_SPEC, Open MPI, mpi4py and build tools"
 scripts/build-horovod.sh "$VENV" "$HOROVOD_VERSION" "$DTRAIN_CACHE"
 
 say "installing dtrain-magics[$EXTRAS] (editable)"
+"${PIP[@]}" "jupyterlab>=4.2,<5" "hatch-jupyter-builder>=0.9" || die "could not install jupyterlab from the package index."
+scripts/build-labextension.sh "$VENV"
 "${PIP[@]}" -e ".[$EXTRAS]" || die "could not install the project itself (pip install -e .[$EXTRAS] failed)."
+# JupyterLab loads the extension from the source tree, so a rebuild shows without reinstalling
+PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/jupyter" labextension develop --overwrite . >/dev/null \
+  || die "could not link the lab extension (jupyter labextension develop failed)."
 
 "$VENV/bin/python" -c "import horovod.torch as hvd; assert hvd.mpi_built(), 'Horovod was built without MPI'" \
   || die "Horovod does not import or lacks MPI after setup; remove $DTRAIN_CACHE/wheels and run again."

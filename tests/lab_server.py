@@ -64,7 +64,9 @@ def lab_server(root: Path) -> Iterator[LabServer]:
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    # the server and its kernels share a runs directory of this test's own
+    env = {**os.environ, "DTRAIN_RUNS_DIR": str(root / ".dtrain" / "runs")}
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
     server = LabServer(root, port, token, process)
     try:
         deadline = time.monotonic() + 60

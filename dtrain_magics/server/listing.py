@@ -1,0 +1,94 @@
+"""Clusters and runs as the sidebar shows them, read from the records kernels write to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ACTIVE = ("starting cluster", "running")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe_run(summary: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
+    """One run for the sidebar: status, progress, latest metrics, failing rank, where it ran."""
+    info = summary.get("info") or {}
+    ranks = summary.get("ranks") or []
+    kernel_id = info.get("kernel_id")
+    status = summary.get("status", "unknown")
+    message = summary.get("message", "")
+    pid = info.get("kernel_pid") or summary.get("kernel_pid")
+    if status in ACTIVE and pid and not psutil.pid_exists(int(pid)):
+        status, message = "lost", "the kernel exited while the run was going on"
+    totals = [r for r in ranks if r.get("total")]
+    progress = (
+        sum(min(r.get("n", 0), r["total"]) for r in totals) / sum(r["total"] for r in totals)
+        if totals
+        else None
+    )
+    failure = str(summary.get("failure") or "").strip().splitlines()
+    return {
+        "id": summary.get("id"),
+        "status": status,
+        "message": message,
+        "started": summary.get("started"),
+        "ended": summary.get("ended"),
+        "elapsed": summary.get("elapsed"),
+        "eta": summary.get("eta"),
+        "ranks": len(ranks),
+        "progress": progress,
+        "latest_metrics": summary.get("latest_metrics") or {},
+        "throughput": summary.get("throughput") or {},
+        "failing_rank": summary.get("failing_rank"),
+        "failure": failure[0] if failure else "",
+        "backend": info.get("backend"),
+        "device": info.get("device"),
+        "launcher": info.get("launcher"),
+        "kernel_id": kernel_id,
+        "cell_id": info.get("cell_id"),
+        "path": paths.get(kernel_id or ""),
+        "live": bool(kernel_id and kernel_id in paths),
+    }
+
+
+def list_runs(root: Path, paths: dict[str, str], limit: int = 30) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs, newest first (run ids start with their start time)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        summary = read_json(folder / "run.json")
+        if summary is not None:
+            found.append(describe_run(summary, paths))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def find_run(root: Path, run_id: str, paths: dict[str, str]) -> dict[str, Any] | None:
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        return None
+    summary = read_json(root / run_id / "run.json")
+    return describe_run(summary, paths) if summary else None
+
+
+def list_clusters(root: Path, paths: dict[str, str]) -> list[dict[str, Any]]:
+    """The clusters of this server's kernels (``paths`` maps kernel id to notebook path)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.glob("*.json")):
+        record = read_json(path)
+        if record is None or record.get("kernel_id") not in paths:
+            continue
+        found.append({**record, "path": paths[record["kernel_id"]]})
+    return found

@@ -1,0 +1,73 @@
+/**
+ * The command ids of the extension.
+ */
+export namespace CommandIDs {
+  /** Run the active cell on every rank under `%%distributed`. */
+  export const runCell = 'dtrain-magics:run-cell-distributed';
+  /** Show the "Distributed training" sidebar. */
+  export const openSidebar = 'dtrain-magics:open-sidebar';
+}
+
+/** The plugin id, also the key of its settings. */
+export const PLUGIN_ID = 'dtrain-magics:plugin';
+
+/** A kernel's cluster, as `GET /dtrain/clusters` lists it. */
+export interface ICluster {
+  kernel_id: string;
+  kernel_pid: number;
+  path: string;
+  launcher: string;
+  cluster_id: string | null;
+  state: 'starting' | 'idle' | 'busy' | 'stopped' | 'broken' | string;
+  ranks: number;
+  nodes: number;
+  procs_per_node: number;
+  engines_registered?: number;
+  run_id?: string | null;
+  updated: number;
+}
+
+/** A run, as `GET /dtrain/runs` lists it. */
+export interface IRun {
+  id: string;
+  status: string;
+  message: string;
+  started: number | null;
+  ended: number | null;
+  elapsed: number | null;
+  eta: number | null;
+  ranks: number;
+  progress: number | null;
+  latest_metrics: { [name: string]: number };
+  throughput: { [name: string]: number };
+  failing_rank: number | null;
+  failure: string;
+  backend: string | null;
+  device: string | null;
+  launcher: string | null;
+  kernel_id: string | null;
+  cell_id: string | null;
+  path: string | null;
+  live: boolean;
+}
+
+/** The answer of `GET /dtrain/state`. */
+export interface IState {
+  clusters: ICluster[];
+  runs: IRun[];
+}
+
+/** The extension's settings (schema/plugin.json). */
+export interface ISettings {
+  nodes: number;
+  procsPerNode: number;
+  pollInterval: number;
+  insertMagic: boolean;
+}
+
+export const DEFAULT_SETTINGS: ISettings = {
+  nodes: 0,
+  procsPerNode: 0,
+  pollInterval: 2000,
+  insertMagic: false
+};
