@@ -91,6 +91,7 @@ class TrainingCluster:
         self._external = False  # connected to a cluster we did not start (launcher "profile")
         # set from another thread to give up a start in progress (the notebook was interrupted)
         self.abort_start = threading.Event()
+        self._listeners: list[weakref.WeakMethod[Any]] = []
         _live.add(self)
 
     @property
@@ -246,6 +247,8 @@ class TrainingCluster:
         registered = -1
         pending_since = None
         while True:
+            if self.abort_start.is_set():  # also while a Slurm job waits in the queue
+                raise KeyboardInterrupt("the start was interrupted")
             if self.spec.launcher == "slurm":
                 pending_since = self._check_slurm_job(report, pending_since)
                 if pending_since is not None:
@@ -269,8 +272,6 @@ class TrainingCluster:
                     "raise the start timeout or look at the engine output below.\n"
                     + self._output_tail()
                 )
-            if self.abort_start.is_set():
-                raise KeyboardInterrupt("the start was interrupted")
             time.sleep(0.1)
         self._describe_engines()
         security.restrict_files(self._cluster.profile_dir)
@@ -364,8 +365,24 @@ class TrainingCluster:
         self.publish_state()
 
     def publish_state(self, activity: str | None = None, run_id: str | None = None) -> None:
-        """Write this cluster's state where the lab extension's server reads it."""
-        kernel_state.publish(self.status(ask_controller=False), activity, run_id)
+        """Write this cluster's state where the lab extension's server reads it, and tell
+        the listeners (the ``%dtrain config`` form's status line) when on the main thread."""
+        status = self.status(ask_controller=False)
+        kernel_state.publish(status, activity, run_id)
+        if threading.current_thread() is not threading.main_thread():
+            return  # widgets are updated from the kernel's main thread only
+        status["state"] = kernel_state.cluster_state(status, activity)
+        for ref in list(self._listeners):
+            listener = ref()
+            if listener is None:
+                self._listeners.remove(ref)
+                continue
+            with contextlib.suppress(Exception):
+                listener(status)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(status)`` on every state change (held weakly: a bound method)."""
+        self._listeners.append(weakref.WeakMethod(listener))
 
     def restart(self, report: Report = _quiet) -> None:
         """Stop and start again with the same layout."""

@@ -57,6 +57,20 @@ def detected_resources() -> str:
     return "<br>".join(escape(line) for line in lines)
 
 
+def copy_button(line: str) -> str:
+    """HTML for a button that copies ``line`` to the clipboard (where the browser allows it)."""
+    script = (
+        "navigator.clipboard.writeText(this.dataset.line)"
+        ".then(() => { this.textContent = 'Copied'; })"
+        ".catch(() => { this.textContent = 'Select the line and copy it'; });"
+    )
+    return (
+        f'<button class="dtrain-copy jupyter-button" title="Copy the magic line" '
+        f'data-line="{escape(line, quote=True)}" onclick="{escape(script, quote=True)}">'
+        "Copy</button>"
+    )
+
+
 def _run(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None:
         return ""
@@ -100,6 +114,7 @@ class ConfigPanel:
             for name, field in self.fields.items()
         }
         self.line = w.Text(description="Magic line", disabled=False, layout=w.Layout(width="100%"))
+        self.copy = w.HTML()  # a plain <button> copying the line (no custom widget needed)
         self.message = w.HTML()
         self.status = w.HTML()
         self.buttons = {
@@ -114,7 +129,7 @@ class ConfigPanel:
             [
                 w.HTML("<b>Distributed training settings</b>"),
                 w.HBox([w.VBox(list(self.rows.values())), resources]),
-                self.line,
+                w.HBox([self.line, self.copy], layout=w.Layout(width="100%")),
                 w.HBox([self.buttons[n] for n in ("Apply", "Save", "Reset")]),
                 w.HBox([self.buttons[n] for n in ("Start", "Stop", "Restart")] + [self.status]),
                 self.message,
@@ -124,6 +139,7 @@ class ConfigPanel:
         for field in self.fields.values():
             field.observe(self._changed, names="value")
         self.refresh_status()
+        self.cluster.add_listener(self.refresh_status)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -174,6 +190,7 @@ class ConfigPanel:
             row.layout.display = "" if name in shown else "none"
         if not errors:
             self.line.value = DistributedSettings(**values).magic_line()
+            self.copy.value = copy_button(self.line.value)
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -226,12 +243,18 @@ class ConfigPanel:
         self.cluster.restart(self._say)
         self.refresh_status()
 
-    def refresh_status(self) -> None:
+    def refresh_status(self, info: dict[str, Any] | None = None) -> None:
+        """Show the cluster's state (``info`` as the cluster reports a change, else asked now)."""
         from .magics import _format_status
 
-        info = self.cluster.status()
-        busy = info.get("busy")
-        state = "" if busy is None else (" · busy" if busy else " · idle")
+        if info is None:
+            info = self.cluster.status()
+            busy = info.get("busy")
+            activity = "" if busy is None else ("busy" if busy else "idle")
+        else:
+            activity = info["state"] if info["state"] in ("starting", "busy", "idle") else ""
+            info = {**info, "state": "running" if activity else info["state"]}
+        state = f" · {activity}" if activity else ""
         self.status.value = f"<code>{escape(_format_status(info))}{state}</code>"
 
     def _say(self, text: str, error: bool = False) -> None:

@@ -61,16 +61,20 @@ def state_path() -> Path:
     return clusters_dir() / f"{key}.json"
 
 
+def cluster_state(status: dict[str, Any], activity: str | None = None) -> str:
+    """One word for a cluster: starting, busy, idle, stopped or broken."""
+    state = str(status.get("state", "stopped"))
+    if activity == "starting" or (activity and state == "running"):
+        return activity
+    return "idle" if state == "running" else state
+
+
 def publish(status: dict[str, Any], activity: str | None = None, run_id: str | None = None) -> None:
     """Write this kernel's cluster state; ``activity`` is ``starting`` or ``busy`` during a run.
 
     Never raises: the lab extension's view of a cluster must not break a run.
     """
-    state = status.get("state", "stopped")
-    if activity == "starting" or (activity and state == "running"):
-        state = activity
-    elif state == "running":
-        state = "idle"
+    state = cluster_state(status, activity)
     record = {
         **status,
         "state": state,

@@ -243,6 +243,113 @@ assert result["test_accuracy"] >= 0.9"""),
 - Use `--backend torch` for NCCL-based DDP."""),
 ]
 
+TRAIN_WITH_CHECKPOINTS = """%%distributed --nodes 2 --push CHECKPOINT,EPOCHS,crash_at_epoch --pull resumed_from,history,state
+import os, signal
+import torch
+import torch.nn.functional as F
+from dtrain_magics.examples import accuracy, load_digits_split, make_model
+
+x_train, x_test, y_train, y_test = load_digits_split()
+per_rank = len(x_train) // size
+x, y = x_train[rank * per_rank:(rank + 1) * per_rank].to(device), y_train[rank * per_rank:(rank + 1) * per_rank].to(device)
+
+torch.manual_seed(0)
+model = make_model().to(device)
+optimizer = hvd.DistributedOptimizer(
+    torch.optim.Adam(model.parameters(), lr=0.002 * size), named_parameters=model.named_parameters()
+)
+
+saved = dtrain.load_checkpoint(CHECKPOINT)  # read on rank 0, sent to every rank
+if saved is None:
+    resumed_from, history = 0, []
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+else:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    resumed_from, history = saved["epoch"] + 1, saved["history"]
+
+for epoch in dtrain.progress(range(resumed_from, EPOCHS), desc="epoch"):
+    if epoch == crash_at_epoch and rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # a preempted node: rank 1 vanishes mid-training
+    order, losses = torch.randperm(per_rank), []
+    for start in range(0, per_rank, 32):
+        idx = order[start:start + 32]
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    mean_loss = sum(losses) / len(losses)
+    history.append((epoch, mean_loss))
+    dtrain.log(step=epoch, loss=mean_loss, test_accuracy=accuracy(model, x_test.to(device), y_test.to(device)))
+    dtrain.checkpoint(
+        {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history},
+        CHECKPOINT,
+    )
+state = {k: v.cpu() for k, v in model.state_dict().items()}
+print(f"rank {rank}: trained epochs {resumed_from} to {EPOCHS - 1}")"""
+
+CHECKPOINTS = [
+    new_markdown_cell("""# Checkpoint and resume: a run that loses a rank, continued from its last checkpoint
+
+Long training runs get interrupted: a node is preempted, a rank runs out of memory, someone
+presses Stop. This notebook trains the digits CNN on 2 ranks with a checkpoint after every
+epoch, **kills rank 1 in the middle of training**, and then runs the same cell again, which
+resumes from the last checkpoint instead of starting over.
+
+- `dtrain.checkpoint(obj, path)`: rank 0 writes atomically (temporary file, fsync, rename), the
+  other ranks wait for it, so a crash leaves the old checkpoint or the new one, never half a file.
+- `dtrain.load_checkpoint(path)`: rank 0 reads, every rank gets the same object (`None` when
+  there is no checkpoint yet). It uses torch's safe loader (`weights_only=True`)."""),
+    new_code_cell("%load_ext dtrain_magics"),
+    new_code_cell("""import os
+import tempfile
+
+CHECKPOINT = os.path.join(tempfile.mkdtemp(prefix="dtrain-checkpoint-"), "digits.pt")
+EPOCHS = 10
+crash_at_epoch = 4  # simulate losing rank 1 at the start of epoch 4
+CHECKPOINT"""),
+    new_markdown_cell("""## First run: rank 1 dies during epoch 4
+
+The cell fails within seconds and names rank 1 and the cause (killed by SIGKILL); rank 0,
+which was waiting in an allreduce, is stopped too, and the cluster restarts for the next cell.
+The checkpoint of epoch 3 is safe on disk. (This cell is tagged `raises-exception` so the
+notebook runs on past the expected failure.)"""),
+    new_code_cell(TRAIN_WITH_CHECKPOINTS, metadata={"tags": ["raises-exception"]}),
+    new_code_cell("""import torch
+
+saved = torch.load(CHECKPOINT, weights_only=True)
+print("last checkpoint: epoch", saved["epoch"])
+assert saved["epoch"] == crash_at_epoch - 1"""),
+    new_markdown_cell("""## Second run: the same cell, resumed
+
+Nothing is lost but the epoch in progress: the ranks load the checkpoint, continue at epoch 4,
+and the loss history carries on from where it stopped."""),
+    new_code_cell("crash_at_epoch = None  # this time no rank fails"),
+    new_code_cell(TRAIN_WITH_CHECKPOINTS),
+    new_code_cell("""from dtrain_magics.examples import accuracy, load_digits_split, make_model
+
+print("resumed from epoch", resumed_from)
+for epoch, loss in history:
+    print(f"epoch {epoch}: mean loss {loss:.4f}")
+assert resumed_from == 4, resumed_from
+assert [e for e, _ in history] == list(range(EPOCHS))
+
+model = make_model()
+model.load_state_dict(state)
+_, x_test, _, y_test = load_digits_split()
+held_out = accuracy(model, x_test, y_test)
+print(f"held-out accuracy after the resumed run: {held_out:.3f}")
+assert held_out >= 0.95"""),
+    new_markdown_cell("""## What to try next
+
+- Press the dashboard's **Stop** button in the middle of the first run instead of killing a
+  rank, then run the cell again: it resumes the same way.
+- Checkpoint every N steps instead of every epoch for long epochs; keep the step in the
+  checkpoint and skip the batches already done.
+- On a shared cluster, put `CHECKPOINT` on storage every node sees (rank 0 writes it)."""),
+]
+
 
 def write(name: str, cells: list) -> None:
     nb = new_notebook(
@@ -267,4 +374,5 @@ if __name__ == "__main__":
     write("01-quickstart.ipynb", QUICKSTART)
     write("02-configure-and-scale.ipynb", SCALE)
     write("03-horovod-and-torch-ddp.ipynb", BACKENDS)
+    write("04-checkpoint-and-resume.ipynb", CHECKPOINTS)
     write("05-gpu-cluster.ipynb", GPU)

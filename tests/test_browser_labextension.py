@@ -40,16 +40,23 @@ def _put_settings(server: LabServer, values: dict[str, Any]) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, Any]]:
     """JupyterLab with a notebook of two plain cells (no magic, no %load_ext) open in Chromium."""
     root = tmp_path_factory.mktemp("lab")
-    nb = new_notebook(cells=[new_code_cell(SHORT), new_code_cell(LONG)])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(SHORT),
+            new_code_cell(LONG),
+            new_code_cell("%load_ext dtrain_magics\n%dtrain config"),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)"}
     nbformat.write(nb, root / "train.ipynb")
     with lab_server(root) as server, chromium_page() as page:
         _put_settings(server, {"nodes": 2, "pollInterval": 500})
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base)
         page.goto(server.url("lab/tree/train.ipynb"))
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
         news = page.get_by_text("Would you like to get notified")
         if news.count():  # JupyterLab's news prompt would cover part of the screenshots
-            page.get_by_role("button", name="No").click()
+            page.get_by_role("button", name="No", exact=True).click()
         yield server, page
 
 
@@ -69,6 +76,20 @@ def test_extension_activates(lab: tuple[LabServer, Any]) -> None:
     sidebar.get_by_text("Distributed training").wait_for(timeout=30_000)
     sidebar.get_by_text("No cluster").wait_for(timeout=30_000)
     assert page.locator(".dtrain-StatusItem").inner_text() == "dtrain: no cluster"
+    # the command is in the palette, the notebook toolbar and the cell context menu
+    toolbar = page.locator(".jp-NotebookPanel-toolbar")
+    assert toolbar.locator("[data-command='dtrain-magics:run-cell-distributed']").count() == 1
+    _cell(page, 0).locator(".jp-InputArea-editor").click(button="right")
+    menu = page.locator(".lm-Menu")
+    menu.get_by_text("Run Cell Distributed").wait_for(timeout=10_000)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator("#command-palette")
+    palette.locator("input").fill("Run Cell Distributed")
+    palette.locator(".lm-CommandPalette-item", has_text="Run Cell Distributed").wait_for(
+        timeout=10_000
+    )
+    page.keyboard.press("Escape")
 
 
 def test_shortcut_runs_the_cell_on_two_ranks(lab: tuple[LabServer, Any]) -> None:
@@ -141,3 +162,17 @@ def test_cluster_restart_and_stop_from_the_sidebar(lab: tuple[LabServer, Any]) -
     cluster.get_by_role("button", name="Stop").click()
     page.locator(".dtrain-Cluster[data-state='stopped']").wait_for(timeout=60_000)
     page.locator(".dtrain-StatusItem").filter(has_text="dtrain: stopped").wait_for(timeout=30_000)
+
+
+def test_config_form_copies_its_magic_line(lab: tuple[LabServer, Any]) -> None:
+    """The form of %dtrain config (core widgets) copies the equivalent line to the clipboard."""
+    _, page = lab
+    _select(page, 2)
+    page.keyboard.press("Shift+Enter")
+    copy = _cell(page, 2).locator("button.dtrain-copy")
+    copy.wait_for(timeout=60_000)
+    line = copy.get_attribute("data-line")
+    assert line and line.startswith("%%distributed"), line
+    copy.click()
+    _cell(page, 2).get_by_role("button", name="Copied").wait_for(timeout=10_000)
+    assert page.evaluate("navigator.clipboard.readText()") == line

@@ -118,6 +118,24 @@ def test_apply_changes_what_the_next_cell_uses(ip: Any, cluster: Any) -> None:
 
 
 @pytest.mark.cluster
+def test_status_line_follows_runs(ip: Any, cluster: Any) -> None:
+    panel = ConfigPanel(dtrain_magics._magics)
+    shown: list[str] = []
+    panel.status.observe(lambda change: shown.append(change["new"]), names="value")
+    ip.run_cell_magic("distributed", "--nodes 2 --no-widget", "import time; time.sleep(0.5)")
+    assert any("2 ranks" in s and "busy" in s for s in shown), shown
+    assert "running, 2 ranks" in shown[-1] and shown[-1].endswith("idle</code>"), shown
+
+
+def test_copy_button_carries_the_line_escaped() -> None:
+    from dtrain_magics.config_panel import copy_button
+
+    html = copy_button('%%distributed --env A="x<y"')
+    assert 'data-line="%%distributed --env A=&quot;x&lt;y&quot;"' in html
+    assert "navigator.clipboard.writeText(this.dataset.line)" in html
+
+
+@pytest.mark.cluster
 def test_start_and_stop_buttons_control_a_real_cluster(magics: Any) -> None:
     panel = ConfigPanel(magics)
     panel.fields["nodes"].value = 2

@@ -6,6 +6,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,62 @@ def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...
 
     _stop(cluster, client)
     assert _wait_until(lambda: job_id not in _squeue_ids(), timeout=30), "job still in squeue"
+
+
+@contextmanager
+def _slurm_busy() -> Iterator[str]:
+    """Both Slurm nodes taken by another job, so a new job waits in the queue (PENDING)."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=2", "--exclusive", "--wrap", "sleep 600"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    blocker = out.stdout.strip().split(";")[0]
+    try:
+        assert _wait_until(lambda: launchers.slurm_job_state(blocker) == "RUNNING", 60)
+        yield blocker
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+        _wait_until(lambda: blocker not in _squeue_ids(), 30)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_job_pending_past_the_timeout_is_cancelled(slurm_up: None) -> None:
+    from dtrain_magics.cluster import TrainingCluster
+    from dtrain_magics.launchers import LaunchSpec
+
+    with _slurm_busy() as blocker:
+        spec = LaunchSpec(launcher="slurm", slurm=SlurmOptions(pending_timeout=5))
+        cluster = TrainingCluster(spec=spec)
+        started = time.monotonic()
+        with pytest.raises(ClusterStartError, match=r"stayed pending for .* and was cancelled"):
+            cluster.ensure(Layout(1, 2), spec=spec)
+        assert time.monotonic() - started < 60
+        assert _wait_until(lambda: _squeue_ids() == {blocker}, 30), _squeue_ids()
+        assert not cluster.processes()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
+    from kernel_session import KernelSession
+
+    with _slurm_busy() as blocker:
+        session = KernelSession()
+        try:
+            assert session.run("%load_ext dtrain_magics").status == "ok"
+            msg_id = session.submit(
+                "%%distributed --launcher slurm --procs-per-node 2 --no-widget\nprint('hi')"
+            )
+            reply = session.collect(msg_id, until="is pending")
+            assert reply.status == "running", reply.text
+            [job] = _squeue_ids() - {blocker}
+            assert launchers.slurm_job_state(job) == "PENDING"
+            session.km.interrupt_kernel()
+            reply = session.collect(msg_id, timeout=60)
+            assert reply.ename == "RunInterrupted", reply.text
+            assert _wait_until(lambda: job not in _squeue_ids(), 30), "pending job not cancelled"
+        finally:
+            session.close()
