@@ -524,14 +524,16 @@ class _Watch:
             self.state.finish_rank(r, "killed", "did not stop after an interrupt")
 
     def _pump(self, r: int) -> None:
-        ar = self.ars[r]
+        # the metadata dict the client's receiving thread fills in (``ar[key]`` would also wait
+        # on the result's events, three times per rank and poll)
+        metadata = self.ars[r].metadata
         for name in ("stdout", "stderr"):
-            text = ar[name] or ""
+            text = metadata.get(name) or ""
             seen = self._seen[(r, name)]
             if len(text) > seen:
                 self._seen[(r, name)] = len(text)
                 self.state.add_output(r, text[seen:], name)
-        data = ar["data"]
+        data = metadata.get("data") or {}
         while True:
             payload = data.pop(f"dtrain-{self._seq[r]}", None)
             if payload is None:
