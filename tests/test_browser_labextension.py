@@ -176,3 +176,16 @@ def test_config_form_copies_its_magic_line(lab: tuple[LabServer, Any]) -> None:
     copy.click()
     _cell(page, 2).get_by_role("button", name="Copied").wait_for(timeout=10_000)
     assert page.evaluate("navigator.clipboard.readText()") == line
+
+
+def test_insert_magic_setting_writes_the_line_into_the_cell(lab: tuple[LabServer, Any]) -> None:
+    server, page = lab
+    _put_settings(server, {"nodes": 2, "pollInterval": 500, "insertMagic": True})
+    page.reload()  # JupyterLab reads settings changed outside the page when it loads
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
+    _select(page, 0)
+    page.keyboard.press("Control+Shift+Enter")
+    source = _cell(page, 0).locator(".jp-InputArea")
+    source.filter(has_text="%%distributed --nodes 2").wait_for(timeout=15_000)
+    status = _cell(page, 0).locator(".dtrain-status")
+    status.filter(has_text="succeeded").wait_for(timeout=120_000)

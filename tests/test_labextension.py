@@ -81,3 +81,24 @@ def test_every_endpoint_requires_authentication(tmp_path: Path) -> None:
         for path in ("dtrain/runs/x/stop", "dtrain/clusters/abc/stop"):
             request = urllib.request.Request(server.url(path), data=b"", method="POST")
             assert _status(request) == 404, path
+
+
+def test_wheel_carries_the_built_extension_and_server_config(tmp_path: Path) -> None:
+    """Installing the wheel installs the lab extension and enables the server extension."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("dtrain_magics-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    share = f"dtrain_magics-{dtrain_magics.__version__}.data/data/share/jupyter/labextensions"
+    assert f"{share}/dtrain-magics/package.json" in names
+    assert f"{share}/dtrain-magics/install.json" in names
+    assert any(n.startswith(f"{share}/dtrain-magics/static/remoteEntry.") for n in names)
+    assert any(n.endswith("schemas/dtrain-magics/plugin.json") for n in names)
+    config = "data/etc/jupyter/jupyter_server_config.d/dtrain_magics.json"
+    assert any(n.endswith(config) for n in names), names

@@ -41,6 +41,22 @@ export async function runCellDistributed(
     throw new Error('Select a code cell to run it distributed.');
   }
   const sessionContext = panel.sessionContext;
+  const kernel = sessionContext.session?.kernel;
+  if (!kernel) {
+    throw new Error(
+      'The notebook has no kernel: start one, then run the cell again.'
+    );
+  }
+  const loaded = await kernel.requestExecute({
+    code: LOAD_EXTENSION,
+    silent: true,
+    store_history: false
+  }).done;
+  if (loaded.content.status !== 'ok') {
+    throw new Error(
+      "This notebook's kernel cannot load dtrain_magics: install dtrain-magics in the kernel's environment."
+    );
+  }
   const source = cell.model.sharedModel.getSource();
   if (!hasMagic(source) && settings.insertMagic) {
     cell.model.sharedModel.setSource(`${magicLine(settings)}\n${source}`);
@@ -49,17 +65,6 @@ export async function runCellDistributed(
     await NotebookActions.runCells(notebook, [cell], sessionContext);
     return;
   }
-  const kernel = sessionContext.session?.kernel;
-  if (!kernel) {
-    throw new Error(
-      'The notebook has no kernel: start one, then run the cell again.'
-    );
-  }
-  await kernel.requestExecute({
-    code: LOAD_EXTENSION,
-    silent: true,
-    store_history: false
-  }).done;
   const codeCell = cell as CodeCell;
   codeCell.model.trusted = true; // the user ran it, as CodeCell.execute does
   codeCell.model.executionCount = null;
