@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from .records import runs_dir
+from .records import runs_dir, write_json_atomic
 
 _KERNEL_FILE = re.compile(r"kernel-(?P<id>[\w-]+)\.json$")
 
@@ -86,9 +86,7 @@ def publish(status: dict[str, Any], activity: str | None = None, run_id: str | N
     try:
         path = state_path()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, record)
         _forget_dead_kernels(path.parent)
     except OSError:
         pass

@@ -31,6 +31,13 @@ def runs_dir() -> Path:
     return Path(jupyter_data_dir()) / "dtrain-magics" / "runs"
 
 
+def write_json_atomic(path: Path, data: Any, indent: int | None = None) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=indent, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -74,9 +81,7 @@ class RunStore:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Replace ``run.json`` atomically (temporary file, then rename)."""
-        tmp = self.dir / ".run.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, self.dir / "run.json")
+        write_json_atomic(self.dir / "run.json", summary, indent=1)
 
     def close(self) -> None:
         self._metrics.close()

@@ -218,7 +218,15 @@ def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...
 def _slurm_busy() -> Iterator[str]:
     """Both Slurm nodes taken by another job, so a new job waits in the queue (PENDING)."""
     out = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=2", "--exclusive", "--wrap", "sleep 600"],
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--exclusive",
+            "--output=/dev/null",  # not slurm-<id>.out in the working directory
+            "--wrap",
+            "sleep 600",
+        ],
         capture_output=True,
         text=True,
         check=True,
