@@ -16,6 +16,7 @@ from typing import Any
 
 from traitlets.config import Config
 
+from . import controller
 from .errors import ClusterStartError
 
 LAUNCHERS = ("local", "mpi", "slurm", "profile")
@@ -140,8 +141,10 @@ class LaunchSpec:
 
 
 def launch_kwargs(spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
-    """``ipyparallel.Cluster`` arguments for ``spec``, with ``spec.env`` set on every rank."""
+    """``ipyparallel.Cluster`` arguments for ``spec``, with ``spec.env`` set on every rank and
+    our controller entry point (ipyparallel's controller with a quieter log)."""
     kwargs = cluster_kwargs(spec.launcher, layout, hostfile=spec.hostfile or None, slurm=spec.slurm)
+    kwargs["config"].LocalControllerLauncher.controller_cmd = controller.command()
     env = dict(spec.env)
     if env:
         config = kwargs["config"]

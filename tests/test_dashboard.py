@@ -159,6 +159,21 @@ def test_text_fallback_prints_summaries(ip: Any, cluster: Any, capsys: Any) -> N
     assert ip.user_ns["_dtrain"] is dtrain_magics.last_run()
 
 
+def test_the_controller_log_stays_quiet_while_ranks_publish(ip: Any, cluster: Any) -> None:
+    ip.run_cell_magic(
+        "distributed",
+        "--nodes 2 --no-widget",
+        "import time\nfor i in dtrain.progress(range(40)):\n"
+        "    dtrain.log(loss=float(i))\n    time.sleep(0.05)\n",
+    )
+    assert all(rank["messages"] >= 3 for rank in dtrain_magics.last_run().ranks)
+    controller = cluster._cluster.controller
+    assert "dtrain_magics.controller" in controller.args
+    log = Path(controller.output_file).read_text()
+    assert "data_message" not in log
+    assert "IPController" in log  # the controller's log is still written
+
+
 def test_logging_every_step_keeps_messages_bounded(ip: Any, cluster: Any) -> None:
     ip.run_cell_magic(
         "distributed",

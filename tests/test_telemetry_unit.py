@@ -83,3 +83,17 @@ def test_svg_chart_draws_mean_and_spread() -> None:
     assert 'data-points="1000"' in svg and 'class="mean"' in svg and 'class="spread"' in svg
     assert svg.count(",") < 2000  # downsampled for drawing
     assert "no data yet" in svg_chart("acc", [])
+
+
+def test_the_controller_drops_only_the_telemetry_warning() -> None:
+    import logging
+
+    from dtrain_magics.controller import TELEMETRY_WARNING, TelemetryWarningFilter
+
+    def record(msg: str, *args: Any) -> logging.LogRecord:
+        return logging.LogRecord("IPController", logging.WARNING, "hub.py", 1, msg, args, None)
+
+    keep = TelemetryWarningFilter().filter
+    assert not keep(record(TELEMETRY_WARNING, "data_message"))
+    assert keep(record(TELEMETRY_WARNING, "some_new_type"))
+    assert keep(record("heartbeat::missed %s : %s", "a", "b"))
