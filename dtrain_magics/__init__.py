@@ -5,10 +5,14 @@ Load with ``%load_ext dtrain_magics``; then ``%%distributed --nodes 2`` runs a c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .records import last_run, runs
+from .store.records import last_run, runs
+
+if TYPE_CHECKING:
+    from .ipython.magics import DistributedMagics
+    from .ui.config_form import ConfigPanel as Panel
 
 __all__ = [
     "ConfigPanel",
@@ -19,32 +23,17 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-_magics: Any = None
-_MAGIC = "%%distributed"
+_magics: DistributedMagics | None = None
 
 
-def ConfigPanel(magics: Any = None) -> Any:
+def ConfigPanel(magics: DistributedMagics | None = None) -> Panel:
     """The settings form of ``%dtrain config``, for the loaded extension's magics."""
-    from .config_panel import ConfigPanel as Panel
+    from .ui.config_form import ConfigPanel as Panel
 
-    if magics is None and _magics is None:
+    magics = magics or _magics
+    if magics is None:
         raise RuntimeError("load the extension first: %load_ext dtrain_magics")
-    return Panel(magics or _magics)
-
-
-def _await_distributed_cells(lines: list[str]) -> list[str]:
-    """Input transformer: in a kernel, run a ``%%distributed`` cell as an awaited coroutine.
-
-    The cell then yields to the kernel's event loop while the ranks run, so widget events (the
-    dashboard's Stop button) are handled during the run. ``%%distributed?`` is left alone.
-    """
-    if not lines or not lines[0].startswith(_MAGIC) or lines[0].rstrip().endswith("?"):
-        return lines
-    line = lines[0][len(_MAGIC) :].rstrip("\n")
-    if line and not line[0].isspace():
-        return lines  # another magic whose name starts with "distributed"
-    cell = "".join(lines[1:])
-    return [f"await __import__('dtrain_magics')._magics.distributed_async({line!r}, {cell!r})\n"]
+    return Panel(magics.settings, magics.cluster)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
@@ -60,22 +49,28 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%%distributed`` and ``%dtrain`` (heavy imports happen on first use)."""
     global _magics
-    from .magics import DistributedMagics
+    from .ipython.magics import DistributedMagics
+    from .ipython.transformer import await_distributed_cells
+    from .store import diagnostics, kernel_state
 
+    diagnostics.enable()
+    kernel_state.forget_dead_kernels()
     if _magics is None or _magics.shell is not ipython:
         _magics = DistributedMagics(ipython)
     ipython.register_magics(_magics)
     in_kernel = getattr(ipython, "kernel", None) is not None
     cleanup = ipython.input_transformers_cleanup
-    if in_kernel and ipython.autoawait and _await_distributed_cells not in cleanup:
-        cleanup.append(_await_distributed_cells)
+    if in_kernel and ipython.autoawait and await_distributed_cells not in cleanup:
+        cleanup.append(await_distributed_cells)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop the cluster this extension started."""
     global _magics
-    if _await_distributed_cells in ipython.input_transformers_cleanup:
-        ipython.input_transformers_cleanup.remove(_await_distributed_cells)
+    from .ipython.transformer import await_distributed_cells
+
+    if await_distributed_cells in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(await_distributed_cells)
     if _magics is not None:
         _magics.cluster.stop()
         _magics = None

@@ -1,10 +1,32 @@
-"""Errors raised to the notebook, each rendered as a short, readable message."""
+"""The package's errors: each one is shown to the user as one clear sentence."""
 
 from __future__ import annotations
+
+from traitlets import TraitError
 
 
 class DistributedError(Exception):
     """Base class of this package's errors."""
+
+
+class BadOptions(DistributedError, ValueError):
+    """A user's mistake in a cell's options; the message says how to fix it (a ``UsageError``)."""
+
+
+class SettingError(BadOptions, TraitError):
+    """A setting got an invalid value.
+
+    The problem is kept apart from the setting's name so that each front end names the setting
+    its own way: the magic by its flag (``--nodes must be ...``), the form by its label.
+    """
+
+    def __init__(self, name: str, flag: str, label: str, problem: str) -> None:
+        super().__init__(f"{flag} {problem}")
+        self.name, self.flag, self.label, self.problem = name, flag, label, problem
+
+    def for_form(self) -> str:
+        """The sentence naming the setting by its form label."""
+        return f"{self.label} {self.problem}"
 
 
 class ClusterStartError(DistributedError):

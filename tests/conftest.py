@@ -38,9 +38,9 @@ def ip() -> Any:
 def cluster(ip: Any) -> Iterator[Any]:
     """The extension's cluster, started once with 2 ranks (2 simulated nodes)."""
     import dtrain_magics
+    from dtrain_magics.cluster import Layout
 
     magics = dtrain_magics._magics
-    from dtrain_magics.launchers import Layout
 
     magics.cluster.ensure(Layout(2, 1))
     yield magics.cluster
@@ -57,25 +57,6 @@ def run(ip: Any, cluster: Any) -> Any:
     return run_cell
 
 
-def alive(pids: list[int]) -> list[int]:
-    """Those of ``pids`` that are still running (zombies count as gone)."""
-    import psutil
-
-    running = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return running
-
-
-def rank_values(cluster: Any, name: str) -> list[Any]:
-    """``name`` as bound on every rank, in rank order."""
-    return list(cluster.view().pull(name))
-
-
 @pytest.fixture(scope="session")
 def slurm_up() -> None:
     """A running Slurm of 2 nodes on this host, set up by scripts/slurm-local.sh; or a failure."""
@@ -90,7 +71,7 @@ def slurm_up() -> None:
 def magics(ip: Any, monkeypatch: Any, tmp_path: Path) -> Iterator[Any]:
     """Magics with their own cluster and an empty config dir (the session cluster is untouched)."""
     from dtrain_magics.cluster import TrainingCluster
-    from dtrain_magics.magics import DistributedMagics
+    from dtrain_magics.ipython.magics import DistributedMagics
 
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
     m = DistributedMagics(ip, cluster=TrainingCluster())

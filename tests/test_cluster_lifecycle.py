@@ -8,11 +8,11 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import alive
+from helpers import alive
 
 from dtrain_magics.cluster import TrainingCluster
+from dtrain_magics.cluster.launchers import Layout
 from dtrain_magics.errors import ClusterStartError
-from dtrain_magics.launchers import Layout
 
 pytestmark = pytest.mark.cluster
 
@@ -50,11 +50,13 @@ def test_start_reports_progress_resizes_and_stops_clean() -> None:
 
 
 def test_mpiexec_failure_raises_with_the_output_tail(monkeypatch: Any) -> None:
-    from dtrain_magics import cluster as cluster_module
+    from dtrain_magics.cluster.launchers.local import LocalLauncher
 
-    original = cluster_module.launch_kwargs
+    original = LocalLauncher.cluster_kwargs
     monkeypatch.setattr(
-        cluster_module, "launch_kwargs", lambda spec, layout: _with_bad_args(original(spec, layout))
+        LocalLauncher,
+        "cluster_kwargs",
+        lambda self, spec, layout: _with_bad_args(original(self, spec, layout)),
     )
     cluster = TrainingCluster(start_timeout=60)
     started = time.monotonic()
@@ -73,7 +75,7 @@ def _with_bad_args(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_missing_mpiexec_is_one_clear_sentence(monkeypatch: Any, tmp_path: Any) -> None:
-    from dtrain_magics import launchers
+    from dtrain_magics.cluster.launchers import base as launchers
 
     monkeypatch.setattr(launchers.sys, "prefix", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rank_values
+from helpers import rank_values
 from IPython.core.error import UsageError
 from kernel_session import KernelSession
 
 import dtrain_magics
-from dtrain_magics.config_panel import ConfigPanel
-from dtrain_magics.settings import SettingsStore, load_file, save_file
+from dtrain_magics import ConfigPanel
+from dtrain_magics.config.store import SettingsStore, load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def test_launcher_fields_show_only_for_their_launcher(magics: Any) -> None:
         ("nodes", 0, "--nodes must be a positive integer up to 1024, got 0."),
         ("procs_per_node", -2, "--procs-per-node must be a positive integer up to 1024, got -2."),
         ("timeout", "-5", "--timeout must be a positive number of seconds, got -5.0."),
-        ("timeout", "soon", "--timeout must be a number of seconds, got 'soon'."),
+        ("timeout", "soon", "--timeout must be a positive number of seconds, got 'soon'."),
         ("env", "JUSTANAME", "--env takes NAME=VALUE, got 'JUSTANAME'."),
     ],
 )
@@ -128,7 +128,7 @@ def test_status_line_follows_runs(ip: Any, cluster: Any) -> None:
 
 
 def test_copy_button_carries_the_line_escaped() -> None:
-    from dtrain_magics.config_panel import copy_button
+    from dtrain_magics.ui.config_form import copy_button
 
     html = copy_button('%%distributed --env A="x<y"')
     assert 'data-line="%%distributed --env A=&quot;x&lt;y&quot;"' in html
@@ -227,9 +227,10 @@ def test_slurm_launcher_through_the_magic(magics: Any, slurm_up: None) -> None:
 def test_profile_launcher_connects_and_never_stops_a_foreign_cluster(magics: Any) -> None:
     import ipyparallel as ipp
 
-    from dtrain_magics.launchers import Layout, local_cluster_kwargs
+    from dtrain_magics.cluster.launchers import LaunchSpec, Layout, get_launcher
 
-    foreign = ipp.Cluster(profile="dtrain-foreign", **local_cluster_kwargs(Layout(2, 1)))
+    kwargs = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(2, 1))
+    foreign = ipp.Cluster(profile="dtrain-foreign", **kwargs)
     foreign.start_cluster_sync()
     try:
         magics.distributed(
@@ -245,3 +246,52 @@ def test_profile_launcher_connects_and_never_stops_a_foreign_cluster(magics: Any
         client.close()
     finally:
         foreign.stop_cluster_sync()
+
+
+def test_ipython_config_reaches_the_settings_in_a_real_kernel(tmp_path: Path) -> None:
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text(
+        "c.DistributedSettings.nodes = 3\nc.DistributedSettings.backend = 'torch'\n"
+    )
+    env = {
+        **os.environ,
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path),
+    }
+    session = KernelSession(env=env)
+    try:
+        reply = session.run(
+            "%load_ext dtrain_magics\nimport dtrain_magics\n"
+            "settings, options, sources, _ = dtrain_magics._magics.parse('--timeout 5')\n"
+            "print('resolved', options.nodes, options.backend, options.timeout)\n"
+            "print('sources', sources)\n"
+            "print('form', dtrain_magics.ConfigPanel().fields['nodes'].value)"
+        )
+        assert "resolved 3 torch 5.0" in reply.text, reply.text
+        assert "backend from the IPython config, nodes from the IPython config" in reply.text
+        assert "form 3" in reply.text
+    finally:
+        session.close()
+
+
+def test_swallowed_errors_are_logged_with_their_trace(tmp_path: Path) -> None:
+    env = {**os.environ, "DTRAIN_RUNS_DIR": str(tmp_path / "runs")}
+    session = KernelSession(env=env)
+    try:
+        reply = session.run(
+            "%load_ext dtrain_magics\n%dtrain status\n"
+            "from dtrain_magics.store import kernel_state, paths\n"
+            "paths.clusters_dir().parent.mkdir(parents=True, exist_ok=True)\n"
+            "paths.clusters_dir().write_text('a file where a folder should be')\n"
+            "kernel_state.publish({'state': 'stopped'})  # fails, must not raise\n"
+            "print('published')"
+        )
+        assert "published" in reply.text, reply.text
+        line = next(ln for ln in reply.text.splitlines() if ln.startswith("diagnostics log: "))
+        log = Path(line.removeprefix("diagnostics log: "))
+        assert log.parent == tmp_path / "runs" / "_logs"
+        text = log.read_text()
+        assert "could not write the cluster state file" in text and "Traceback" in text
+    finally:
+        session.close()

@@ -168,7 +168,7 @@ def test_the_controller_log_stays_quiet_while_ranks_publish(ip: Any, cluster: An
     )
     assert all(rank["messages"] >= 3 for rank in dtrain_magics.last_run().ranks)
     controller = cluster._cluster.controller
-    assert "dtrain_magics.controller" in controller.args
+    assert "dtrain_magics.cluster.controller" in controller.args
     log = Path(controller.output_file).read_text()
     assert "data_message" not in log
     assert "IPController" in log  # the controller's log is still written

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import rank_values
+from helpers import rank_values
 from IPython.core.error import UsageError
 
 from dtrain_magics.errors import RankError, RunTimeoutError

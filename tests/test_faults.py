@@ -16,14 +16,14 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import alive, rank_values
+from helpers import ALLREDUCE_LOOP, rank_values, wait_gone
 from IPython.core.error import UsageError
 from kernel_session import KernelSession, printed_pids
 
 import dtrain_magics
 from dtrain_magics.cluster import TrainingCluster
+from dtrain_magics.cluster.launchers import Layout
 from dtrain_magics.errors import RankError, RunTimeoutError
-from dtrain_magics.launchers import Layout
 
 pytestmark = pytest.mark.cluster
 
@@ -36,13 +36,6 @@ def record(fault: str, seconds: float) -> None:
     with TIMINGS.open("a", encoding="utf-8") as f:
         f.write(json.dumps({"fault": fault, "seconds": round(seconds, 1)}) + "\n")
     print(f"[timing] {fault}: {seconds:.1f} s")
-
-
-def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive(pids)
 
 
 def assert_next_cell_works(run: Any, cluster: Any) -> None:
@@ -261,16 +254,8 @@ def test_messages_are_signed_with_a_per_cluster_key_in_private_files(cluster: An
 
 # -- the kernel goes away ---------------------------------------------------------------------
 
-LOOP = (
-    "%%distributed --nodes 2 --no-widget\n"
-    "import time, torch\n"
-    "print('looping', flush=True)\n"
-    "while True:\n"
-    "    hvd.allreduce(torch.ones(1))\n"
-    "    time.sleep(0.01)\n"
-)
 PIDS = (
-    "import dtrain_magics, dtrain_magics.watchdog as w\n"
+    "import dtrain_magics, dtrain_magics.cluster.watchdog as w\n"
     "c = dtrain_magics._magics.cluster\n"
     "print('PIDS', [p.pid for p in c.processes()] + [w.watchdog_pid(c) or -1])"
 )
@@ -285,7 +270,7 @@ def test_kernel_killed_while_running_leaves_no_process(how: str) -> None:
         assert reply.status == "ok", reply.text
         pids = printed_pids(session.run(PIDS).text)
         assert len(pids) >= 6 and pids[-1] > 0  # controller, mpiexec, engines, nannies, watchdog
-        msg_id = session.submit(LOOP)
+        msg_id = session.submit(ALLREDUCE_LOOP)
         assert session.collect(msg_id, until="[rank 1] looping").status == "running"
         killed_at = time.monotonic()
         if how == "restart":

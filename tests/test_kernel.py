@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import alive
+from helpers import ALLREDUCE_LOOP, alive
 from kernel_session import KernelSession, printed_pids
 
 pytestmark = pytest.mark.cluster
@@ -21,15 +21,7 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     reply = kernel.run("%dtrain status")
     assert "not running" in reply.text
 
-    code = (
-        "%%distributed --nodes 2 --no-widget\n"
-        "import time, torch\n"
-        "print('looping', flush=True)\n"
-        "while True:\n"
-        "    hvd.allreduce(torch.ones(1))\n"
-        "    time.sleep(0.01)\n"
-    )
-    msg_id = kernel.submit(code)
+    msg_id = kernel.submit(ALLREDUCE_LOOP)
     reply = kernel.collect(msg_id, timeout=120, until="[rank 1] looping")
     assert reply.status == "running"
     interrupted_at = time.monotonic()

@@ -14,9 +14,14 @@ import ipyparallel as ipp
 import psutil
 import pytest
 
-from dtrain_magics import launchers
+from dtrain_magics.cluster.launchers import LaunchSpec, Layout, find_mpiexec, get_launcher
+from dtrain_magics.cluster.launchers import base as launchers
+from dtrain_magics.cluster.launchers.slurm import (
+    SlurmOptions,
+    slurm_batch_template,
+    slurm_job_state,
+)
 from dtrain_magics.errors import ClusterStartError
-from dtrain_magics.launchers import Layout, SlurmOptions, cluster_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -24,6 +29,12 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 
 
 # -- errors and arguments (no cluster) ---------------------------------------------------------
+
+
+def cluster_kwargs(launcher: str, layout: Layout, **options: Any) -> dict[str, Any]:
+    """The ipyparallel ``Cluster`` arguments the launcher gives for these settings."""
+    spec = LaunchSpec(launcher, tuple(sorted(options.items())))
+    return get_launcher(launcher).cluster_kwargs(spec, layout)
 
 
 def test_missing_hostfile_is_one_clear_sentence(tmp_path: Path) -> None:
@@ -81,7 +92,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
         gpus_per_task=1,
     )
     env = launchers.rank_environment(Layout(2, 4))
-    template = launchers.slurm_batch_template(Layout(2, 4), options, env)
+    template = slurm_batch_template(Layout(2, 4), options, env)
     lines = template.splitlines()
     for line in [
         "#SBATCH --nodes=2",
@@ -96,9 +107,9 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     ]:
         assert line in lines
     run = lines[-1]
-    assert run.startswith(f"exec {launchers.find_mpiexec()} ") and "srun" not in template
+    assert run.startswith(f"exec {find_mpiexec()} ") and "srun" not in template
     assert run.endswith("-n {n} {program} --mpi {program_args}")
-    no_gpu = launchers.slurm_batch_template(Layout(1, 2), SlurmOptions(), env)
+    no_gpu = slurm_batch_template(Layout(1, 2), SlurmOptions(), env)
     assert "--gpus-per-task" not in no_gpu and "--partition" not in no_gpu
 
 
@@ -205,7 +216,7 @@ def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...
     job_id = engines.job_id
     assert job_id in _squeue_ids()
     _check_horovod(client)
-    assert launchers.slurm_job_state(job_id) == "RUNNING"
+    assert slurm_job_state(job_id) == "RUNNING"
     places = client[:].apply_sync(_slurm_place)
     assert [job for job, _ in places] == [job_id, job_id]
     assert len({node for _, node in places}) == layout.nodes, places
@@ -233,7 +244,7 @@ def _slurm_busy() -> Iterator[str]:
     )
     blocker = out.stdout.strip().split(";")[0]
     try:
-        assert _wait_until(lambda: launchers.slurm_job_state(blocker) == "RUNNING", 60)
+        assert _wait_until(lambda: slurm_job_state(blocker) == "RUNNING", 60)
         yield blocker
     finally:
         subprocess.run(["scancel", blocker], check=False)
@@ -244,10 +255,9 @@ def _slurm_busy() -> Iterator[str]:
 @pytest.mark.timeout(240)
 def test_a_job_pending_past_the_timeout_is_cancelled(slurm_up: None) -> None:
     from dtrain_magics.cluster import TrainingCluster
-    from dtrain_magics.launchers import LaunchSpec
 
     with _slurm_busy() as blocker:
-        spec = LaunchSpec(launcher="slurm", slurm=SlurmOptions(pending_timeout=5))
+        spec = LaunchSpec(launcher="slurm", options=(("slurm_pending_timeout", 5.0),))
         cluster = TrainingCluster(spec=spec)
         started = time.monotonic()
         with pytest.raises(ClusterStartError, match=r"stayed pending for .* and was cancelled"):
@@ -272,7 +282,7 @@ def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
             reply = session.collect(msg_id, until="is pending")
             assert reply.status == "running", reply.text
             [job] = _squeue_ids() - {blocker}
-            assert launchers.slurm_job_state(job) == "PENDING"
+            assert slurm_job_state(job) == "PENDING"
             session.km.interrupt_kernel()
             reply = session.collect(msg_id, timeout=60)
             assert reply.ename == "RunInterrupted", reply.text

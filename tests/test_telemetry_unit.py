@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dtrain_magics.charts import svg_chart
 from dtrain_magics.rank import telemetry
 from dtrain_magics.rank.telemetry import Telemetry
-from dtrain_magics.run_state import OUTPUT_LINES, RunState
+from dtrain_magics.run.state import OUTPUT_LINES, RunState
+from dtrain_magics.ui.charts import svg_chart
 
 
 def test_a_million_log_calls_cost_bounded_messages_and_memory() -> None:
@@ -88,7 +88,7 @@ def test_svg_chart_draws_mean_and_spread() -> None:
 def test_the_controller_drops_only_the_telemetry_warning() -> None:
     import logging
 
-    from dtrain_magics.controller import TELEMETRY_WARNING, TelemetryWarningFilter
+    from dtrain_magics.cluster.controller import TELEMETRY_WARNING, TelemetryWarningFilter
 
     def record(msg: str, *args: Any) -> logging.LogRecord:
         return logging.LogRecord("IPController", logging.WARNING, "hub.py", 1, msg, args, None)

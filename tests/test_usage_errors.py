@@ -13,12 +13,12 @@ pytestmark = pytest.mark.cluster
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("--nodes 0", "--nodes must be a positive integer, got 0."),
-        ("--nodes -1", "--nodes must be a positive integer, got -1."),
-        ("--nodes abc", "--nodes must be a positive integer, got 'abc'"),
-        ("--nodes 2.5", "--nodes must be a positive integer, got '2.5'"),
-        ("--nodes 100000", "asks for 100000 ranks; at most 1024 are supported."),
-        ("--procs-per-node 0", "--procs-per-node must be a positive integer, got 0."),
+        ("--nodes 0", "--nodes must be a positive integer up to 1024, got 0."),
+        ("--nodes -1", "--nodes must be a positive integer up to 1024, got -1."),
+        ("--nodes abc", "--nodes must be a positive integer up to 1024, got 'abc'"),
+        ("--nodes 2.5", "--nodes must be a positive integer up to 1024, got '2.5'"),
+        ("--nodes 600 -p 2", "asks for 1200 ranks; at most 1024 are supported."),
+        ("--procs-per-node 0", "--procs-per-node must be a positive integer up to 1024, got 0."),
         ("--backend mxnet", "--backend must be one of horovod, torch, got 'mxnet'."),
         ("--device tpu", "--device must be one of auto, cpu, cuda, got 'tpu'."),
         ("--timeout 0", "--timeout must be a positive number of seconds, got 0.0."),

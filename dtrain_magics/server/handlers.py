@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from typing import Any
 
 import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from ..kernel_state import clusters_dir
-from ..records import runs_dir
+from ..store.paths import clusters_dir, runs_dir
+from ..store.schema import ACTIVE_RUN
 from .listing import find_run, list_clusters, list_runs
 
+log = logging.getLogger(__name__)
 CLUSTER_ACTIONS = ("stop", "restart")
 _background: set[asyncio.Task[Any]] = set()
 
@@ -92,7 +94,7 @@ class RunHandler(_DtrainHandler):
         run = find_run(runs_dir(), run_id, await self.kernel_paths())
         if run is None:
             raise tornado.web.HTTPError(404, f"no run {run_id!r}")
-        if run["status"] not in ("starting cluster", "running"):
+        if run["status"] not in ACTIVE_RUN:
             raise tornado.web.HTTPError(409, f"run {run_id} is {run['status']}, not running")
         if not run["live"]:
             raise tornado.web.HTTPError(409, f"run {run_id} belongs to a kernel of another server")
@@ -135,6 +137,7 @@ async def run_in_kernel(kernel: Any, code: str, timeout: float = 180.0) -> dict[
             try:
                 reply = await client.get_shell_msg(timeout=left)
             except Exception:  # timed out (queue.Empty) or the kernel went away
+                log.debug("no reply from kernel to %r", code, exc_info=True)
                 return None
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 return dict(reply["content"])

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-ACTIVE = ("starting cluster", "running")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+from ..store.paths import read_json
+from ..store.schema import ACTIVE_RUN
 
 
 def describe_run(summary: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
@@ -27,7 +19,7 @@ def describe_run(summary: dict[str, Any], paths: dict[str, str]) -> dict[str, An
     status = summary.get("status", "unknown")
     message = summary.get("message", "")
     pid = info.get("kernel_pid") or summary.get("kernel_pid")
-    if status in ACTIVE and pid and not psutil.pid_exists(int(pid)):
+    if status in ACTIVE_RUN and pid and not psutil.pid_exists(int(pid)):
         status, message = "lost", "the kernel exited while the run was going on"
     totals = [r for r in ranks if r.get("total")]
     progress = (

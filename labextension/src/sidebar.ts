@@ -2,9 +2,7 @@ import { showErrorMessage } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { DtrainModel } from './model';
-import { ICluster, IRun } from './tokens';
-
-const ACTIVE_RUN = ['starting cluster', 'running'];
+import { ACTIVE_RUN, ICluster, IRun } from './tokens';
 
 /** Opens a notebook at the cell that started a run. */
 export type OpenCell = (path: string, cellId: string | null) => Promise<void>;

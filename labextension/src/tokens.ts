@@ -11,6 +11,34 @@ export namespace CommandIDs {
 /** The plugin id, also the key of its settings. */
 export const PLUGIN_ID = 'dtrain-magics:plugin';
 
+/**
+ * A run's status. The same union as `RunStatus` in `dtrain_magics/store/schema.py` (a test
+ * checks the two lists match); `lost` is the server's word for a run whose kernel exited.
+ */
+export type RunStatus =
+  | 'starting cluster'
+  | 'running'
+  | 'stopping'
+  | 'succeeded'
+  | 'failed'
+  | 'interrupted'
+  | 'timed out'
+  | 'lost';
+
+/** How one rank's part of a run stands or ended (`RankStatus` in schema.py). */
+export type RankStatus =
+  'running' | 'ok' | 'error' | 'interrupted' | 'died' | 'killed';
+
+/** A kernel's cluster as the sidebar shows it (`ClusterState` in schema.py). */
+export type ClusterState = 'starting' | 'idle' | 'busy' | 'stopped' | 'broken';
+
+/** The statuses of a run that is still going on (`ACTIVE_RUN` in schema.py). */
+export const ACTIVE_RUN: RunStatus[] = [
+  'starting cluster',
+  'running',
+  'stopping'
+];
+
 /** A kernel's cluster, as `GET /dtrain/clusters` lists it. */
 export interface ICluster {
   kernel_id: string;
@@ -18,7 +46,7 @@ export interface ICluster {
   path: string;
   launcher: string;
   cluster_id: string | null;
-  state: 'starting' | 'idle' | 'busy' | 'stopped' | 'broken' | string;
+  state: ClusterState;
   ranks: number;
   nodes: number;
   procs_per_node: number;
@@ -30,7 +58,7 @@ export interface ICluster {
 /** A run, as `GET /dtrain/runs` lists it. */
 export interface IRun {
   id: string;
-  status: string;
+  status: RunStatus;
   message: string;
   started: number | null;
   ended: number | null;

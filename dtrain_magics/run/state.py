@@ -1,4 +1,4 @@
-"""The live state of one run, fed by the runner, read by the dashboard and saved as its record."""
+"""The live state of one run: fed by the runner, shown by the views, saved as its record."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import RunStore
+from ..store.records import RunStore
+from ..store.schema import MetricRow, RankStatus, RankSummary, RunStatus, RunSummary
 
 OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
 MAX_POINTS_PER_SERIES = 20_000  # per metric and rank, in memory; the disk keeps every point
@@ -19,7 +20,7 @@ class RankState:
     """Progress, output and status of one rank."""
 
     rank: int
-    status: str = "running"  # running | ok | error | interrupted | died | killed
+    status: RankStatus = "running"
     n: int = 0
     total: int | None = None
     desc: str = ""
@@ -43,7 +44,7 @@ class RunState:
     ) -> None:
         self.id = run_id
         self.info = info  # backend, device, layout, cell, where settings came from ...
-        self.status = "starting cluster"
+        self.status: RunStatus = "starting cluster"
         self.message = ""
         self.started = time.time()
         self.ended: float | None = None
@@ -60,7 +61,7 @@ class RunState:
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def set_status(self, status: str, message: str = "") -> None:
+    def set_status(self, status: RunStatus, message: str = "") -> None:
         self.status, self.message = status, message
         self.version += 1
 
@@ -82,7 +83,7 @@ class RunState:
         state.messages += 1
         points = payload.get("points") or []
         self.dropped += int(payload.get("dropped") or 0)
-        rows = []
+        rows: list[MetricRow] = []
         for step, name, value, when in points:
             series = self.series.setdefault(name, {}).setdefault(rank, [])
             series.append((step, value))
@@ -113,7 +114,7 @@ class RunState:
             )
             self.version += 1
 
-    def finish_rank(self, rank: int, status: str, error: str = "") -> None:
+    def finish_rank(self, rank: int, status: RankStatus, error: str = "") -> None:
         state = self.ranks[rank]
         state.status, state.error = status, error
         for stream, rest in state._partial.items():
@@ -124,7 +125,11 @@ class RunState:
         self.version += 1
 
     def finish(
-        self, status: str, failing_rank: int | None = None, failure: str = "", traceback: str = ""
+        self,
+        status: RunStatus,
+        failing_rank: int | None = None,
+        failure: str = "",
+        traceback: str = "",
     ) -> None:
         self.ended = time.time()
         self.failing_rank, self.failure, self.traceback = failing_rank, failure, traceback
@@ -173,7 +178,7 @@ class RunState:
                 by_step.setdefault(step, []).append(value)
         return [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(by_step.items())]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RunSummary:
         """The JSON summary written to ``run.json`` (read by the lab extension)."""
         latest = {name: sum(v.values()) / len(v) for name, v in self.latest.items() if v}
         return {
@@ -192,21 +197,22 @@ class RunState:
             "throughput": self.throughput(),
             "dropped_points": self.dropped,
             "stalled_ranks": self.stalled,
-            "ranks": [
-                {
-                    "rank": r.rank,
-                    "status": r.status,
-                    "n": r.n,
-                    "total": r.total,
-                    "desc": r.desc,
-                    "rate": r.rate,
-                    "error": r.error,
-                    "lines": r.line_count,
-                    "messages": r.messages,
-                }
-                for r in self.ranks
-            ],
+            "ranks": [self._rank_summary(r) for r in self.ranks],
             "log_paths": {
                 str(k): str(v) for k, v in (self.store.log_paths if self.store else {}).items()
             },
+        }
+
+    @staticmethod
+    def _rank_summary(r: RankState) -> RankSummary:
+        return {
+            "rank": r.rank,
+            "status": r.status,
+            "n": r.n,
+            "total": r.total,
+            "desc": r.desc,
+            "rate": r.rate,
+            "error": r.error,
+            "lines": r.line_count,
+            "messages": r.messages,
         }

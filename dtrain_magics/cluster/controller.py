@@ -23,7 +23,7 @@ class TelemetryWarningFilter(logging.Filter):
 
 def command() -> list[str]:
     """The command that starts this controller (``LocalControllerLauncher.controller_cmd``)."""
-    return [sys.executable, "-m", "dtrain_magics.controller"]
+    return [sys.executable, "-m", "dtrain_magics.cluster.controller"]
 
 
 def main() -> None:

@@ -13,29 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-
-def runs_dir() -> Path:
-    """Where run records live."""
-    env = os.environ.get("DTRAIN_RUNS_DIR")
-    if env:
-        return Path(env)
-    from jupyter_core.paths import jupyter_data_dir
-
-    return Path(jupyter_data_dir()) / "dtrain-magics" / "runs"
-
-
-def write_json_atomic(path: Path, data: Any, indent: int | None = None) -> None:
-    """Replace ``path`` with ``data`` as JSON, atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+from .paths import runs_dir, write_json_atomic
+from .schema import MetricRow, RankSummary, RunStatus, RunSummary
 
 
 def new_run_id() -> str:
@@ -50,15 +35,17 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.log_paths = {r: self.dir / f"rank-{r}.log" for r in range(ranks)}
-        self._metrics: IO[str] = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics: IO[str] | None = None  # opened with the first point
         self._logs: dict[int, IO[str]] = {}
         self._names: dict[str, str] = {}
 
-    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+    def append_metrics(self, rows: list[MetricRow]) -> None:
+        if self._metrics is None:
+            self._metrics = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
         self._metrics.write("".join(map(self._metric_line, rows)))
         self._metrics.flush()
 
-    def _metric_line(self, row: dict[str, Any]) -> str:
+    def _metric_line(self, row: MetricRow) -> str:
         """One JSON line, formatted directly (``json.dumps`` per row costs the notebook CPU that
         the ranks share on small machines)."""
         name = self._names.get(row["name"])
@@ -79,12 +66,13 @@ class RunStore:
         log.write(text)
         log.flush()
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: RunSummary) -> None:
         """Replace ``run.json`` atomically (temporary file, then rename)."""
         write_json_atomic(self.dir / "run.json", summary, indent=1)
 
     def close(self) -> None:
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         for log in self._logs.values():
             log.close()
 
@@ -94,17 +82,17 @@ class RunRecord:
     """What ``dtrain_magics.last_run()`` returns: one finished run, backed by its files."""
 
     id: str
-    status: str
+    status: RunStatus
     exit_reason: str
     wall_time: float
-    ranks: list[dict[str, Any]]
+    ranks: list[RankSummary]
     options: dict[str, Any]
     dir: Path
     log_paths: dict[int, Path] = field(default_factory=dict)
     failing_rank: int | None = None
 
     @property
-    def metrics(self) -> list[dict[str, Any]]:
+    def metrics(self) -> list[MetricRow]:
         """The metric history: dicts with step, rank, name, value, time (read from disk)."""
         path = self.dir / "metrics.jsonl"
         if not path.exists():

@@ -3,8 +3,9 @@
 ipyparallel starts the controller and ``mpiexec`` in their own sessions and stops them only at
 the kernel's exit (``atexit``), so a kernel killed with SIGKILL (a restart, or the shutdown of a
 busy kernel) would leave them running. The watchdog is a tiny process started with the cluster
-(``python -m dtrain_magics.watchdog KERNEL_PID PID...``): it polls the kernel, and once the kernel
-is gone it terminates the process trees of the cluster (controller, mpiexec, engines, nannies).
+(``python -m dtrain_magics.cluster.watchdog KERNEL_PID PID...``): it polls the kernel, and once
+the kernel is gone it terminates the process trees of the cluster (controller, mpiexec, engines,
+nannies).
 It exits by itself when those processes are gone, and is stopped when the cluster stops.
 """
 
@@ -20,6 +21,8 @@ from collections.abc import Iterable
 
 import psutil
 
+from .processes import alive, kill_trees, trees
+
 POLL = 0.5
 _guards: weakref.WeakKeyDictionary[object, subprocess.Popen[bytes]] = weakref.WeakKeyDictionary()
 
@@ -31,7 +34,13 @@ def guard(owner: object, pids: Iterable[int]) -> None:
     if not roots:
         return
     _guards[owner] = subprocess.Popen(
-        [sys.executable, "-m", "dtrain_magics.watchdog", str(os.getpid()), *map(str, roots)],
+        [
+            sys.executable,
+            "-m",
+            "dtrain_magics.cluster.watchdog",
+            str(os.getpid()),
+            *map(str, roots),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -55,24 +64,6 @@ def watchdog_pid(owner: object) -> int | None:
     return proc.pid if proc is not None and proc.poll() is None else None
 
 
-def kill_trees(roots: list[psutil.Process], grace: float = 3.0) -> None:
-    """SIGTERM ``roots`` and all their descendants, then SIGKILL what is left after ``grace``."""
-    procs: dict[int, psutil.Process] = {}
-    for root in roots:
-        with contextlib.suppress(psutil.Error):
-            if root.is_running():
-                procs[root.pid] = root
-                procs.update((c.pid, c) for c in root.children(recursive=True))
-    for proc in procs.values():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-
-
 def watch(kernel_pid: int, pids: list[int], poll: float = POLL) -> int:
     """Wait for the kernel to die (then kill the trees) or for the cluster to be gone."""
     roots = []
@@ -82,27 +73,20 @@ def watch(kernel_pid: int, pids: list[int], poll: float = POLL) -> int:
     try:
         kernel = psutil.Process(kernel_pid)
     except psutil.Error:
-        kill_trees(roots)
+        kill_trees(trees(p.pid for p in roots))
         return 0
     while True:
-        if not _running(kernel):
-            kill_trees(roots)
+        if not alive(kernel):
+            kill_trees(trees(p.pid for p in roots))
             return 0
-        if not any(_running(p) for p in roots):
+        if not any(alive(p) for p in roots):
             return 0
         time.sleep(poll)
 
 
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not all(a.isdigit() for a in argv):
-        print("usage: python -m dtrain_magics.watchdog KERNEL_PID PID...", file=sys.stderr)
+        print("usage: python -m dtrain_magics.cluster.watchdog KERNEL_PID PID...", file=sys.stderr)
         return 2
     return watch(int(argv[0]), [int(a) for a in argv[1:]])
 

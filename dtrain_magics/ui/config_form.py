@@ -1,49 +1,31 @@
 """``%dtrain config``: a form for the run settings and the cluster, from core ipywidgets.
 
-Each field is a setting of ``DistributedSettings``; launcher-specific fields show only for the
-chosen launcher. Invalid values are marked beside the field with the reason and are not applied.
-The equivalent ``%%distributed`` line follows every change.
+One field per setting, made from its trait (a dropdown for a choice, a text box otherwise);
+launcher-specific fields show only for the chosen launcher. Invalid values are marked beside the
+field with the reason and are not applied. The equivalent ``%%distributed`` line follows every
+change.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from traitlets import TraitError
+from traitlets import Enum, Integer, TraitType
 
-from .settings import (
-    COMMON_FIELDS,
-    FLAGS,
-    LAUNCHER_FIELDS,
-    DistributedSettings,
-    load_file,
-    save_file,
-)
+from ..cluster.launchers import Layout
+from ..cluster.training_cluster import TrainingCluster
+from ..config.store import SettingsStore, load_file, save_file
+from ..config.traits import SettingTrait, check_value, label_of
+from ..errors import SettingError
+from ..store.schema import ClusterRecord
+from .headline import cluster_line
 
-if TYPE_CHECKING:
-    from .magics import DistributedMagics
-
-_LABELS = {
-    "launcher": "Launcher",
-    "nodes": "Nodes",
-    "procs_per_node": "Procs per node",
-    "device": "Device",
-    "backend": "Backend",
-    "timeout": "Timeout (s)",
-    "env": "Rank env",
-    "hostfile": "Hostfile",
-    "slurm_partition": "Partition",
-    "slurm_account": "Account",
-    "slurm_time_limit": "Time limit",
-    "slurm_options": "sbatch options",
-    "slurm_pending_timeout": "Pending timeout (s)",
-    "profile": "Profile",
-    "cluster_id": "Cluster id",
-}
+log = logging.getLogger(__name__)
 
 
 def detected_resources() -> str:
@@ -77,39 +59,57 @@ def _run(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        log.debug("%s failed", cmd[0], exc_info=True)
         return ""
 
 
-class ConfigPanel:
-    """The settings form and cluster controls for one kernel's ``%%distributed`` magics."""
+def field_for(trait: TraitType[Any, Any]) -> Any:
+    """The widget that edits ``trait``: a dropdown, an integer box, a text box or area."""
+    import ipywidgets as w
 
-    def __init__(self, magics: DistributedMagics) -> None:
+    placeholder = str(trait.metadata.get("placeholder") or "")
+    if isinstance(trait, Enum):
+        return w.Dropdown(options=list(trait.values or ()))
+    if isinstance(trait, Integer):
+        return w.IntText()
+    if isinstance(trait.default_value, dict | list):
+        return w.Textarea(placeholder=placeholder)
+    return w.Text(placeholder=placeholder)
+
+
+def as_text(value: Any) -> Any:
+    """A setting's value as its field shows it (text, except for integer boxes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return "\n".join(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class ConfigPanel:
+    """The settings form and cluster controls for one kernel's settings and cluster."""
+
+    def __init__(self, store: SettingsStore, cluster: TrainingCluster) -> None:
         import ipywidgets as w
 
-        self.magics = magics
-        self.store = magics.settings
-        self.cluster = magics.cluster
-        self.fields: dict[str, Any] = {
-            "launcher": w.Dropdown(options=list(LAUNCHER_FIELDS)),
-            "nodes": w.IntText(),
-            "procs_per_node": w.IntText(),
-            "device": w.Dropdown(options=["auto", "cpu", "cuda"]),
-            "backend": w.Dropdown(options=["horovod", "torch"]),
-            "timeout": w.Text(placeholder="none"),
-            "env": w.Textarea(placeholder="NAME=VALUE, one per line"),
-            "hostfile": w.Text(placeholder="/path/to/hostfile"),
-            "slurm_partition": w.Text(),
-            "slurm_account": w.Text(),
-            "slurm_time_limit": w.Text(placeholder="01:00:00"),
-            "slurm_options": w.Textarea(placeholder="--qos=debug, one per line"),
-            "slurm_pending_timeout": w.FloatText(),
-            "profile": w.Text(placeholder="default"),
-            "cluster_id": w.Text(),
-        }
+        self.store = store
+        self.cluster = cluster
+        self.traits = store.settings_class.setting_traits()
+        self.fields: dict[str, Any] = {name: field_for(t) for name, t in self.traits.items()}
         self.errors = {name: w.HTML() for name in self.fields}
         self.rows = {
             name: w.HBox(
-                [w.Label(_LABELS[name], layout=w.Layout(width="10em")), field, self.errors[name]]
+                [
+                    w.Label(label_of(self.traits[name]), layout=w.Layout(width="10em")),
+                    field,
+                    self.errors[name],
+                ]
             )
             for name, field in self.fields.items()
         }
@@ -135,7 +135,7 @@ class ConfigPanel:
                 self.message,
             ]
         )
-        self.load(self.store.defaults())
+        self.load(self.store.defaults().values())
         for field in self.fields.values():
             field.observe(self._changed, names="value")
         self.refresh_status()
@@ -148,32 +148,30 @@ class ConfigPanel:
 
     # -- values -----------------------------------------------------------------------------
 
-    def load(self, settings: DistributedSettings) -> None:
-        """Show ``settings`` in the fields."""
-        for name, value in settings.values().items():
-            field = self.fields[name]
-            if name == "env":
-                field.value = "\n".join(f"{k}={v}" for k, v in sorted(value.items()))
-            elif name == "slurm_options":
-                field.value = "\n".join(value)
-            elif name == "timeout":
-                field.value = "" if value is None else f"{value:g}"
-            else:
-                field.value = value
+    def load(self, values: dict[str, Any]) -> None:
+        """Show ``values`` in the fields."""
+        for name, value in values.items():
+            self.fields[name].value = as_text(value)
         self._changed()
 
     def values(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The fields as settings values, and the reason each invalid one is invalid."""
-        raw = {name: field.value for name, field in self.fields.items()}
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
-        for name, value in raw.items():
+        for name, field in self.fields.items():
+            trait = self.traits[name]
             try:
-                value = _convert(name, value)
-                DistributedSettings(**{name: value})
-                values[name] = value
-            except (TraitError, ValueError) as e:
-                errors[name] = _reason(name, e)
+                value = field.value
+                if isinstance(trait, SettingTrait) and isinstance(value, str):
+                    value = trait.from_text(value)
+                values[name] = check_value(trait, value)
+            except SettingError as e:
+                errors[name] = str(e)
+        if not errors:
+            try:
+                self.store.settings_class(**values).check()
+            except SettingError as e:
+                errors[e.name] = str(e)
         return values, errors
 
     def _changed(self, change: Any = None) -> None:
@@ -185,11 +183,11 @@ class ConfigPanel:
                 else ""
             )
         launcher = values.get("launcher", "local")
-        shown = set(COMMON_FIELDS) | set(LAUNCHER_FIELDS.get(launcher, ()))
+        shown = set(self.store.settings_class.relevant(launcher))
         for name, row in self.rows.items():
             row.layout.display = "" if name in shown else "none"
         if not errors:
-            self.line.value = DistributedSettings(**values).magic_line()
+            self.line.value = self.store.settings_class(**values).magic_line()
             self.copy.value = copy_button(self.line.value)
 
     # -- buttons ----------------------------------------------------------------------------
@@ -209,15 +207,16 @@ class ConfigPanel:
         if not self.apply():
             return False
         values, _ = self.values()
-        path = save_file(values)
-        self.store.file_values, self.store.applied = load_file(path), {}
+        path = save_file(values, settings_class=self.store.settings_class)
+        self.store.file_values = load_file(path, self.store.settings_class)
+        self.store.applied = {}
         self._say(f"Saved to {path}; new kernels load it with %load_ext dtrain_magics.")
         return True
 
     def reset(self) -> None:
         """Forget applied values and show the config file's (or the built-in) defaults."""
         self.store.reset()
-        self.load(self.store.defaults())
+        self.load(self.store.defaults().values())
         self._say("Reset to the config file's settings.")
 
     def start(self) -> None:
@@ -225,9 +224,11 @@ class ConfigPanel:
             return
         settings = self.store.defaults()
         self._say("Starting the cluster …")
+        layout = Layout(settings.nodes, settings.procs_per_node)
         try:
-            self.cluster.ensure(settings.run_options().layout, self._say, settings.launch_spec())
+            self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:
+            log.debug("the cluster did not start", exc_info=True)
             self._say(f"The cluster did not start: {e}", error=True)
         self.refresh_status()
 
@@ -243,50 +244,18 @@ class ConfigPanel:
         self.cluster.restart(self._say)
         self.refresh_status()
 
-    def refresh_status(self, info: dict[str, Any] | None = None) -> None:
-        """Show the cluster's state (``info`` as the cluster reports a change, else asked now)."""
-        from .magics import _format_status
-
-        if info is None:
-            info = self.cluster.status()
+    def refresh_status(self, record: ClusterRecord | None = None) -> None:
+        """Show the cluster's state (``record`` as the cluster reports a change, else asked)."""
+        if record is None:
+            info: dict[str, Any] = dict(self.cluster.status())
             busy = info.get("busy")
             activity = "" if busy is None else ("busy" if busy else "idle")
         else:
-            activity = info["state"] if info["state"] in ("starting", "busy", "idle") else ""
-            info = {**info, "state": "running" if activity else info["state"]}
+            activity = record["state"] if record["state"] in ("starting", "busy", "idle") else ""
+            info = {**record, "state": "running" if activity else record["state"]}
         state = f" · {activity}" if activity else ""
-        self.status.value = f"<code>{escape(_format_status(info))}{state}</code>"
+        self.status.value = f"<code>{escape(cluster_line(info))}{state}</code>"
 
     def _say(self, text: str, error: bool = False) -> None:
         colour = "#c62828" if error else "#2e7d32"
         self.message.value = f'<span style="color:{colour}">{escape(text)}</span>'
-
-
-def _convert(name: str, value: Any) -> Any:
-    if name == "timeout":
-        text = str(value).strip()
-        if not text or text.lower() == "none":
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"--timeout must be a number of seconds, got {text!r}.") from None
-    if name == "env":
-        env = {}
-        for line in str(value).splitlines():
-            if line.strip():
-                key, sep, val = line.strip().partition("=")
-                if not sep:
-                    raise ValueError(f"--env takes NAME=VALUE, got {line.strip()!r}.")
-                env[key] = val
-        return env
-    if name == "slurm_options":
-        return [line.strip() for line in str(value).splitlines() if line.strip()]
-    return value
-
-
-def _reason(name: str, error: Exception) -> str:
-    text = str(error)
-    if "expected any of" in text or "trait of" in text:
-        return f"{FLAGS[name]}: {text.split(' trait of ')[0].strip()} has an invalid value."
-    return text

@@ -8,25 +8,25 @@ has to ask a kernel that is busy training, and a server restart loses nothing.
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
-from .records import runs_dir, write_json_atomic
+from .paths import clusters_dir, read_json, write_json_atomic
+from .schema import ClusterRecord, ClusterState, ClusterStatus
 
+log = logging.getLogger(__name__)
 _KERNEL_FILE = re.compile(r"kernel-(?P<id>[\w-]+)\.json$")
+Activity = Literal["starting", "busy"]
 
 
-def clusters_dir() -> Path:
-    """Where cluster state files live (next to the runs directory)."""
-    return runs_dir().parent / "clusters"
-
-
+@functools.lru_cache(maxsize=1)
 def kernel_id() -> str | None:
     """The Jupyter kernel id of this process, read from its connection file name."""
     try:
@@ -34,6 +34,7 @@ def kernel_id() -> str | None:
 
         match = _KERNEL_FILE.search(get_connection_file())
     except Exception:  # not inside an ipykernel
+        log.debug("no kernel connection file", exc_info=True)
         return None
     return match.group("id") if match else None
 
@@ -46,6 +47,7 @@ def cell_id() -> str | None:
         kernel = getattr(get_ipython(), "kernel", None)
         parent = kernel.get_parent("shell") if kernel is not None else {}
     except Exception:
+        log.debug("no parent message for the cell id", exc_info=True)
         return None
     value = (parent or {}).get("metadata", {}).get("cellId")
     return str(value) if value else None
@@ -61,43 +63,57 @@ def state_path() -> Path:
     return clusters_dir() / f"{key}.json"
 
 
-def cluster_state(status: dict[str, Any], activity: str | None = None) -> str:
+def cluster_state(status: ClusterStatus, activity: Activity | None = None) -> ClusterState:
     """One word for a cluster: starting, busy, idle, stopped or broken."""
-    state = str(status.get("state", "stopped"))
+    state = status.get("state", "stopped")
     if activity == "starting" or (activity and state == "running"):
         return activity
-    return "idle" if state == "running" else state
+    if state == "running":
+        return "idle"
+    return "broken" if state == "broken" else "stopped"
 
 
-def publish(status: dict[str, Any], activity: str | None = None, run_id: str | None = None) -> None:
-    """Write this kernel's cluster state; ``activity`` is ``starting`` or ``busy`` during a run.
-
-    Never raises: the lab extension's view of a cluster must not break a run.
-    """
-    state = cluster_state(status, activity)
-    record = {
-        **status,
-        "state": state,
+def record(
+    status: ClusterStatus, activity: Activity | None = None, run_id: str | None = None
+) -> ClusterRecord:
+    """The state file's content for ``status``."""
+    return {
+        "launcher": status.get("launcher", ""),
+        "state": cluster_state(status, activity),
+        "cluster_id": status.get("cluster_id"),
+        "ranks": status.get("ranks", 0),
+        "nodes": status.get("nodes", 0),
+        "procs_per_node": status.get("procs_per_node", 0),
+        "engines_registered": status.get("engines_registered"),
         "run_id": run_id,
         "kernel_id": kernel_id(),
         "kernel_pid": os.getpid(),
         "updated": time.time(),
     }
+
+
+def publish(
+    status: ClusterStatus, activity: Activity | None = None, run_id: str | None = None
+) -> None:
+    """Write this kernel's cluster state; ``activity`` is ``starting`` or ``busy`` during a run.
+
+    Never raises: the lab extension's view of a cluster must not break a run.
+    """
     try:
         path = state_path()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_json_atomic(path, record)
-        _forget_dead_kernels(path.parent)
+        write_json_atomic(path, record(status, activity, run_id))
     except OSError:
-        pass
+        log.debug("could not write the cluster state file", exc_info=True)
 
 
-def _forget_dead_kernels(folder: Path) -> None:
+def forget_dead_kernels(folder: Path | None = None) -> None:
     """Remove the state files of kernels that have exited."""
-    for path in folder.glob("*.json"):
+    for path in (folder or clusters_dir()).glob("*.json"):
+        data = read_json(path) or {}
         try:
-            pid = int(json.loads(path.read_text(encoding="utf-8")).get("kernel_pid", 0))
-        except (OSError, ValueError):
+            pid = int(data.get("kernel_pid", 0))
+        except (TypeError, ValueError):
             continue
         if pid and not psutil.pid_exists(pid):
             path.unlink(missing_ok=True)

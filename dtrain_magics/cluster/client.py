@@ -1,0 +1,59 @@
+"""ipyparallel's ``Client``, telling its listeners when a message arrives.
+
+ipyparallel fills ``AsyncResult.metadata`` (output, published data) and resolves results on its
+own I/O thread. A listener registered here is called on that thread after every reply and every
+IOPub message, so a run waits on the sockets instead of polling the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ipyparallel import Client
+
+log = logging.getLogger(__name__)
+Listener = Callable[[], None]
+
+
+class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type hints
+    """A ``Client`` that calls each listener (from its I/O thread) after each incoming message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._listeners: list[Listener] = []  # before the I/O thread starts
+        super().__init__(*args, **kwargs)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener must not break ipyparallel's I/O thread
+                log.debug("client listener failed", exc_info=True)
+
+    def _dispatch_iopub(self, msg: Any) -> None:
+        super()._dispatch_iopub(msg)
+        self._notify()
+
+    def _dispatch_reply(self, msg: Any) -> None:
+        super()._dispatch_reply(msg)
+        self._notify()
+
+
+def connect(ipp_cluster: Any) -> NotifyingClient:
+    """A ``NotifyingClient`` of a cluster started through ``ipyparallel.Cluster``."""
+    # ipyparallel's own way to run its async API from sync code (a thread if a loop runs here)
+    info = ipp_cluster._synchronize(ipp_cluster.controller.get_connection_info)
+    return NotifyingClient(
+        info["client"],
+        cluster=ipp_cluster,
+        profile_dir=ipp_cluster.profile_dir,
+        cluster_id=ipp_cluster.cluster_id,
+    )

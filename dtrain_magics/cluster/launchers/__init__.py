@@ -1,0 +1,35 @@
+"""Launchers: how engines start, one class per kind of cluster, registered by name."""
+
+from __future__ import annotations
+
+from .base import Launcher, LaunchSpec, Layout, find_mpiexec, rank_environment
+from .local import LocalLauncher
+from .mpi import MpiLauncher
+from .profile import ProfileLauncher
+from .slurm import SlurmLauncher
+
+LAUNCHERS: dict[str, Launcher] = {
+    launcher.name: launcher
+    for launcher in (LocalLauncher(), MpiLauncher(), SlurmLauncher(), ProfileLauncher())
+}
+
+
+def get_launcher(name: str) -> Launcher:
+    """The launcher registered as ``name``."""
+    try:
+        return LAUNCHERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown launcher {name!r}; choose one of {', '.join(LAUNCHERS)}."
+        ) from None
+
+
+__all__ = [
+    "LAUNCHERS",
+    "LaunchSpec",
+    "Launcher",
+    "Layout",
+    "find_mpiexec",
+    "get_launcher",
+    "rank_environment",
+]

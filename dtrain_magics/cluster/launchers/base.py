@@ -1,0 +1,164 @@
+"""What every launcher shares: the layout, the launch spec, the protocol, the MPI environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from ...errors import ClusterStartError
+
+# names that always mean this host in a hostfile or a Slurm node list
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How many ranks, arranged as nodes × processes per node."""
+
+    nodes: int
+    procs_per_node: int
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    def __str__(self) -> str:
+        return (
+            f"{_count(self.ranks, 'rank')} ({_count(self.nodes, 'node')} × "
+            f"{_count(self.procs_per_node, 'proc')})"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where and how engines start: the launcher, its own settings, and rank env vars.
+
+    ``options`` holds the settings that belong to the launcher (``(name, value)`` pairs, sorted),
+    so two specs are equal exactly when the cluster they describe is the same.
+    """
+
+    launcher: str = "local"
+    options: tuple[tuple[str, Any], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The launcher setting ``name``."""
+        return dict(self.options).get(name, default)
+
+
+class Launcher(Protocol):
+    """How one kind of cluster starts (or is found): registered by name in ``LAUNCHERS``."""
+
+    name: ClassVar[str]
+    owns_processes: ClassVar[bool]
+    """False for a cluster someone else started: we connect to it and never stop it."""
+    uses: ClassVar[tuple[str, ...]]
+    """Settings other than its own that change how it starts engines (``device`` for Slurm)."""
+
+    def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
+        """``ipyparallel.Cluster`` arguments for ``layout`` (launchers that own processes)."""
+        ...
+
+    def connect(self, spec: LaunchSpec, timeout: float) -> Any:
+        """A connected ``ipyparallel.Client`` (launchers that do not own processes)."""
+        ...
+
+    def pending(self, engine_set: Any) -> str | None:
+        """The batch job id while the engines wait in a queue, else None."""
+        ...
+
+    def job_ended(self, engine_set: Any) -> bool:
+        """True once a batch job that should hold the engines has left the queue."""
+        ...
+
+
+class OwnedLauncher:
+    """Defaults for launchers that start the engines themselves."""
+
+    owns_processes: ClassVar[bool] = True
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def connect(self, spec: LaunchSpec, timeout: float) -> Any:
+        raise TypeError("this launcher starts its own cluster; it does not connect to one.")
+
+    def pending(self, engine_set: Any) -> str | None:
+        return None
+
+    def job_ended(self, engine_set: Any) -> bool:
+        return False  # mpiexec itself is watched as a process
+
+
+def find_mpiexec() -> str:
+    """The ``mpiexec`` of this Python's environment, else the first on PATH."""
+    env_bin = os.path.join(sys.prefix, "bin")
+    found = shutil.which("mpiexec", path=env_bin) or shutil.which("mpiexec")
+    if found is None:
+        raise ClusterStartError(
+            f"mpiexec was not found in {env_bin} or on PATH; run `make setup` "
+            "(it installs Open MPI into the project venv) or install Open MPI."
+        )
+    return found
+
+
+def rank_environment(layout: Layout) -> dict[str, str]:
+    """Environment for every rank of a local cluster."""
+    cores = os.cpu_count() or 1
+    env = {
+        # Open MPI refuses root unless told; harmless for other users.
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        # keep MPI's own TCP traffic on loopback for a one-host cluster
+        "OMPI_MCA_btl_tcp_if_include": "lo",
+        # ranks on one host talk over shared memory: no MPI TCP listener on any interface
+        "OMPI_MCA_btl": "self,sm",
+        "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
+    }
+    # share the cores between ranks instead of every rank's torch using all of them
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, cores // layout.ranks)))
+    if layout.ranks >= cores:
+        # a rank waiting in an MPI call spins at 100% CPU; with every core taken by a rank, it
+        # then competes with the rank still computing, and with the notebook and controller.
+        yield_var = "OMPI_MCA_mpi_yield_when_idle"
+        env[yield_var] = os.environ.get(yield_var, "1")
+    return env
+
+
+def is_local_host(name: str) -> bool:
+    """True if ``name`` is this machine (loopback, its short name or its full name)."""
+    name = name.lower()
+    short = socket.gethostname().split(".")[0].lower()
+    return name in _LOOPBACK or name.split(".")[0] == short or name == socket.getfqdn().lower()
+
+
+def controller_address(local_only: bool) -> dict[str, str]:
+    """Loopback for a one-host cluster; else listen everywhere, located by this host's name."""
+    if local_only:
+        return {"controller_ip": "127.0.0.1"}
+    return {"controller_ip": "*", "controller_location": socket.gethostname()}
+
+
+def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
+    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts."""
+    env = rank_environment(layout)
+    if not local_only:
+        del env["OMPI_MCA_btl_tcp_if_include"]
+        del env["OMPI_MCA_btl"]
+    return env
+
+
+def mpiexec_args(env: Mapping[str, str]) -> list[str]:
+    """mpiexec options: oversubscription allowed, no pinning, ``env`` forwarded to remote ranks."""
+    forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
+    args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
+    for name in forwarded:
+        args += ["-x", name]
+    return args

@@ -1,0 +1,23 @@
+"""``local``: the environment's ``mpiexec`` on this machine, everything on loopback."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from traitlets.config import Config
+
+from .base import LaunchSpec, Layout, OwnedLauncher, find_mpiexec, rank_environment
+
+
+class LocalLauncher(OwnedLauncher):
+    """``layout.ranks`` MPI engines on this host; more ranks than cores is allowed."""
+
+    name: ClassVar[str] = "local"
+
+    def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
+        config = Config()
+        config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
+        # more ranks than cores is allowed, and ranks are not pinned to cores
+        config.MPIEngineSetLauncher.mpi_args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
+        config.MPIEngineSetLauncher.environment = {**rank_environment(layout), **dict(spec.env)}
+        return {"engines": "mpi", "n": layout.ranks, "controller_ip": "127.0.0.1", "config": config}

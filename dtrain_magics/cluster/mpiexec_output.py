@@ -1,0 +1,113 @@
+"""What ``mpiexec`` prints that ipyparallel does not capture: why a rank died, which rank stalls.
+
+When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``prterun``
+aborts the whole job and prints which rank ended and how; ipyparallel only knows that the engine
+went away. ``cause_of_death`` turns that report into ``(rank, "killed by SIGKILL")``.
+
+Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
+default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
+
+    One or more tensors were submitted to be reduced, gathered or broadcasted by subset of ranks
+    and are waiting for remainder of ranks for more than 60 seconds. ...
+    Missing ranks:
+    1: [allreduce.noname.1]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Any
+
+_SIGNALLED = re.compile(
+    r"process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)(?: \(([^)]*)\))?"
+)
+_EXITED = re.compile(r"Process name:\s*\[[^\]]*?(\d+)\]\s*Exit code:\s*(\d+)")
+_MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
+_RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
+
+
+def signal_name(number: int) -> str:
+    """``9`` → ``"SIGKILL"``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def cause_of_death(output: str) -> tuple[int, str] | None:
+    """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank."""
+    match = _SIGNALLED.search(output)
+    if match:
+        name = signal_name(int(match.group(2)))
+        detail = match.group(3)
+        cause = f"killed by {name}" + (
+            f" ({detail.lower()})" if detail and detail != "Killed" else ""
+        )
+        return int(match.group(1)), cause
+    match = _EXITED.search(output)
+    if match:
+        return int(match.group(1)), f"exited with code {match.group(2)}"
+    return None
+
+
+def stalled_ranks(text: str) -> list[int]:
+    """The ranks named in every stall warning in ``text``, in order, without repeats."""
+    ranks: list[int] = []
+    for block in _MISSING.finditer(text):
+        for match in _RANK.finditer(block.group(1)):
+            rank = int(match.group(1))
+            if rank not in ranks:
+                ranks.append(rank)
+    return ranks
+
+
+def output_files(ipp_cluster: Any) -> list[str]:
+    """The files the cluster's ``mpiexec`` (one per engine set) writes its output to."""
+    paths = (getattr(s, "output_file", None) for s in getattr(ipp_cluster, "engines", {}).values())
+    return [p for p in paths if p]
+
+
+def read_tail(ipp_cluster: Any, tail: int = 20_000) -> str:
+    """The end of what the cluster's ``mpiexec`` printed.
+
+    Read from its output file while mpiexec runs (it prints its report of a dead rank just
+    before it exits). Once it has exited, ipyparallel reads that file into the engine set, once,
+    and removes it: the text is then taken from there.
+    """
+    parts = []
+    for engine_set in getattr(ipp_cluster, "engines", {}).values():
+        path = getattr(engine_set, "output_file", "")
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - tail))
+                parts.append(f.read().decode("utf-8", "replace"))
+        except OSError:  # removed at exit: ipyparallel kept what it held
+            parts.append((getattr(engine_set, "_output", None) or "")[-tail:])
+    return "\n".join(parts)
+
+
+class OutputFollower:
+    """Reads what ``mpiexec``'s output files gained since the last read."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self._offsets = {p: _size(p) for p in paths}
+
+    def new_text(self) -> str:
+        parts = []
+        for path, offset in self._offsets.items():
+            size = _size(path)
+            if size > offset:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    parts.append(f.read(size - offset).decode("utf-8", "replace"))
+                self._offsets[path] = size
+        return "".join(parts)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -1,0 +1,113 @@
+"""The ranks as the notebook sees them: which engine is which rank, and their backend.
+
+Initialising the backend (Horovod or ``torch.distributed``) and resetting it after an aborted
+collective happen here, on every engine at once, with a timeout; the rank-side work itself is
+``dtrain_magics.rank.setup``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadOptions, RankError
+
+log = logging.getLogger(__name__)
+BackendKey = tuple[str, str, int]  # backend, device, procs per node
+
+
+@dataclass(frozen=True)
+class RankEngine:
+    """Where a rank lives: its ipyparallel engine id and its process."""
+
+    rank: int
+    engine_id: int
+    pid: int
+    host: str
+
+
+def _describe_rank() -> dict[str, Any]:
+    """Runs on an engine: its MPI rank and process facts."""
+    import os
+    import socket
+
+    from mpi4py import MPI
+
+    return {"rank": MPI.COMM_WORLD.Get_rank(), "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def describe(client: Any) -> list[RankEngine]:
+    """Every registered engine as a rank, in rank order."""
+    ids = list(client.ids)  # fixed first: engines may still be registering
+    described = client[ids].apply_sync(_describe_rank)
+    return sorted(
+        (
+            RankEngine(d["rank"], eid, d["pid"], d["host"])
+            for eid, d in zip(ids, described, strict=True)
+        ),
+        key=lambda e: e.rank,
+    )
+
+
+def first_remote_error(e: BaseException) -> str:
+    """``ename: evalue`` of the first remote error inside ``e``."""
+    inner = getattr(e, "elist", None)
+    if inner:
+        ename, evalue = inner[0][0], inner[0][1]
+        return str(evalue) if ename == "RuntimeError" else f"{ename}: {evalue}"
+    ename = getattr(e, "ename", None)
+    if ename:
+        evalue = getattr(e, "evalue", "")
+        return str(evalue) if ename == "RuntimeError" else f"{ename}: {evalue}"
+    return f"{type(e).__name__}: {e}"
+
+
+class RankBackends:
+    """The backend every rank of one cluster runs, initialised once and reset after aborts."""
+
+    def __init__(self) -> None:
+        self.key: BackendKey | None = None
+        self.device: str | None = None
+
+    def forget(self) -> None:
+        """The ranks are gone or new: the next cell initialises again."""
+        self.key = None
+        self.device = None
+
+    def prepare(self, view: Any, key: BackendKey, simulate_nodes: bool, timeout: float) -> bool:
+        """Initialise ``key``'s backend on every rank of ``view`` unless done; True if it was.
+
+        Raises ``BadOptions`` for a device the ranks lack, ``RankError`` otherwise; a timeout
+        is reported as a ``TimeoutError`` for the cluster to act on.
+        """
+        if self.key == key:
+            return False
+        from ..rank.setup import init_rank
+
+        backend, device, procs_per_node = key
+        self.forget()
+        ar = view.apply_async(init_rank, backend, device, procs_per_node, simulate_nodes)
+        try:
+            described = ar.get(timeout=timeout)
+        except TimeoutError:
+            raise
+        except Exception as e:
+            message = first_remote_error(e)
+            if "--device cuda" in message:
+                raise BadOptions(message) from None
+            raise RankError(f"initialising {backend} failed: {message}") from None
+        self.key = key
+        self.device = ", ".join(sorted({d["device"] for d in described}))
+        return True
+
+    def reset(self, view: Any, timeout: float = 30.0) -> bool:
+        """Reset the backend on every rank after an aborted cell; False if that failed."""
+        from ..rank.setup import reset_rank
+
+        try:
+            view.apply_async(reset_rank).get(timeout=timeout)
+            return True
+        except Exception:
+            log.debug("resetting the backend failed", exc_info=True)
+            return False

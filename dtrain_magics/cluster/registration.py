@@ -1,0 +1,93 @@
+"""Waiting for a new cluster's engines to register: progress, the batch queue, and giving up
+with the engines' own output when ``mpiexec`` exits or the start takes too long."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ClusterStartError
+from .launchers import LaunchSpec, Layout, get_launcher
+from .processes import alive
+
+Report = Callable[[str], None]
+_OUTPUT_TAIL = 3000
+
+
+def launchers_stopped(ipp_cluster: Any) -> bool:
+    """True if the controller or mpiexec has exited (checked on the process itself)."""
+    for launcher in [ipp_cluster.controller, *ipp_cluster.engines.values()]:
+        proc = getattr(launcher, "process", None)
+        if proc is not None and not alive(proc):
+            return True
+    return False
+
+
+def output_tail(ipp_cluster: Any) -> str:
+    """The end of what the engines printed, for an error message."""
+    parts = []
+    for engine_set in ipp_cluster.engines.values():
+        output = engine_set.get_output() or ""
+        if output.strip():
+            parts.append("engine output (tail):\n" + output[-_OUTPUT_TAIL:])
+    return "\n".join(parts) or "(the engines printed nothing)"
+
+
+def wait_for_engines(
+    ipp_cluster: Any,
+    client: Any,
+    layout: Layout,
+    spec: LaunchSpec,
+    report: Report,
+    timeout: float,
+    abort: threading.Event,
+) -> None:
+    """Return once ``layout.ranks`` engines registered; raise ``ClusterStartError`` if they
+    cannot, ``KeyboardInterrupt`` once ``abort`` is set (also while a batch job is queued)."""
+    n = layout.ranks
+    launcher = get_launcher(spec.launcher)
+    engine_set = next(iter(ipp_cluster.engines.values()))
+    deadline = time.monotonic() + timeout
+    registered = -1
+    pending_since: float | None = None
+    while True:
+        if abort.is_set():
+            raise KeyboardInterrupt("the start was interrupted")
+        job_id = launcher.pending(engine_set)
+        if job_id is not None:
+            now = time.monotonic()
+            pending_since = pending_since or now
+            waited = now - pending_since
+            report(f"Slurm job {job_id} is pending ({waited:.0f} s)")
+            if waited > float(spec.get("slurm_pending_timeout", 300.0)):
+                raise ClusterStartError(
+                    f"the Slurm job {job_id} stayed pending for {waited:.0f} s and was cancelled; "
+                    "check squeue and sinfo, or raise the pending timeout."
+                )
+            deadline = time.monotonic() + timeout  # counted once it runs
+            time.sleep(1)
+            continue
+        count = len(client.ids)
+        if count != registered:
+            registered = count
+            report(f"Starting {layout}: engines registered {count}/{n}")
+        if count >= n:
+            return
+        if launcher.job_ended(engine_set):
+            raise ClusterStartError(
+                "the Slurm job ended before all engines registered.\n" + output_tail(ipp_cluster)
+            )
+        if launchers_stopped(ipp_cluster):
+            raise ClusterStartError(
+                f"mpiexec exited before all engines registered ({count}/{n}).\n"
+                + output_tail(ipp_cluster)
+            )
+        if time.monotonic() > deadline:
+            raise ClusterStartError(
+                f"only {count}/{n} engines registered within {timeout:.0f} s; "
+                "raise the start timeout or look at the engine output below.\n"
+                + output_tail(ipp_cluster)
+            )
+        time.sleep(0.05)

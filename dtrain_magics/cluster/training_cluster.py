@@ -1,0 +1,394 @@
+"""The training cluster: one ipyparallel controller and one MPI engine per rank.
+
+``TrainingCluster`` owns the cluster's whole life: start (with progress and a timeout), reuse,
+resize, interrupt, stop (verified against the process table) and restart, and the backend its
+ranks run. The magics, the configuration form and the tests all drive it directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ..errors import ClusterStartError
+from ..store import kernel_state
+from ..store.kernel_state import Activity
+from ..store.schema import ClusterRecord, ClusterStatus
+from . import controller, mpiexec_output, security, watchdog
+from .launchers import LaunchSpec, Layout, get_launcher
+from .processes import alive, kill_trees, trees
+from .ranks import BackendKey, RankBackends, RankEngine, describe
+from .registration import launchers_stopped, wait_for_engines
+
+Report = Callable[[str], None]
+log = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[TrainingCluster] = weakref.WeakSet()
+
+
+def quiet(_: str) -> None:
+    """A ``Report`` that shows nothing."""
+
+
+class TrainingCluster:
+    """An ipyparallel cluster whose engines are the ranks of one MPI job.
+
+    Parameters
+    ----------
+    launcher
+        How engines start; ``"local"`` runs ``mpiexec`` on this host, listening on loopback only.
+    start_timeout
+        Seconds to wait for every engine to register before giving up.
+    profile
+        The IPython profile holding the cluster's connection files.
+    """
+
+    def __init__(
+        self,
+        launcher: str = "local",
+        start_timeout: float = 120.0,
+        profile: str = "dtrain",
+        spec: LaunchSpec | None = None,
+    ) -> None:
+        get_launcher(launcher)  # unknown names fail here
+        self.spec = spec or LaunchSpec(launcher=launcher)
+        self.start_timeout = start_timeout
+        self.profile = profile
+        self.layout: Layout | None = None
+        self.engines: list[RankEngine] = []
+        self.backends = RankBackends()
+        self._cluster: Any = None
+        self._client: Any = None
+        self._pids: set[int] = set()
+        self._connected = False  # to a cluster we did not start (a launcher owning no processes)
+        # set from another thread to give up a start in progress (the notebook was interrupted)
+        self.abort_start = threading.Event()
+        self._listeners: list[weakref.WeakMethod[Any]] = []
+        _live.add(self)
+
+    @property
+    def launcher(self) -> str:
+        return self.spec.launcher
+
+    @property
+    def owns_processes(self) -> bool:
+        return get_launcher(self.launcher).owns_processes
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the controller and every engine are up."""
+        if self._client is None:
+            return False
+        if not self._connected and (self._cluster is None or launchers_stopped(self._cluster)):
+            return False
+        return len(self._client.ids) >= len(self.engines)
+
+    @property
+    def client(self) -> Any:
+        """The connected ``ipyparallel.Client`` (a ``NotifyingClient``)."""
+        if self._client is None:
+            raise RuntimeError("the cluster is not running.")
+        return self._client
+
+    @property
+    def cluster_id(self) -> str | None:
+        if self._connected:
+            return self.spec.get("cluster_id") or None
+        return None if self._cluster is None else str(self._cluster.cluster_id)
+
+    @property
+    def device(self) -> str | None:
+        """The ranks' devices, as their initialisation reported them."""
+        return self.backends.device
+
+    def engine_id(self, rank: int) -> int:
+        """The engine id of ``rank``."""
+        return self.engines[rank].engine_id
+
+    def view(self, ranks: list[int] | None = None) -> Any:
+        """A blocking ``DirectView`` on ``ranks`` (all by default), in rank order."""
+        ranks = list(range(len(self.engines))) if ranks is None else ranks
+        view = self.client[[self.engine_id(r) for r in ranks]]
+        view.block = True
+        return view
+
+    def rank_view(self, rank: int) -> Any:
+        """A blocking ``DirectView`` on ``rank`` alone (results are that rank's, not lists)."""
+        view = self.client[self.engine_id(rank)]
+        view.block = True
+        return view
+
+    def status(self, ask_controller: bool = True) -> ClusterStatus:
+        """A summary: launcher, layout, state, engines registered and busy.
+
+        ``ask_controller=False`` leaves out the controller's queue counts (no round trip).
+        """
+        started = self._cluster is not None or self._connected
+        info: ClusterStatus = {
+            "launcher": self.launcher,
+            "state": "running" if self.running else ("broken" if started else "stopped"),
+            "cluster_id": self.cluster_id,
+            "ranks": self.layout.ranks if self.layout else 0,
+            "nodes": self.layout.nodes if self.layout else 0,
+            "procs_per_node": self.layout.procs_per_node if self.layout else 0,
+        }
+        if self._client is None:
+            return info
+        info["engines_registered"] = len(self._client.ids)
+        if ask_controller:
+            info["busy"] = self._busy()
+        return info
+
+    def _busy(self) -> int | None:
+        if not self._client.outstanding:  # nothing of ours in flight: the controller's counts
+            return 0  # may still lag behind a reply we already have
+        try:
+            queues = self._client.queue_status()
+        except Exception:
+            log.debug("queue_status failed", exc_info=True)
+            return None
+        return sum(
+            1 for k, v in queues.items() if k != "unassigned" and (v.get("queue") or v.get("tasks"))
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this cluster: controller, mpiexec, engines and their children."""
+        return trees(self._pids)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def needs_start(self, layout: Layout, spec: LaunchSpec | None = None) -> bool:
+        """True unless a cluster of ``layout`` started by ``spec`` is running.
+
+        A launcher that owns no processes (``profile``) takes the cluster as it is.
+        """
+        spec = spec or self.spec
+        same_layout = self._connected or self.layout == layout
+        return not (self.running and spec == self.spec and same_layout)
+
+    def ensure(
+        self, layout: Layout, report: Report = quiet, spec: LaunchSpec | None = None
+    ) -> bool:
+        """Make sure a cluster of ``layout`` started by ``spec`` is running; True if (re)started."""
+        spec = spec or self.spec
+        if not self.needs_start(layout, spec):
+            return False
+        same_layout = self._connected or self.layout == layout
+        if self._cluster is not None or self._connected:
+            if spec != self.spec and self.running:
+                report(
+                    f"Switching from the {self.spec.launcher} launcher to {spec.launcher}: "
+                    "restarting the cluster."
+                )
+            elif not same_layout and self.running:
+                report(f"Resizing the cluster from {self.layout} to {layout}: restarting it.")
+            elif not self.running:
+                report(
+                    "The cluster is no longer running (a rank or the controller exited): "
+                    "starting a new one."
+                )
+            self.stop()
+        self.spec = spec
+        self.start(layout, report)
+        return True
+
+    def start(self, layout: Layout, report: Report = quiet) -> None:
+        """Start a controller and ``layout.ranks`` engines (or connect) and wait for them."""
+        if self._cluster is not None or self._connected:
+            raise RuntimeError("the cluster is already started; stop it first.")
+        self.backends.forget()
+        launcher = get_launcher(self.launcher)
+        if not launcher.owns_processes:
+            self._connect(report)
+            self.publish_state()
+            return
+        import ipyparallel as ipp
+
+        kwargs = launcher.cluster_kwargs(self.spec, layout)
+        kwargs["config"].LocalControllerLauncher.controller_cmd = controller.command()
+        self.layout = layout
+        self._cluster = ipp.Cluster(
+            profile=self.profile, log_level=logging.WARNING, shutdown_atexit=True, **kwargs
+        )
+        try:
+            self._start_and_wait(layout, report)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+        self.publish_state()
+
+    def _start_and_wait(self, layout: Layout, report: Report) -> None:
+        from .client import connect
+
+        self.abort_start.clear()
+        report(f"Starting {layout}: controller")
+        self._cluster.start_controller_sync()
+        self._track(self._cluster.controller)
+        self._cluster.start_engines_sync(layout.ranks)
+        for engine_set in self._cluster.engines.values():
+            self._track(engine_set)
+        watchdog.guard(self, self._pids)  # kills these trees if the kernel dies
+        self._client = connect(self._cluster)
+        wait_for_engines(
+            self._cluster,
+            self._client,
+            layout,
+            self.spec,
+            report,
+            self.start_timeout,
+            self.abort_start,
+        )
+        self.engines = describe(self._client)
+        self._pids.update(e.pid for e in self.engines)
+        security.restrict_files(self._cluster.profile_dir)
+        report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
+
+    def _connect(self, report: Report) -> None:
+        """Connect to a running cluster (a launcher that owns no processes)."""
+        from .launchers.profile import where
+
+        report(f"Connecting to the running cluster ({where(self.spec)})")
+        self._client = get_launcher(self.launcher).connect(self.spec, self.start_timeout)
+        self._connected = True
+        self.engines = describe(self._client)
+        self.layout = Layout(len(self.engines), 1)
+        report(f"Connected: {len(self.engines)} engines ({where(self.spec)})")
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the cluster and make sure none of its processes are left.
+
+        ``kill`` ends the processes at once (SIGTERM, then SIGKILL after 2 s) before the
+        orderly stop: for a start given up midway, whose engines have nothing to save. A
+        cluster we only connected to is left running: we disconnect.
+        """
+        if kill and self._cluster is not None:
+            kill_trees(self.processes(), grace=2.0)
+        watchdog.release(self)
+        cluster, client, connected = self._cluster, self._client, self._connected
+        self._cluster = self._client = None
+        self._connected = False
+        self.engines = []
+        self.backends.forget()
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                log.debug("closing the client failed", exc_info=True)
+        if cluster is not None:
+            self._pids.update(p.pid for p in self.processes())
+            try:
+                cluster.stop_cluster_sync()
+            except Exception:  # still reaped below
+                log.debug("stop_cluster failed", exc_info=True)
+        if connected:
+            self._pids.clear()
+        else:
+            self._reap()
+        self.layout = None
+        self.publish_state()
+
+    def restart(self, report: Report = quiet) -> None:
+        """Stop and start again with the same layout."""
+        layout = self.layout
+        if layout is None:
+            raise RuntimeError("the cluster has not been started; there is nothing to restart.")
+        self.stop()
+        self.start(layout, report)
+
+    def interrupt(self, ranks: list[int] | None = None) -> None:
+        """Send SIGINT to ``ranks`` (all by default), like the notebook's stop button."""
+        chosen = ranks if ranks is not None else range(len(self.engines))
+        targets = [self.engine_id(r) for r in chosen]
+        if targets:
+            self.client.send_signal(signal.SIGINT, targets=targets, block=True)
+
+    # -- ranks ------------------------------------------------------------------------------
+
+    def prepare_ranks(self, key: BackendKey, timeout: float = 120.0) -> None:
+        """Initialise the backend ``key`` on every rank, unless done; on a timeout the cluster
+        is stopped (the next cell starts a new one)."""
+        try:
+            self.backends.prepare(self.view(), key, self.launcher == "local", timeout)
+        except TimeoutError:
+            self.stop()
+            raise ClusterStartError(
+                f"initialising {key[0]} did not finish on every rank within {timeout:.0f} s; "
+                "the cluster was stopped and the next cell starts a new one."
+            ) from None
+
+    def reset_ranks(self) -> bool:
+        """Reset the backend on every rank after an aborted cell; False if that failed."""
+        return self.running and self.backends.reset(self.view())
+
+    # -- what others see ----------------------------------------------------------------------
+
+    def engines_exited(self) -> bool:
+        """True once every engine set's launcher (``mpiexec``) has exited."""
+        if self._cluster is None:
+            return True
+        procs = [getattr(s, "process", None) for s in self._cluster.engines.values()]
+        return all(p is not None and not alive(p) for p in procs)
+
+    def mpiexec_output_files(self) -> list[str]:
+        """The files ``mpiexec`` writes its output to (none for a cluster we connected to)."""
+        return mpiexec_output.output_files(self._cluster)
+
+    def mpiexec_output(self) -> str:
+        """The end of what ``mpiexec`` printed, also once it has exited."""
+        return mpiexec_output.read_tail(self._cluster)
+
+    def publish_state(self, activity: Activity | None = None, run_id: str | None = None) -> None:
+        """Write this cluster's state where the lab extension's server reads it, and tell
+        the listeners (the ``%dtrain config`` form's status line) when on the main thread."""
+        status = self.status(ask_controller=False)
+        kernel_state.publish(status, activity, run_id)
+        if threading.current_thread() is not threading.main_thread():
+            return  # widgets are updated from the kernel's main thread only
+        record = kernel_state.record(status, activity, run_id)
+        for ref in list(self._listeners):
+            listener = ref()
+            if listener is None:
+                self._listeners.remove(ref)
+                continue
+            try:
+                listener(record)
+            except Exception:
+                log.debug("cluster listener failed", exc_info=True)
+
+    def add_listener(self, listener: Callable[[ClusterRecord], None]) -> None:
+        """Call ``listener(record)`` on every state change (held weakly: a bound method)."""
+        self._listeners.append(weakref.WeakMethod(listener))
+
+    def __enter__(self) -> TrainingCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _track(self, launcher: Any) -> None:
+        pid = getattr(launcher, "pid", None)
+        if pid:
+            self._pids.add(int(pid))
+
+    def _reap(self, timeout: float = 10.0) -> None:
+        procs = self.processes()
+        if procs:
+            kill_trees(procs, grace=timeout, term=False)
+        self._pids.clear()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_live):
+        cluster.stop()

@@ -1,0 +1,193 @@
+"""``%%distributed`` and ``%dtrain``: parsing and IPython glue over the runner and cluster."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..cluster.training_cluster import TrainingCluster
+from ..config.flags import setting_arguments, settings_from_args
+from ..config.options import RunOptions, parse_names
+from ..config.settings import DistributedSettings
+from ..config.store import SettingsStore
+from ..errors import BadOptions
+from ..run.runner import DistributedRunner
+from ..store import diagnostics
+from ..store.records import last_run
+from ..ui.headline import cluster_line
+from ..ui.views import view_factory
+from .status_line import StatusLine
+
+COMMANDS = ("status", "stop", "restart", "config")
+
+
+@magics_class
+class DistributedMagics(Magics):
+    """Magics that run cells on every rank of a warm MPI + Horovod cluster."""
+
+    def __init__(self, shell: Any, cluster: TrainingCluster | None = None) -> None:
+        super().__init__(shell)
+        self.cluster = cluster or TrainingCluster()
+        self.runner = DistributedRunner(self.cluster)
+        self.settings = SettingsStore(parent=shell)
+        try:
+            self.settings.load()
+        except BadOptions as e:  # a broken config file must not break %load_ext
+            print(f"dtrain_magics: ignoring the config file: {e}")
+
+    @magic_arguments()
+    @argument(
+        "--push",
+        default=None,
+        help="Comma-separated notebook variables to send to every rank first.",
+    )
+    @argument(
+        "--pull",
+        default=None,
+        help="Comma-separated names to copy from rank 0 into the notebook after.",
+    )
+    @argument(
+        "--no-widget",
+        action="store_true",
+        help="Print labelled output and text summaries instead of the live dashboard.",
+    )
+    @setting_arguments(DistributedSettings)
+    @cell_magic
+    def distributed(self, line: str, cell: str) -> None:
+        """Run the cell on every rank of a warm ipyparallel MPI cluster with Horovod initialised.
+
+        Before the cell runs, every rank has ``hvd`` (``horovod.torch``, initialised; with
+        ``--backend torch``, ``dist`` instead), ``rank``, ``local_rank``, ``size``, ``device``
+        (a ``torch.device``, ``cuda:<local_rank>`` on GPU nodes) and ``dtrain`` (rank helpers).
+        Rank namespaces persist between cells. Each rank's output streams in, labelled by rank.
+        An error on any rank fails the cell with that rank's traceback and interrupts the others.
+        A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
+        ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
+        ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
+
+        Flags override the defaults applied with ``%dtrain config`` (the form), which override
+        the config file saved from it, which overrides ``c.DistributedSettings`` in
+        ``ipython_config.py``.
+
+        Examples
+        --------
+        ::
+
+            In [1]: %load_ext dtrain_magics
+
+            In [2]: %%distributed --nodes 2
+               ...: x = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum)
+               ...: print(rank, size, x.item())
+            [rank 0] 0 2 3.0
+            [rank 1] 1 2 3.0
+
+            In [3]: %%distributed --nodes 2 --push lr --pull model --timeout 600
+               ...: model = train(lr * size)
+
+            In [4]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
+               ...: ...
+        """
+        options, kwargs = self._run_arguments(line)
+        with self._reporting():
+            self.runner.run(cell, options, self._namespace(), **kwargs)
+
+    async def distributed_async(self, line: str, cell: str) -> None:
+        """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
+        options, kwargs = self._run_arguments(line)
+        with self._reporting():
+            await self.runner.run_async(cell, options, self._namespace(), **kwargs)
+
+    def _run_arguments(self, line: str) -> tuple[RunOptions, dict[str, Any]]:
+        """The runner's options and keyword arguments for one cell (``UsageError`` if bad)."""
+        settings, options, sources, widget = self.parse(line)
+        kwargs = {
+            "view": view_factory(widget),
+            "spec": settings.launch_spec(),
+            "info": {"sources": sources},
+        }
+        return options, kwargs
+
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens."""
+        try:
+            yield
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
+        finally:
+            record = last_run()
+            if record is not None:
+                self._namespace()["_dtrain"] = record
+
+    def parse(self, line: str) -> tuple[DistributedSettings, RunOptions, str, bool]:
+        """Flags → this cell's settings, options, where settings came from, widget?"""
+        try:
+            args = parse_argstring(self.distributed, line)
+            flags = settings_from_args(args, self.settings.settings_class)
+            push, pull = parse_names(args.push, "--push"), parse_names(args.pull, "--pull")
+            settings, sources = self.settings.resolve(flags)
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
+        described = ", ".join(
+            f"{name} from the {source}"
+            for name, source in sorted(sources.items())
+            if source != "flag"
+        )
+        options = RunOptions.from_settings(settings, push, pull)
+        return settings, options, described, not args.no_widget
+
+    def _namespace(self) -> dict[str, Any]:
+        assert self.shell is not None
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
+    @line_magic
+    def dtrain(self, line: str) -> Any:
+        """Control the training cluster and its settings.
+
+        ``%dtrain status``, ``%dtrain stop``, ``%dtrain restart``, and ``%dtrain config`` (the
+        configuration form: settings, detected resources, Apply/Save/Reset, Start/Stop).
+
+        Examples
+        --------
+        ::
+
+            In [1]: %dtrain status
+            local cluster: running, 2 ranks (2 nodes × 1 proc), 2/2 engines registered, 0 busy
+        """
+        command = line.strip() or "status"
+        if command not in COMMANDS:
+            raise UsageError(
+                f"unknown %dtrain command {command!r}; use status, stop, restart or config."
+            )
+        return getattr(self, f"_dtrain_{command}")()
+
+    def _dtrain_status(self) -> None:
+        print(cluster_line(self.cluster.status()))
+        print(f"diagnostics log: {diagnostics.log_path()}")
+
+    def _dtrain_stop(self) -> None:
+        was, owned = self.cluster.running, self.cluster.owns_processes
+        self.cluster.stop()
+        if was and not owned:
+            print("Disconnected; the cluster was not started here, so it keeps running.")
+        else:
+            print("Cluster stopped." if was else "No cluster was running.")
+
+    def _dtrain_restart(self) -> None:
+        if self.cluster.layout is None:
+            raise UsageError("no cluster has been started yet; run a %%distributed cell first.")
+        status = StatusLine()
+        try:
+            self.cluster.restart(report=status.update)
+        finally:
+            status.close()
+
+    def _dtrain_config(self) -> Any:
+        from ..ui.config_form import ConfigPanel
+
+        return ConfigPanel(self.settings, self.cluster)

@@ -1,0 +1,133 @@
+"""How a run ended: each rank's outcome, the run's result, and the error the notebook shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import RankError, RunInterrupted, RunTimeoutError
+from ..store.schema import RankStatus, RunStatus
+
+Stop = Literal["failed", "timeout", "interrupted"]
+"""Why the runner stopped the ranks before they all finished."""
+
+STATUS_OF_STOP: dict[Stop | None, RunStatus] = {
+    None: "succeeded",
+    "failed": "failed",
+    "timeout": "timed out",
+    "interrupted": "interrupted",
+}
+
+
+@dataclass
+class RankOutcome:
+    """How one rank's execution ended."""
+
+    rank: int
+    status: RankStatus
+    error: str = ""  # "ValueError: boom"
+    traceback: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("error", "died")
+
+
+@dataclass
+class RunResult:
+    """What a run did: overall status, each rank's outcome, wall time, pulled values."""
+
+    status: RunStatus
+    ranks: list[RankOutcome]
+    wall_time: float
+    failing_rank: int | None = None
+    restarted: bool = False
+    pulled: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> RankOutcome | None:
+        return next((o for o in self.ranks if o.rank == self.failing_rank), None)
+
+
+def first_failure(outcomes: list[RankOutcome]) -> int | None:
+    """The rank to blame: the first that raised, else the first that died."""
+    failed = sorted((o for o in outcomes if o.failed), key=lambda o: (o.status != "error", o.rank))
+    return failed[0].rank if failed else None
+
+
+def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
+    """The outcome of ``rank``'s finished ``AsyncResult``."""
+    from ipyparallel.error import EngineError, RemoteError
+
+    try:
+        ar.get(0)
+        return RankOutcome(rank, "ok")
+    except RemoteError as e:
+        if e.ename == "EngineError":  # the engine process went away while running the cell
+            return RankOutcome(rank, "died", "its engine process exited")
+        if e.ename == "KeyboardInterrupt":
+            return RankOutcome(rank, "interrupted", "KeyboardInterrupt")
+        error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
+        return RankOutcome(rank, "error", error, _remote_traceback(e))
+    except EngineError as e:
+        return RankOutcome(rank, "died", str(e).strip() or "its engine exited")
+    except Exception as e:  # e.g. the cluster went away
+        return RankOutcome(
+            rank, "interrupted" if interrupted else "died", f"{type(e).__name__}: {e}"
+        )
+
+
+def _remote_traceback(e: Any) -> str:
+    tb = e.traceback
+    if isinstance(tb, list):
+        tb = "\n".join(tb)
+    return str(tb or "")
+
+
+def exit_reason(result: RunResult, timeout: float | None) -> str:
+    """One line for the run record: why the run ended."""
+    if result.status == "succeeded":
+        return "every rank finished"
+    if result.status == "interrupted":
+        return "interrupted by the user"
+    if result.status == "timed out":
+        return f"ran past --timeout {timeout:g} s"
+    failing = result.failing
+    assert failing is not None
+    if failing.status == "died":
+        return f"rank {failing.rank} died ({failing.error})"
+    return f"rank {failing.rank} failed: {failing.error}"
+
+
+def raise_for_result(result: RunResult, timeout: float | None) -> None:
+    """Turn a result that is not a success into the error the notebook shows."""
+    if result.status == "succeeded":
+        return
+    failing = result.failing
+    restart_note = ""
+    if result.restarted:
+        restart_note = (
+            " MPI ends the whole job when one rank dies, so the cluster was restarted; "
+            "rank namespaces were reset."
+            if failing is not None and failing.status == "died"
+            else " The ranks did not stop, so the cluster was restarted; rank namespaces were "
+            "reset."
+        )
+    if result.status == "interrupted":
+        raise RunInterrupted(f"interrupted: every rank was stopped.{restart_note}")
+    if result.status == "timed out":
+        raise RunTimeoutError(
+            f"the cell ran past --timeout {timeout:g} s and every rank was interrupted."
+            f"{restart_note}"
+        )
+    assert failing is not None
+    others = [o.rank for o in result.ranks if o.status in ("interrupted", "killed")]
+    stopped = ""
+    if len(others) == 1:
+        stopped = f" Rank {others[0]} was interrupted."
+    elif others:
+        stopped = f" Ranks {', '.join(map(str, others))} were interrupted."
+    verb = f"died ({failing.error})" if failing.status == "died" else f"failed with {failing.error}"
+    raise RankError(
+        f"rank {failing.rank} {verb}.{stopped}{restart_note}", failing.rank, failing.traceback
+    )

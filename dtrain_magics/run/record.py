@@ -1,0 +1,64 @@
+"""The one place a run's record is written: ``run.json`` while it runs, the session record at
+its end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..store import records
+from ..store.records import RunRecord
+from .outcome import RunResult, exit_reason
+from .state import RunState
+
+log = logging.getLogger(__name__)
+
+
+class RunRecorder:
+    """Writes one run's summary to its ``RunStore`` and adds its ``RunRecord`` to the session."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def save(self) -> None:
+        """Rewrite ``run.json`` (never raises: a full disk must not break the run)."""
+        store = self.state.store
+        if store is None:
+            return
+        try:
+            store.write_summary(self.state.summary())
+        except OSError:
+            log.debug("could not write run.json", exc_info=True)
+
+    def finish(self, result: RunResult | None, timeout: float | None) -> RunRecord:
+        """Close the run, whatever happened: its final state, files and session record."""
+        state = self.state
+        if result is None:
+            reason = "the run did not start (see the error below)"
+            state.finish("failed", failure=reason)
+        else:
+            reason = exit_reason(result, timeout)
+            failing = result.failing
+            state.finish(
+                result.status,
+                result.failing_rank,
+                failing.error if failing else "",
+                failing.traceback if failing else "",
+            )
+        self.save()
+        store = state.store
+        if store is not None:
+            store.close()
+        record = RunRecord(
+            id=state.id,
+            status=state.status,
+            exit_reason=reason,
+            wall_time=state.elapsed,
+            ranks=state.summary()["ranks"],
+            options=dict(state.info),
+            dir=store.dir if store else Path(),
+            failing_rank=state.failing_rank,
+            log_paths=dict(store.log_paths) if store else {},
+        )
+        records.add(record)
+        return record

@@ -1,0 +1,299 @@
+"""Run one cell on every rank: prepare the ranks, execute, watch, stop them all on failure.
+
+One async implementation; ``run`` is its thin sync wrapper. While the ranks run, the runner
+sleeps until ipyparallel's I/O thread receives a message for it (``aio.Wakeup``), a view asks
+to be refreshed, or a deadline passes: it does not poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Any
+
+from ..cluster.launchers import LaunchSpec, Layout, get_launcher
+from ..cluster.mpiexec_output import OutputFollower, cause_of_death
+from ..cluster.training_cluster import Report, TrainingCluster, quiet
+from ..config.options import RunOptions
+from ..errors import BadOptions, RunInterrupted
+from ..store import kernel_state
+from ..store.records import RunStore, new_run_id
+from .aio import Wakeup, run_sync
+from .outcome import (
+    STATUS_OF_STOP,
+    RunResult,
+    Stop,
+    first_failure,
+    raise_for_result,
+)
+from .record import RunRecorder
+from .state import RunState
+from .transfer import collect_push, pull
+from .view import RunView, ViewFactory, no_view
+from .watch import RankWatch
+
+CELL_FILENAME = "<distributed cell>"
+log = logging.getLogger(__name__)
+
+
+class DistributedRunner:
+    """Runs cells on a ``TrainingCluster``, showing each run in a view and recording it.
+
+    Parameters
+    ----------
+    cluster
+        The cluster to run on; started or resized as each cell's options require.
+    grace
+        Seconds the ranks get to stop after an interrupt before the cluster is restarted.
+    """
+
+    def __init__(self, cluster: TrainingCluster, grace: float = 10.0) -> None:
+        self.cluster = cluster
+        self.grace = grace
+        self._stop_requested = False
+        self._wake: Wakeup | None = None
+
+    def request_stop(self) -> None:
+        """Ask the running cell to interrupt every rank (the dashboard's Stop button)."""
+        self._stop_requested = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def run(
+        self, code: str, options: RunOptions, namespace: dict[str, Any], **kwargs: Any
+    ) -> RunResult:
+        """Run ``code`` on every rank, blocking; see ``run_async``."""
+        return run_sync(self.run_async(code, options, namespace, **kwargs))
+
+    async def run_async(
+        self,
+        code: str,
+        options: RunOptions,
+        namespace: dict[str, Any],
+        *,
+        spec: LaunchSpec | None = None,
+        view: ViewFactory = no_view,
+        report: Report = quiet,
+        info: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Run ``code`` on every rank; raise ``RankError`` if a rank fails.
+
+        Raises ``SyntaxError`` before anything is sent, ``BadOptions`` for names that cannot be
+        pushed or pulled, ``RunTimeoutError`` past ``options.timeout`` and ``RunInterrupted``
+        on a kernel interrupt or the view's Stop button.
+        """
+        if not code.strip():
+            raise BadOptions(
+                "the cell is empty: put the code to run on every rank below %%distributed."
+            )
+        compile(code, CELL_FILENAME, "exec")
+        values = collect_push(namespace, options.push)
+        spec = spec or LaunchSpec(launcher=options.launcher)
+        ranks = options.layout.ranks
+        if not get_launcher(spec.launcher).owns_processes:  # the running cluster decides
+            await self._ensure_cluster(options.layout, spec, report)
+            ranks = len(self.cluster.engines)
+        run_id = new_run_id()
+        state = RunState(
+            run_id,
+            ranks,
+            {
+                "backend": options.backend,
+                "device": options.device,
+                "launcher": spec.launcher,
+                "nodes": options.nodes,
+                "procs_per_node": options.procs_per_node,
+                "cell": code,
+                **kernel_state.identity(),
+                **(info or {}),
+            },
+            RunStore(run_id, ranks),
+        )
+        recorder = RunRecorder(state)
+        self._stop_requested = False
+        run_view = view(state, self.request_stop)
+        result: RunResult | None = None
+        try:
+
+            def starting(message: str) -> None:
+                report(message)
+                state.set_status("starting cluster", message)
+                recorder.save()
+                self.cluster.publish_state("starting", run_id)
+                run_view.refresh(force=True)
+
+            await self._ensure_cluster(options.layout, spec, starting)
+            self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
+            if values:
+                self.cluster.view().push(values)
+            state.info["device"] = self.cluster.device or options.device
+            state.set_status("running")
+            self.cluster.publish_state("busy", run_id)
+            result = await self._execute(code, options.timeout, state, run_view, recorder)
+            if result.status == "succeeded" and options.pull:
+                result.pulled = pull(self.cluster.rank_view(0), options.pull)
+                namespace.update(result.pulled)
+        finally:
+            recorder.finish(result, options.timeout)
+            self.cluster.publish_state()
+            run_view.close()
+        raise_for_result(result, options.timeout)
+        return result
+
+    async def _ensure_cluster(self, layout: Layout, spec: LaunchSpec, report: Report) -> None:
+        """Start or resize the cluster in a worker thread the run awaits.
+
+        Awaiting keeps an interrupt deliverable during the start: it sets the cluster's
+        ``abort_start``, the start stops what it launched, and ``RunInterrupted`` is raised.
+        Progress messages reach ``report`` on this (the notebook's) thread.
+        """
+        if not self.cluster.needs_start(layout, spec):
+            return
+        loop = asyncio.get_running_loop()
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def forward(message: str) -> None:
+            loop.call_soon_threadsafe(report, message)
+
+        def start() -> None:
+            try:
+                done.set_result(self.cluster.ensure(layout, forward, spec))
+            except BaseException as e:  # re-raised in the notebook's thread
+                done.set_exception(e)
+
+        worker = threading.Thread(target=start, name="dtrain-start", daemon=True)
+        worker.start()
+        try:
+            # shielded: an interrupt must not cancel the start midway, but ask it to stop
+            await asyncio.shield(asyncio.wrap_future(done))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.cluster.abort_start.set()
+            worker.join(timeout=60)
+            if self.cluster.running:  # it had finished starting before it saw the interrupt
+                self.cluster.stop()
+            raise RunInterrupted(
+                "interrupted while the cluster was starting: it was stopped and none of its "
+                "processes are left; the next cell starts a new one."
+            ) from None
+
+    async def _execute(
+        self,
+        code: str,
+        timeout: float | None,
+        state: RunState,
+        view: RunView,
+        recorder: RunRecorder,
+    ) -> RunResult:
+        """Execute ``code`` on every rank; on a failure, timeout or interrupt stop all ranks."""
+        client = self.cluster.client
+        ranks = range(len(self.cluster.engines))
+        wake = self._wake = Wakeup(client)
+        try:
+            started = time.monotonic()
+            ars = {
+                r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
+                for r in ranks
+            }
+            mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
+            watch = RankWatch(ars, state, view, recorder, mpiexec)
+            deadline = started + timeout if timeout else None
+            try:
+                stop = await self._watch(watch, wake, deadline, stop_on_failure=True)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                stop = "interrupted"
+            restarted = False
+            death = None
+            if stop is not None:
+                state.set_status("stopping", f"{stop}: interrupting every rank")
+                view.refresh(force=True)
+                if watch.died:
+                    death = await self._cause_of_death(watch)
+                restarted = await self._stop_ranks(watch, wake, restart=bool(watch.died))
+            watch.drain()
+            if death is not None:
+                watch.blame(*death)
+            outcomes = [watch.outcomes[r] for r in ranks]
+            result = RunResult(
+                STATUS_OF_STOP[stop], outcomes, time.monotonic() - started, restarted=restarted
+            )
+            result.failing_rank = death[0] if death is not None else first_failure(outcomes)
+            return result
+        finally:
+            wake.close()
+            self._wake = None
+
+    async def _watch(
+        self,
+        watch: RankWatch,
+        wake: Wakeup,
+        deadline: float | None,
+        stop_on_failure: bool,
+        interrupted: bool = False,
+    ) -> Stop | None:
+        """Collect outcomes until every rank is done (None), a rank fails, or the deadline."""
+        while True:
+            failed = watch.poll(interrupted)
+            if stop_on_failure and failed:
+                return "failed"
+            if watch.done:
+                return None
+            if stop_on_failure and self._stop_requested:
+                return "interrupted"
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return "timeout"
+            wait = watch.next_wake(now)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            await wake.wait(wait)
+
+    async def _cause_of_death(
+        self, watch: RankWatch, wait: float = 15.0, every: float = 0.1
+    ) -> tuple[int, str] | None:
+        """``(rank, cause)`` from mpiexec's report of the rank that died, if it makes one.
+
+        mpiexec writes the report as it aborts the job, then exits: wait for either, at most
+        ``wait`` seconds (a loaded machine can take several).
+        """
+        deadline = time.monotonic() + wait
+        exited = False
+        while True:
+            try:
+                death = cause_of_death(self.cluster.mpiexec_output())
+            except OSError:
+                log.debug("could not read mpiexec's output", exc_info=True)
+                return None
+            if death is not None or exited or time.monotonic() >= deadline:
+                return death
+            exited = self.cluster.engines_exited()  # one more read after it exits
+            watch.poll(interrupted=True)
+            await asyncio.sleep(every)  # mpiexec is writing its report right now
+
+    async def _stop_ranks(self, watch: RankWatch, wake: Wakeup, restart: bool = False) -> bool:
+        """Interrupt every running rank, then reset the backend; restart the cluster if the
+        ranks do not come back, or at once with ``restart`` (a rank died: MPI aborts the job).
+        Returns True if the cluster was restarted."""
+        pending = watch.pending
+        responsive = not restart
+        if pending and responsive and self.cluster.running:
+            try:
+                self.cluster.interrupt(pending)
+                deadline = time.monotonic() + self.grace
+                await self._watch(watch, wake, deadline, stop_on_failure=False, interrupted=True)
+            except (KeyboardInterrupt, asyncio.CancelledError):  # a second interrupt: stop waiting
+                pass
+            except Exception:
+                log.debug("interrupting the ranks failed", exc_info=True)
+                responsive = False
+        watch.kill_pending()
+        stopped = all(o.status != "killed" for o in watch.outcomes.values())
+        if responsive and stopped and self.cluster.reset_ranks():
+            return False
+        layout = self.cluster.layout
+        self.cluster.stop()
+        if layout is not None:
+            self.cluster.start(layout)
+        return True

@@ -1,0 +1,51 @@
+"""Values between the notebook and the ranks: ``--push`` before a cell, ``--pull`` after it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..cluster.ranks import first_remote_error
+from ..errors import BadOptions
+
+
+def collect_push(namespace: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``names`` from the notebook, checked to be defined and serialisable."""
+    from ipyparallel.serialize import serialize_object
+
+    values = {}
+    for name in names:
+        if name not in namespace:
+            raise BadOptions(f"--push: {name} is not defined in the notebook; define it first.")
+        try:
+            serialize_object(namespace[name])
+        except Exception as e:
+            raise BadOptions(
+                f"--push: {name} cannot be sent to the ranks ({type(e).__name__}: {e})."
+            ) from None
+        values[name] = namespace[name]
+    return values
+
+
+def _missing_names(names: list[str]) -> list[str]:
+    """Runs on a rank: which of ``names`` its namespace lacks."""
+    from IPython import get_ipython
+
+    ns = get_ipython().user_ns
+    return [n for n in names if n not in ns]
+
+
+def pull(view: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """Copy ``names`` from the namespace behind ``view`` (one rank's blocking view)."""
+    missing = view.apply_sync(_missing_names, list(names))
+    if missing:
+        raise BadOptions(
+            f"--pull: rank 0 does not define {', '.join(missing)}; assign it in the cell "
+            "or drop it from --pull."
+        )
+    try:
+        values = view.pull(list(names), block=True)
+    except Exception as e:
+        raise BadOptions(
+            f"--pull: could not copy {', '.join(names)} from rank 0: {first_remote_error(e)}"
+        ) from None
+    return dict(zip(names, values, strict=True))

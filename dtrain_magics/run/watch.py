@@ -1,0 +1,128 @@
+"""Watching one execution: each rank's output, telemetry and end, pumped into the run state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..cluster.mpiexec_output import OutputFollower, stalled_ranks
+from .outcome import RankOutcome, outcome_of
+from .record import RunRecorder
+from .state import RunState
+from .view import RunView
+
+log = logging.getLogger(__name__)
+TICK = 1.0  # seconds between the checks nothing wakes us for: stalls, run.json, elapsed time
+
+
+class RankWatch:
+    """The per-rank results of one execution: ``poll`` takes what arrived since the last call."""
+
+    def __init__(
+        self,
+        ars: dict[int, Any],
+        state: RunState,
+        view: RunView,
+        recorder: RunRecorder,
+        mpiexec: OutputFollower | None = None,
+    ) -> None:
+        self.ars = ars
+        self.state = state
+        self.view = view
+        self.recorder = recorder
+        self.mpiexec = mpiexec
+        self.outcomes: dict[int, RankOutcome] = {}
+        self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
+        self._seq = dict.fromkeys(ars, 0)
+        self._ticked = time.monotonic()
+
+    @property
+    def pending(self) -> list[int]:
+        return [r for r in self.ars if r not in self.outcomes]
+
+    @property
+    def done(self) -> bool:
+        return len(self.outcomes) == len(self.ars)
+
+    @property
+    def died(self) -> list[int]:
+        return [r for r, o in self.outcomes.items() if o.status == "died"]
+
+    def poll(self, interrupted: bool = False) -> bool:
+        """Take new output and telemetry; record finished ranks. True if a rank failed now."""
+        failed = False
+        for r in self.pending:
+            ar = self.ars[r]
+            if ar.ready():
+                try:
+                    ar.wait_for_output(timeout=2)
+                except Exception:
+                    log.debug("rank %d's output did not complete", r, exc_info=True)
+                self._pump(r)
+                outcome = self.outcomes[r] = outcome_of(r, ar, interrupted)
+                self.state.finish_rank(r, outcome.status, outcome.error)
+                failed = failed or outcome.failed
+            else:
+                self._pump(r)
+        now = time.monotonic()
+        if now - self._ticked >= TICK:
+            self._ticked = now
+            self._check_stalls()
+            self.recorder.save()
+        self.view.refresh()
+        return failed
+
+    def next_wake(self, now: float) -> float:
+        """Seconds until the watch needs to run again though no message arrives."""
+        due = self._ticked + TICK
+        wanted = self.view.next_refresh(now)
+        if wanted is not None:
+            due = min(due, wanted)
+        return max(0.0, due - now)
+
+    def drain(self) -> None:
+        for r in self.ars:
+            self._pump(r)
+        self.view.refresh(force=True)
+
+    def blame(self, rank: int, cause: str) -> None:
+        """``rank`` died of ``cause``; the ranks that ended with it were stopped by MPI."""
+        for r, o in list(self.outcomes.items()):
+            if r == rank:
+                self._set(RankOutcome(r, "died", cause))
+            elif o.status in ("died", "killed"):
+                self._set(RankOutcome(r, "interrupted", f"stopped when rank {rank} died"))
+
+    def kill_pending(self) -> None:
+        for r in self.pending:
+            self._set(RankOutcome(r, "killed", "did not stop after an interrupt"))
+
+    def _set(self, outcome: RankOutcome) -> None:
+        self.outcomes[outcome.rank] = outcome
+        self.state.finish_rank(outcome.rank, outcome.status, outcome.error)
+
+    def _check_stalls(self) -> None:
+        """Surface Horovod's stall warnings (they go to mpiexec's output, not to the cell)."""
+        if self.mpiexec is None:
+            return
+        for rank in stalled_ranks(self.mpiexec.new_text()):
+            self.state.add_stall(rank)
+
+    def _pump(self, r: int) -> None:
+        # the metadata dict the client's receiving thread fills in (``ar[key]`` would also wait
+        # on the result's events)
+        metadata = self.ars[r].metadata
+        for name in ("stdout", "stderr"):
+            text = metadata.get(name) or ""
+            seen = self._seen[(r, name)]
+            if len(text) > seen:
+                self._seen[(r, name)] = len(text)
+                self.state.add_output(r, text[seen:], name)
+        data = metadata.get("data") or {}
+        while True:
+            payload = data.pop(f"dtrain-{self._seq[r]}", None)
+            if payload is None:
+                break
+            self._seq[r] += 1
+            self.state.add_telemetry(r, payload)

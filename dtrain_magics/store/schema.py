@@ -1,0 +1,107 @@
+"""The status words and record shapes shared by the kernel, the server and the lab extension.
+
+``labextension/src/tokens.ts`` declares the same unions; a test checks the two lists match.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict, get_args
+
+RunStatus = Literal[
+    "starting cluster",
+    "running",
+    "stopping",
+    "succeeded",
+    "failed",
+    "interrupted",
+    "timed out",
+    "lost",
+]
+"""A run's status; ``lost`` is the server's word for a run whose kernel exited meanwhile."""
+
+RankStatus = Literal["running", "ok", "error", "interrupted", "died", "killed"]
+"""How one rank's part of a run stands or ended."""
+
+ClusterState = Literal["starting", "idle", "busy", "stopped", "broken"]
+"""A kernel's cluster as the sidebar and status bar show it."""
+
+ACTIVE_RUN: tuple[RunStatus, ...] = ("starting cluster", "running", "stopping")
+FINISHED_RUN: tuple[RunStatus, ...] = ("succeeded", "failed", "interrupted", "timed out")
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+RANK_STATUSES: tuple[str, ...] = get_args(RankStatus)
+CLUSTER_STATES: tuple[str, ...] = get_args(ClusterState)
+
+
+class RankSummary(TypedDict):
+    """One rank in ``run.json``."""
+
+    rank: int
+    status: RankStatus
+    n: int
+    total: int | None
+    desc: str
+    rate: float
+    error: str
+    lines: int
+    messages: int
+
+
+class RunSummary(TypedDict):
+    """``run.json``: a run's summary, rewritten while it runs and once at its end."""
+
+    id: str
+    status: RunStatus
+    message: str
+    started: float
+    ended: float | None
+    elapsed: float
+    eta: float | None
+    kernel_pid: int
+    info: dict[str, Any]
+    failing_rank: int | None
+    failure: str
+    latest_metrics: dict[str, float]
+    throughput: dict[str, float]
+    dropped_points: int
+    stalled_ranks: list[int]
+    ranks: list[RankSummary]
+    log_paths: dict[str, str]
+
+
+class ClusterStatus(TypedDict, total=False):
+    """What ``TrainingCluster.status()`` reports."""
+
+    launcher: str
+    state: Literal["running", "broken", "stopped"]
+    cluster_id: str | None
+    ranks: int
+    nodes: int
+    procs_per_node: int
+    engines_registered: int
+    busy: int | None
+
+
+class ClusterRecord(TypedDict):
+    """``clusters/<kernel id>.json``: one kernel's cluster, as the server reads it."""
+
+    launcher: str
+    state: ClusterState
+    cluster_id: str | None
+    ranks: int
+    nodes: int
+    procs_per_node: int
+    engines_registered: int | None
+    run_id: str | None
+    kernel_id: str | None
+    kernel_pid: int
+    updated: float
+
+
+class MetricRow(TypedDict):
+    """One line of ``metrics.jsonl``."""
+
+    step: int
+    rank: int
+    name: str
+    value: float
+    time: float

@@ -1,0 +1,143 @@
+"""The live run dashboard: core ipywidgets only, and a plain-text fallback.
+
+Built from ``HTML``, ``FloatProgress``, ``Tab`` and ``Button`` so it renders in JupyterLab,
+Notebook 7, VS Code and Colab without extra front-end code. Refreshed from the kernel's main
+thread, throttled: progress a few times a second, charts at most twice a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from html import escape
+
+from ..run.state import RunState
+from .charts import svg_chart
+from .headline import bar_text, headline, html_line, strip_ansi
+
+PROGRESS_EVERY = 0.25
+CHARTS_EVERY = 0.5
+ELAPSED_EVERY = 1.0  # the header's elapsed time ticks while nothing else changes
+
+_STATUS_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "interrupted": "#ef6c00",
+    "timed out": "#c62828",
+}
+
+
+class WidgetDashboard:
+    """The dashboard as a ``VBox`` of core widgets."""
+
+    def __init__(self, state: RunState, on_stop: Callable[[], None]) -> None:
+        import ipywidgets as w
+
+        self.state = state
+        self.header = w.HTML()
+        self.bars = [
+            w.FloatProgress(
+                value=0,
+                min=0,
+                max=1,
+                description=f"rank {r.rank}",
+                bar_style="info",
+                layout=w.Layout(width="45%"),
+            )
+            for r in state.ranks
+        ]
+        self.bar_texts = [w.HTML() for _ in state.ranks]
+        self.charts = w.HTML()
+        self.settings = w.HTML()
+        self.outputs = [w.HTML() for _ in state.ranks]
+        self.tabs = w.Tab(children=self.outputs, titles=[f"rank {r.rank}" for r in state.ranks])
+        self.logs = w.HTML()
+        self.traceback = w.HTML()
+        self.stop_button = w.Button(
+            description="Stop", icon="stop", button_style="danger", tooltip="Interrupt every rank"
+        )
+        self.stop_button.on_click(lambda _: on_stop())
+        rows = [w.HBox([bar, text]) for bar, text in zip(self.bars, self.bar_texts, strict=True)]
+        self.widget = w.VBox(
+            [
+                w.HBox([self.header, self.stop_button]),
+                self.settings,
+                *rows,
+                self.charts,
+                self.tabs,
+                self.logs,
+                self.traceback,
+            ],
+            layout=w.Layout(border="1px solid #ddd", padding="6px"),
+        )
+        self.widget.add_class("dtrain-dashboard")
+        self._progress_at = self._charts_at = 0.0
+        self._seen = -1
+        self.refresh(force=True)
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def next_refresh(self, now: float) -> float | None:
+        if self.state.finished:
+            return None
+        if self.state.version != self._seen:
+            return self._progress_at + PROGRESS_EVERY
+        return self._progress_at + ELAPSED_EVERY
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force:
+            wanted = self.next_refresh(now)
+            if wanted is None or now < wanted:
+                return
+        self._seen, self._progress_at = self.state.version, now
+        state = self.state
+        colour = _STATUS_COLOURS.get(state.status, "#1565c0")
+        self.header.value = (
+            f'<b style="color:{colour}" class="dtrain-status">'
+            f"{escape(state.status)}</b> · {escape(headline(state).split(' · ', 1)[-1])}"
+        )
+        sources = state.info.get("sources")
+        if sources:
+            self.settings.value = "<small>settings: " + escape(sources) + "</small>"
+        for bar, text, r in zip(self.bars, self.bar_texts, state.ranks, strict=True):
+            bar.max = float(r.total or max(r.n, 1))
+            bar.value = float(r.n)
+            text.value = bar_text(r)
+            if r.status == "ok":
+                bar.bar_style = "success"
+                if not r.total:
+                    bar.value = bar.max
+            elif r.status in ("error", "died", "killed"):
+                bar.bar_style = "danger"
+            elif r.status == "interrupted":
+                bar.bar_style = "warning"
+        for out, r in zip(self.outputs, state.ranks, strict=True):
+            hidden = r.line_count - len(r.lines)
+            note = f"<i>… {hidden} earlier lines in the log file</i>\n" if hidden > 0 else ""
+            out.value = (
+                '<pre style="max-height:16em;overflow:auto;margin:0">'
+                + note
+                + "\n".join(html_line(stream, line) for stream, line in r.lines)
+                + "</pre>"
+            )
+        if force or now - self._charts_at >= CHARTS_EVERY:
+            self._charts_at = now
+            self.charts.value = "".join(
+                svg_chart(name, state.chart_series(name))
+                for name in sorted(state.series)
+                if name not in ("samples", "batch_size")
+            )
+        if state.store is not None:
+            self.logs.value = (
+                f"<small>logs and metrics: <code>{escape(str(state.store.dir))}</code></small>"
+            )
+        if state.traceback:
+            self.traceback.value = f"<pre>{escape(strip_ansi(state.traceback))}</pre>"
+
+    def close(self) -> None:
+        self.refresh(force=True)
+        self.stop_button.disabled = True

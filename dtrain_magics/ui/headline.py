@@ -1,0 +1,81 @@
+"""Words and numbers about a run, shared by the dashboard and the text view."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from html import escape
+from typing import Any
+
+from ..run.state import RankState, RunState
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def duration(seconds: float) -> str:
+    """``75`` → ``"1:15"``, ``9`` → ``"9 s"``."""
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+def plural(n: int, noun: str) -> str:
+    """``plural(1, "rank")`` → ``"1 rank"``, ``plural(2, "rank")`` → ``"2 ranks"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def headline(state: RunState) -> str:
+    """One line: status, ranks, backend, device, elapsed, ETA, throughput, failure."""
+    info = state.info
+    parts = [
+        state.status,
+        plural(len(state.ranks), "rank"),
+        info.get("backend", ""),
+        info.get("device", ""),
+        duration(state.elapsed),
+    ]
+    eta = state.eta()
+    if eta is not None and not state.finished:
+        parts.append(f"ETA {duration(eta)}")
+    for name, value in state.throughput().items():
+        parts.append(f"{value:,.1f} {name}")
+    if state.failing_rank is not None:
+        parts.append(f"rank {state.failing_rank}: {state.failure}")
+    elif state.message:
+        parts.append(state.message)
+    return " · ".join(p for p in parts if p)
+
+
+def bar_text(r: RankState) -> str:
+    """A rank's progress as HTML text: ``epoch: 3/10 · 2.5 it/s``."""
+    total = f"/{r.total}" if r.total else ""
+    rate = f" · {r.rate:,.1f} it/s" if r.rate else ""
+    desc = f"{r.desc}: " if r.desc else ""
+    status = "" if r.status in ("running", "ok") else f" · {r.status}"
+    return f"{escape(desc)}{r.n}{total}{rate}{status}"
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def html_line(stream: str, line: str) -> str:
+    """One output line as HTML, stderr in red."""
+    line = escape(strip_ansi(line))
+    return f'<span style="color:#c62828">{line}</span>' if stream == "stderr" else line
+
+
+def cluster_line(info: Mapping[str, Any]) -> str:
+    """A cluster's status in one line (``%dtrain status`` and the form's status line)."""
+    if info["state"] == "stopped":
+        return (
+            f"{info['launcher']} cluster: not running (it starts with the next %%distributed cell)."
+        )
+    text = (
+        f"{info['launcher']} cluster: {info['state']}, {plural(info['ranks'], 'rank')} "
+        f"({plural(info['nodes'], 'node')} × {plural(info['procs_per_node'], 'proc')})"
+    )
+    if info.get("engines_registered") is not None:
+        text += f", {info['engines_registered']}/{info['ranks']} engines registered"
+    if info.get("busy") is not None:
+        text += f", {info['busy']} busy"
+    return text

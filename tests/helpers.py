@@ -1,0 +1,44 @@
+"""Helpers shared by the tests: live processes, values bound on the ranks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still running (zombies count as gone)."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    """Wait until none of ``pids`` runs; those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(pids)
+
+
+def rank_values(cluster: Any, name: str) -> list[Any]:
+    """``name`` as bound on every rank, in rank order."""
+    return list(cluster.view().pull(name))
+
+
+# a cell whose ranks loop on allreduce until they are stopped
+ALLREDUCE_LOOP = (
+    "%%distributed --nodes 2 --no-widget\n"
+    "import time, torch\n"
+    "print('looping', flush=True)\n"
+    "while True:\n"
+    "    hvd.allreduce(torch.ones(1))\n"
+    "    time.sleep(0.01)\n"
+)

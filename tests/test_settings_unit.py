@@ -1,0 +1,135 @@
+"""Pure logic: settings declared once as traits, the flags and config made from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.magic_arguments import magic_arguments, parse_argstring
+from traitlets import Integer
+from traitlets.config import Config, Configurable
+
+from dtrain_magics.config.flags import setting_arguments, settings_from_args
+from dtrain_magics.config.options import RunOptions, parse_names
+from dtrain_magics.config.settings import DistributedSettings
+from dtrain_magics.config.store import SettingsStore, load_file, save_file
+from dtrain_magics.config.traits import setting
+from dtrain_magics.errors import BadOptions, SettingError
+
+
+def test_defaults() -> None:
+    options = RunOptions.from_settings(DistributedSettings())
+    assert (options.nodes, options.procs_per_node, options.backend, options.device) == (
+        1,
+        1,
+        "horovod",
+        "auto",
+    )
+    assert options.timeout is None and options.layout.ranks == 1
+
+
+def test_layout_multiplies_nodes_and_procs() -> None:
+    assert RunOptions(nodes=3, procs_per_node=2).layout.ranks == 6
+
+
+@pytest.mark.parametrize("nodes", [0, -3, True, 2.5, "2", 5000])
+def test_invalid_nodes_are_one_sentence_naming_flag_and_label(nodes: object) -> None:
+    with pytest.raises(SettingError) as info:
+        DistributedSettings(nodes=nodes)
+    assert str(info.value).startswith("--nodes must be a positive integer up to 1024, got ")
+    assert info.value.for_form().startswith("Nodes must be a positive integer")
+
+
+def test_ranks_over_the_limit_are_refused_together() -> None:
+    with pytest.raises(SettingError, match=r"--nodes 600 × --procs-per-node 2 asks for 1200"):
+        DistributedSettings(nodes=600, procs_per_node=2).check()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"backend": "mxnet"}, "--backend must be one of horovod, torch, got 'mxnet'."),
+        ({"timeout": -1}, "--timeout must be a positive number of seconds, got -1."),
+        ({"env": {"A B": "1"}}, "--env takes NAME=VALUE, and 'A B' is not a variable name."),
+        ({"launcher": "k8s"}, "--launcher must be one of local, mpi, slurm, profile, got 'k8s'."),
+    ],
+)
+def test_each_trait_validates_itself(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingError) as info:
+        DistributedSettings(**values)
+    assert str(info.value) == message
+
+
+def test_parse_names() -> None:
+    assert parse_names(" a, b ,,c ", "--push") == ("a", "b", "c")
+    assert parse_names(None, "--push") == ()
+    with pytest.raises(BadOptions, match="--pull names x twice"):
+        parse_names("x,y,x", "--pull")
+    with pytest.raises(BadOptions, match="'1x' is not one"):
+        parse_names("1x", "--push")
+
+
+class WithSeed(DistributedSettings):
+    """A settings class with one setting more, as a contributor would add it."""
+
+    seed = setting(Integer(0, help="Random seed of every rank."), label="Seed")
+
+
+def test_adding_a_setting_is_adding_one_trait() -> None:
+    from dtrain_magics.ui.config_form import ConfigPanel
+
+    @magic_arguments()
+    @setting_arguments(WithSeed)
+    def magic(line: str) -> None:
+        """A magic taking every setting."""
+
+    assert "--seed SEED" in magic.__doc__ and "Random seed of every rank." in magic.__doc__
+    flags = settings_from_args(parse_argstring(magic, "--seed 7 --nodes 2"), WithSeed)
+    assert flags == {"seed": 7, "nodes": 2}
+    store = SettingsStore(settings_class=WithSeed)
+    settings, sources = store.resolve(flags)
+    assert settings.seed == 7 and sources["seed"] == "flag"
+    assert settings.magic_line() == "%%distributed --nodes 2 --seed 7"
+
+    class FakeCluster:
+        layout = None
+
+        def add_listener(self, listener: Any) -> None:
+            pass
+
+        def status(self) -> dict[str, Any]:
+            return {"launcher": "local", "state": "stopped"}
+
+    panel = ConfigPanel(store, FakeCluster())  # type: ignore[arg-type]
+    assert "seed" in panel.fields
+    label = panel.rows["seed"].children[0].value
+    assert label == "Seed"
+    panel.fields["seed"].value = "11"
+    assert panel.values()[0]["seed"] == 11 and panel.line.value.endswith("--seed 11")
+
+
+def test_flags_are_grouped_by_launcher() -> None:
+    @magic_arguments()
+    @setting_arguments(DistributedSettings)
+    def magic(line: str) -> None:
+        """Every setting."""
+
+    doc = magic.__doc__
+    help_of = doc[doc.index("options:") :]  # after the usage line
+    at = help_of.index
+    assert at("--nodes") < at("launcher mpi:") < at("--hostfile") < at("launcher slurm:")
+    assert at("launcher slurm:") < at("--partition") < at("launcher profile:") < at("--profile")
+
+
+def test_ipython_config_is_the_lowest_layer(tmp_path: Path) -> None:
+    shell = Configurable(config=Config({"DistributedSettings": {"nodes": 3, "backend": "torch"}}))
+    store = SettingsStore(parent=shell)
+    settings, sources = store.resolve({})
+    assert (settings.nodes, settings.backend) == (3, "torch")
+    assert sources == {"nodes": "IPython config", "backend": "IPython config"}
+    store.file_values = load_file(save_file({"nodes": 4}, tmp_path / "c.json"))
+    settings, sources = store.resolve({"backend": "horovod"})
+    assert (settings.nodes, settings.backend) == (4, "horovod")
+    assert sources == {"nodes": "config file", "backend": "flag"}
+    assert settings.parent is store.parent  # a real Configurable under the shell
