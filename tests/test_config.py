@@ -285,6 +285,8 @@ def test_swallowed_errors_are_logged_with_their_trace(tmp_path: Path) -> None:
             "paths.clusters_dir().parent.mkdir(parents=True, exist_ok=True)\n"
             "paths.clusters_dir().write_text('a file where a folder should be')\n"
             "kernel_state.publish({'state': 'stopped'})  # fails, must not raise\n"
+            "from dtrain_magics.store.writer import writer\n"
+            "writer.flush()\n"
             "print('published')"
         )
         assert "published" in reply.text, reply.text

@@ -38,6 +38,26 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
             except Exception:  # a listener must not break ipyparallel's I/O thread
                 log.debug("client listener failed", exc_info=True)
 
+    def execute_on(self, engine_ids: list[int], code: str) -> list[Any]:
+        """Send ``code`` to each engine; one single-engine ``AsyncResult`` per engine.
+
+        What a ``DirectView.execute`` per engine does, without building a view and updating
+        its history each time (a warm cell's path).
+        """
+        from ipyparallel.client.asyncresult import AsyncResult
+
+        idents, _ = self._build_targets(list(engine_ids))
+        return [
+            AsyncResult(
+                self,
+                self.send_execute_request(self._mux_socket, code, silent=False, ident=ident),
+                fname="execute",
+                targets=eid,
+                owner=True,
+            )
+            for ident, eid in zip(idents, engine_ids, strict=True)
+        ]
+
     def _dispatch_iopub(self, msg: Any) -> None:
         super()._dispatch_iopub(msg)
         self._notify()

@@ -21,7 +21,7 @@ from ..errors import ClusterStartError
 from ..store import kernel_state
 from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
-from . import controller, mpiexec_output, security, watchdog
+from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
 from .processes import alive, kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe
@@ -215,9 +215,15 @@ class TrainingCluster:
 
         kwargs = launcher.cluster_kwargs(self.spec, layout)
         kwargs["config"].LocalControllerLauncher.controller_cmd = controller.command()
+        kwargs["config"].EngineLauncher.engine_cmd = engine.command()
         self.layout = layout
         self._cluster = ipp.Cluster(
-            profile=self.profile, log_level=logging.WARNING, shutdown_atexit=True, **kwargs
+            profile=self.profile,
+            log_level=logging.WARNING,
+            shutdown_atexit=True,
+            # engines start with the controller and wait for its connection file themselves
+            send_engines_connection_env=False,
+            **kwargs,
         )
         try:
             self._start_and_wait(layout, report)

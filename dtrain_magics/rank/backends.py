@@ -36,9 +36,9 @@ class HorovodBackend:
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import horovod.torch as hvd
 
-        from .interruptible import make_horovod_interruptible
+        from .interrupts import install
 
-        make_horovod_interruptible()
+        install()
         if not hvd.is_initialized():
             hvd.init()
         return hvd.rank(), hvd.size(), {"hvd": hvd}

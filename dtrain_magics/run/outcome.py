@@ -65,9 +65,9 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
     except RemoteError as e:
         if e.ename == "EngineError":  # the engine process went away while running the cell
             return RankOutcome(rank, "died", "its engine process exited")
-        if e.ename == "KeyboardInterrupt":
-            return RankOutcome(rank, "interrupted", "KeyboardInterrupt")
         error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
+        if e.ename == "KeyboardInterrupt" or interrupted:  # stopped by us, however it ended
+            return RankOutcome(rank, "interrupted", error)
         return RankOutcome(rank, "error", error, _remote_traceback(e))
     except EngineError as e:
         return RankOutcome(rank, "died", str(e).strip() or "its engine exited")

@@ -193,10 +193,8 @@ class DistributedRunner:
         wake = self._wake = Wakeup(client)
         try:
             started = time.monotonic()
-            ars = {
-                r: client[self.cluster.engine_id(r)].execute(code, silent=False, block=False)
-                for r in ranks
-            }
+            engine_ids = [self.cluster.engine_id(r) for r in ranks]
+            ars = dict(zip(ranks, client.execute_on(engine_ids, code), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
             watch = RankWatch(ars, state, view, recorder, mpiexec)
             deadline = started + timeout if timeout else None

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import psutil
 
-from .paths import clusters_dir, read_json, write_json_atomic
+from .paths import clusters_dir, read_json
 from .schema import ClusterRecord, ClusterState, ClusterStatus
+from .writer import writer
 
 log = logging.getLogger(__name__)
 _KERNEL_FILE = re.compile(r"kernel-(?P<id>[\w-]+)\.json$")
@@ -97,14 +98,10 @@ def publish(
 ) -> None:
     """Write this kernel's cluster state; ``activity`` is ``starting`` or ``busy`` during a run.
 
-    Never raises: the lab extension's view of a cluster must not break a run.
+    Written from a background thread within ``writer.DELAY`` seconds (a warm cell does no file
+    I/O for it). Never raises: the lab extension's view of a cluster must not break a run.
     """
-    try:
-        path = state_path()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_json_atomic(path, record(status, activity, run_id))
-    except OSError:
-        log.debug("could not write the cluster state file", exc_info=True)
+    writer.put(state_path(), record(status, activity, run_id))
 
 
 def forget_dead_kernels(folder: Path | None = None) -> None:

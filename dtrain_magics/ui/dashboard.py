@@ -1,4 +1,4 @@
-"""The live run dashboard: core ipywidgets only, and a plain-text fallback.
+"""The live run dashboard: core ipywidgets only.
 
 Built from ``HTML``, ``FloatProgress``, ``Tab`` and ``Button`` so it renders in JupyterLab,
 Notebook 7, VS Code and Colab without extra front-end code. Refreshed from the kernel's main
@@ -12,19 +12,11 @@ from collections.abc import Callable
 from html import escape
 
 from ..run.state import RunState
-from .charts import svg_chart
-from .headline import bar_text, headline, html_line, strip_ansi
+from .headline import bar_text, charts_html, header_html, html_line, strip_ansi
 
 PROGRESS_EVERY = 0.25
 CHARTS_EVERY = 0.5
 ELAPSED_EVERY = 1.0  # the header's elapsed time ticks while nothing else changes
-
-_STATUS_COLOURS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "interrupted": "#ef6c00",
-    "timed out": "#c62828",
-}
 
 
 class WidgetDashboard:
@@ -75,11 +67,6 @@ class WidgetDashboard:
         self._seen = -1
         self.refresh(force=True)
 
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
             return None
@@ -95,11 +82,7 @@ class WidgetDashboard:
                 return
         self._seen, self._progress_at = self.state.version, now
         state = self.state
-        colour = _STATUS_COLOURS.get(state.status, "#1565c0")
-        self.header.value = (
-            f'<b style="color:{colour}" class="dtrain-status">'
-            f"{escape(state.status)}</b> · {escape(headline(state).split(' · ', 1)[-1])}"
-        )
+        self.header.value = header_html(state)
         sources = state.info.get("sources")
         if sources:
             self.settings.value = "<small>settings: " + escape(sources) + "</small>"
@@ -126,11 +109,7 @@ class WidgetDashboard:
             )
         if force or now - self._charts_at >= CHARTS_EVERY:
             self._charts_at = now
-            self.charts.value = "".join(
-                svg_chart(name, state.chart_series(name))
-                for name in sorted(state.series)
-                if name not in ("samples", "batch_size")
-            )
+            self.charts.value = charts_html(state)
         if state.store is not None:
             self.logs.value = (
                 f"<small>logs and metrics: <code>{escape(str(state.store.dir))}</code></small>"
@@ -139,5 +118,9 @@ class WidgetDashboard:
             self.traceback.value = f"<pre>{escape(strip_ansi(state.traceback))}</pre>"
 
     def close(self) -> None:
-        self.refresh(force=True)
-        self.stop_button.disabled = True
+        """Close every widget of the dashboard (its place is taken by the run's record)."""
+        stack = [self.widget]
+        while stack:
+            widget = stack.pop()
+            stack.extend(getattr(widget, "children", ()))
+            widget.close()

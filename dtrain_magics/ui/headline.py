@@ -8,8 +8,16 @@ from html import escape
 from typing import Any
 
 from ..run.state import RankState, RunState
+from .charts import svg_chart
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STATUS_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "interrupted": "#ef6c00",
+    "timed out": "#c62828",
+}
+RUNNING_COLOUR = "#1565c0"
 
 
 def duration(seconds: float) -> str:
@@ -43,6 +51,22 @@ def headline(state: RunState) -> str:
     elif state.message:
         parts.append(state.message)
     return " · ".join(p for p in parts if p)
+
+
+def header_html(state: RunState) -> str:
+    """The headline as HTML, the status word coloured (``.dtrain-status``)."""
+    colour = STATUS_COLOURS.get(state.status, RUNNING_COLOUR)
+    rest = escape(headline(state).split(" · ", 1)[-1])
+    return f'<b style="color:{colour}" class="dtrain-status">{escape(state.status)}</b> · {rest}'
+
+
+def charts_html(state: RunState) -> str:
+    """An SVG chart per logged metric (``samples`` and ``batch_size`` feed samples/s)."""
+    return "".join(
+        svg_chart(name, state.chart_series(name))
+        for name in sorted(state.series)
+        if name not in ("samples", "batch_size")
+    )
 
 
 def bar_text(r: RankState) -> str:

@@ -1,11 +1,18 @@
-"""Choosing how a run is shown: the widget dashboard in a kernel, else the text view."""
+"""How a run is shown: the widget dashboard (from a short delay on), else the text view."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from ..run.state import RunState
 from ..run.view import RunView, ViewFactory
+from .record_html import record_bundle
+
+SHOW_AFTER = 0.3
+"""Seconds a run goes on before its live dashboard appears: a quick cell shows its record only,
+and costs no widgets (cluster start-up shows at once)."""
 
 
 def widgets_available() -> bool:
@@ -22,16 +29,54 @@ def widgets_available() -> bool:
     return True
 
 
+class DeferredDashboard:
+    """The live dashboard, made once the run has lasted ``SHOW_AFTER`` seconds; at the end the
+    run's static record takes its place (or is shown alone, for a quick run)."""
+
+    def __init__(self, state: RunState, on_stop: Callable[[], None]) -> None:
+        self.state, self.on_stop = state, on_stop
+        self.started = time.monotonic()
+        self.dashboard: Any = None
+        self._handle: Any = None
+
+    def next_refresh(self, now: float) -> float | None:
+        if self.dashboard is not None:
+            return self.dashboard.next_refresh(now)  # type: ignore[no-any-return]
+        return None if self.state.finished else self.started + SHOW_AFTER
+
+    def refresh(self, force: bool = False) -> None:
+        if self.dashboard is None:
+            starting = self.state.status == "starting cluster"
+            if not starting and time.monotonic() - self.started < SHOW_AFTER:
+                return
+            self._show()
+        self.dashboard.refresh(force)
+
+    def _show(self) -> None:
+        from IPython.display import display
+
+        from .dashboard import WidgetDashboard
+
+        self.dashboard = WidgetDashboard(self.state, self.on_stop)
+        self._handle = display(self.dashboard.widget, display_id=True)
+
+    def close(self) -> None:
+        from IPython.display import display
+
+        bundle = record_bundle(self.state)
+        if self.dashboard is None:
+            display(bundle, raw=True)
+            return
+        self._handle.update(bundle, raw=True)
+        self.dashboard.close()
+
+
 def view_factory(widget: bool) -> ViewFactory:
     """The views of runs: the dashboard where widgets render (and are wanted), else text."""
 
     def make(state: RunState, on_stop: Callable[[], None]) -> RunView:
         if widget and widgets_available():
-            from .dashboard import WidgetDashboard
-
-            dashboard = WidgetDashboard(state, on_stop)
-            dashboard.show()
-            return dashboard
+            return DeferredDashboard(state, on_stop)
         from .text_view import TextView
 
         return TextView(state, on_stop)

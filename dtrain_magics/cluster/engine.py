@@ -1,0 +1,41 @@
+"""The engine our clusters run: ipyparallel's own, with the training stack imported first.
+
+Engines start at the same time as the controller and find its connection file when it appears;
+importing torch and Horovod (seconds on a small machine) happens meanwhile, instead of in the
+first cell's initialisation of the ranks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+PRELOAD = ("torch", "horovod.torch")
+log = logging.getLogger(__name__)
+
+
+def command() -> list[str]:
+    """The command that starts this engine (``EngineLauncher.engine_cmd``)."""
+    return [sys.executable, "-m", "dtrain_magics.cluster.engine"]
+
+
+def preload() -> None:
+    """Import the training stack; a missing part is reported when the ranks initialise."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            log.debug("could not import %s before the engine started", name, exc_info=True)
+
+
+def main() -> None:
+    """Import the training stack, then run ipyparallel's engine."""
+    preload()
+    from ipyparallel.engine.app import main as ipengine
+
+    ipengine()
+
+
+if __name__ == "__main__":
+    main()
