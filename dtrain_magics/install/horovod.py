@@ -454,7 +454,8 @@ def relocate(env: EnvFacts, horovod_dir: Path, report: Report) -> None:
         lib_dirs.append(Path(env.torch_lib))
     for base in env.nvidia_dirs:
         for sub in sorted(Path(base).iterdir()):
-            if (sub / "lib").is_dir() and any((sub / "lib").glob("*.so*")):
+            # the CUDA runtime (cu13/, or cuda_runtime/ of CUDA 12 wheels) and NCCL
+            if re.fullmatch(r"cu\d+|cuda_runtime|nccl", sub.name) and (sub / "lib").is_dir():
                 lib_dirs.append(sub / "lib")
     for so in sorted(horovod_dir.rglob("*.so")):
         old = subprocess.run(
