@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,17 @@ def test_system_toolkit_needs_nvcc_and_headers(tmp_path: Path) -> None:
     (home / "include" / "cuda_runtime.h").write_text("")
     found = find_system_toolkit(env)
     assert found is not None and found.home == home and found.version == "13.1"
+
+
+@pytest.mark.skipif(
+    not Path("/usr/local/cuda/bin/nvcc").exists(), reason="this machine has no /usr/local/cuda"
+)
+def test_this_machines_own_toolkit_is_found() -> None:
+    """A real toolkit: /usr/local/cuda, found even when the nvcc on PATH is a wrapper script."""
+    found = find_system_toolkit({"PATH": os.environ.get("PATH", "")})
+    assert found is not None and found.source == "system"
+    assert (found.home / "include" / "cuda_runtime.h").is_file()
+    assert re.fullmatch(r"\d+\.\d+", found.version)
 
 
 def test_pypi_layout_gets_lib64_and_unversioned_libraries(tmp_path: Path) -> None:
