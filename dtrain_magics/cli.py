@@ -15,7 +15,8 @@ from .install.facts import InstallError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dtrain-magics", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="dtrain-magics",
+        description="Install Horovod for this environment's torch, and check the environment.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     install = commands.add_parser(
