@@ -1,4 +1,5 @@
-"""The set-up produced a real stack: Horovod built with PyTorch, MPI and Gloo; one version."""
+"""The set-up produced a real stack: Horovod built with PyTorch, MPI and Gloo by the packaged
+installer (``dtrain-magics install-horovod``); one version."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import dtrain_magics
+
+DTRAIN_MAGICS = os.path.join(os.path.dirname(sys.executable), "dtrain-magics")
 
 
 def test_horovod_torch_imports_with_mpi_and_gloo() -> None:
@@ -39,6 +45,24 @@ def test_horovod_libraries_find_mpi_relative_to_the_venv() -> None:
     out = subprocess.run(["readelf", "-d", so.path], capture_output=True, text=True).stdout
     runpath = next(line for line in out.splitlines() if "RUNPATH" in line)
     assert "$ORIGIN" in runpath and "/work/" not in runpath
+
+
+def test_setup_installed_horovod_with_the_console_command() -> None:
+    """scripts/setup.sh runs ``dtrain-magics install-horovod``: a second run has nothing to do."""
+    import horovod
+
+    out = subprocess.run(
+        [DTRAIN_MAGICS, "install-horovod"], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    flavour = (Path(horovod.__file__).parent / ".dtrain-build").read_text().strip()
+    assert f"Horovod 0.28.1 for {flavour} is already installed" in out, out
+
+
+@pytest.mark.cluster
+def test_doctor_says_the_venv_is_ready() -> None:
+    done = subprocess.run([DTRAIN_MAGICS, "doctor"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ready: a 2-rank run works")
 
 
 def test_one_version_string() -> None:

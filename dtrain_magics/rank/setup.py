@@ -8,6 +8,7 @@ from typing import Any
 
 from . import rank_context as _context
 from .backends import Backend, make_backend
+from .compat import check_backend_device
 from .devices import host_local_rank, resolve_device
 
 _backend: Backend | None = None
@@ -41,6 +42,7 @@ def init_rank(
 
     host_rank, host_size = host_local_rank()
     torch_device = resolve_device(device, host_rank, _mpi_rank())
+    check_backend_device(backend, torch_device)
     _backend = make_backend(backend, torch_device)
     rank, size, names = _backend.init()
     if simulate_nodes:

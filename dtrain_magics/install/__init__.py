@@ -1,0 +1,1 @@
+"""Installs and checks the native stack of an environment: MPI, CUDA toolkit, Horovod."""
