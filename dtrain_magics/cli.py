@@ -75,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         from .install.doctor import doctor
+        from .store.paths import logs_dir
 
-        return 0 if doctor(args.python, timeout=args.timeout) else 1
+        ready = doctor(args.python, timeout=args.timeout)
+        # where each kernel's diagnostics log (every error the package caught) is written
+        print(f"{'Logs':<9} {logs_dir()}/kernel-<kernel id>.log (%dtrain status names the file)")
+        return 0 if ready else 1
     except InstallError as e:
         print(f"dtrain-magics: {e}", file=sys.stderr)
         return 1

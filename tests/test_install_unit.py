@@ -38,14 +38,14 @@ from dtrain_magics.install.facts import (
     MpiInfo,
     parse_mpi_version,
 )
-from dtrain_magics.install.horovod import (
+from dtrain_magics.install.horovod import suitable_cmake
+from dtrain_magics.install.plan import (
     BuildPlan,
     build_environment,
     cxx_standard,
-    new_runpath,
     patch_cxx_standard,
-    suitable_cmake,
 )
+from dtrain_magics.install.relocate import new_runpath
 
 OMPI = MpiInfo("Open MPI", "5.0.11", "/v/bin/mpiexec", "/v/bin/mpicxx")
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .cache import cache_key, torch_flavour
 from .facts import EnvFacts, HorovodFacts, InstallError, MpiInfo, find_mpi, read_env, read_horovod
-from .horovod import HOROVOD_VERSION, describe_build
+from .horovod import describe_build
+from .plan import HOROVOD_VERSION
 
 FIX = "run `dtrain-magics install-horovod`"
 
