@@ -59,33 +59,46 @@ def trained_notebook() -> Any:
     )
 
 
-def test_bars_reach_their_totals_and_turn_green(trained_notebook: Any) -> None:
-    bars = [
-        m for m in _widget_models(trained_notebook) if m.get("_model_name") == "FloatProgressModel"
+def _records(nb: Any) -> list[str]:
+    """The static run records (HTML) the cells show once their runs ended."""
+    return [
+        o["data"]["text/html"]
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "dtrain-record" in o.get("data", {}).get("text/html", "")
     ]
-    training = [b for b in bars if b["max"] == 40]  # the failing cell's bars have no total
-    assert sorted(b["description"] for b in training) == ["rank 0", "rank 1"]
-    assert all(b["value"] == 40 and b["bar_style"] == "success" for b in training)
-    assert any(b["bar_style"] == "danger" and b["description"] == "rank 1" for b in bars)
+
+
+def test_the_dashboard_became_a_static_record(trained_notebook: Any) -> None:
+    views = [
+        o
+        for c in trained_notebook.cells
+        for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert not views, "a saved notebook must not need the dashboard's widgets to show a run"
+    records = _records(trained_notebook)
+    assert len(records) == 2  # one per %%distributed cell
+
+
+def test_bars_reach_their_totals_and_turn_green(trained_notebook: Any) -> None:
+    succeeded, failed = _records(trained_notebook)
+    for rank in (0, 1):
+        assert f'data-rank="{rank}" data-status="ok" data-n="40" data-total="40"' in succeeded
+    assert 'data-rank="1" data-status="error"' in failed
 
 
 def test_chart_holds_the_logged_points(trained_notebook: Any) -> None:
-    htmls = [
-        m["value"] for m in _widget_models(trained_notebook) if m.get("_model_name") == "HTMLModel"
-    ]
-    charts = [h for h in htmls if 'data-metric="loss"' in h]
-    assert charts, "no loss chart in the saved widget state"
-    assert any('data-points="40"' in c for c in charts)  # 40 steps, mean over 2 ranks each
+    succeeded, _ = _records(trained_notebook)
+    assert 'data-metric="loss"' in succeeded
+    assert 'data-points="40"' in succeeded  # 40 steps, mean over 2 ranks each
 
 
 def test_status_succeeded_then_failed_naming_the_rank(trained_notebook: Any) -> None:
-    htmls = [
-        m["value"] for m in _widget_models(trained_notebook) if m.get("_model_name") == "HTMLModel"
-    ]
-    statuses = [re.sub("<[^>]+>", "", h) for h in htmls if "dtrain-status" in h]
-    assert any(s.startswith("succeeded") for s in statuses)
-    failed = [s for s in statuses if s.startswith("failed")]
-    assert failed and "rank 1: RuntimeError: rank one broke" in failed[0]
+    succeeded, failed = _records(trained_notebook)
+    assert 'data-status="succeeded"' in succeeded
+    text = re.sub("<[^>]+>", "", failed)
+    assert 'data-status="failed"' in failed and "rank 1: RuntimeError: rank one broke" in text
     text = "".join(o.get("text", "") for c in trained_notebook.cells for o in c.get("outputs", []))
     assert "after failure: failed 1" in text
 

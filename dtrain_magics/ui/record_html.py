@@ -41,10 +41,12 @@ def record_html(state: RunState) -> str:
     parts = [f"<div>{header_html(state)}</div>"]
     sources = state.info.get("sources")
     if sources:
-        parts.append(f"<small>settings: {escape(str(sources))}</small>")
+        parts.append(f"<div><small>settings: {escape(str(sources))}</small></div>")
     if any(r.n or r.total or r.status != "ok" for r in state.ranks):
         parts += [_rank_row(r) for r in state.ranks]
-    parts.append(charts_html(state))
+    charts = charts_html(state)
+    if charts:
+        parts.append(f"<div>{charts}</div>")
     if state.traceback:
         parts.append(
             "<details><summary>traceback of rank "
