@@ -38,7 +38,9 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
             except Exception:  # a listener must not break ipyparallel's I/O thread
                 log.debug("client listener failed", exc_info=True)
 
-    def execute_on(self, engine_ids: list[int], code: str) -> list[Any]:
+    def execute_on(
+        self, engine_ids: list[int], code: str, metadata: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Send ``code`` to each engine; one single-engine ``AsyncResult`` per engine.
 
         What a ``DirectView.execute`` per engine does, without building a view and updating
@@ -50,7 +52,9 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
         return [
             AsyncResult(
                 self,
-                self.send_execute_request(self._mux_socket, code, silent=False, ident=ident),
+                self.send_execute_request(
+                    self._mux_socket, code, silent=False, ident=ident, metadata=metadata or {}
+                ),
                 fname="execute",
                 targets=eid,
                 owner=True,

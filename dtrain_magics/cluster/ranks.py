@@ -69,11 +69,21 @@ class RankBackends:
     def __init__(self) -> None:
         self.key: BackendKey | None = None
         self.device: str | None = None
+        self.first_done: float | None = None  # when a rank first ended the last cell
 
     def forget(self) -> None:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
         self.device = None
+        self.first_done = None
+
+    def cell_metadata(self, now: float) -> dict[str, bool]:
+        """Execute request metadata for a cell on every rank: restart Horovod if the ranks may
+        have suspended it since the last cell (``rank/idle.py``)."""
+        from ..rank.idle import RESUME, RESUME_AFTER
+
+        idle = self.first_done is not None and now - self.first_done >= RESUME_AFTER
+        return {RESUME: True} if idle and self.key and self.key[0] == "horovod" else {}
 
     def prepare(self, view: Any, key: BackendKey, simulate_nodes: bool, timeout: float) -> bool:
         """Initialise ``key``'s backend on every rank of ``view`` unless done; True if it was.

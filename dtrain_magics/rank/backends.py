@@ -36,9 +36,9 @@ class HorovodBackend:
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import horovod.torch as hvd
 
-        from .interrupts import install
+        from . import interrupts
 
-        install()
+        interrupts.install()
         if not hvd.is_initialized():
             hvd.init()
         return hvd.rank(), hvd.size(), {"hvd": hvd}

@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Any
 
+from . import idle
 from . import rank_context as _context
 from .backends import Backend, make_backend
 from .compat import check_backend_device
@@ -35,6 +36,8 @@ def init_rank(
     ns: dict[str, Any] = shell.user_ns if shell is not None else {}
     if shell is not None:
         install(shell)
+        if backend == "horovod":
+            idle.install(shell)
     if _backend is not None and _backend.name != backend:
         shutdown_rank()
         for name in _bound:

@@ -173,7 +173,7 @@ class DistributedRunner:
             self.cluster.abort_start.set()
             worker.join(timeout=60)
             if self.cluster.running:  # it had finished starting before it saw the interrupt
-                self.cluster.stop()
+                self.cluster.stop(kill=True)
             raise RunInterrupted(
                 "interrupted while the cluster was starting: it was stopped and none of its "
                 "processes are left; the next cell starts a new one."
@@ -194,7 +194,8 @@ class DistributedRunner:
         try:
             started = time.monotonic()
             engine_ids = [self.cluster.engine_id(r) for r in ranks]
-            ars = dict(zip(ranks, client.execute_on(engine_ids, code), strict=True))
+            metadata = self.cluster.backends.cell_metadata(started)
+            ars = dict(zip(ranks, client.execute_on(engine_ids, code, metadata), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
             watch = RankWatch(ars, state, view, recorder, mpiexec)
             deadline = started + timeout if timeout else None
@@ -211,6 +212,7 @@ class DistributedRunner:
                     death = await self._cause_of_death(watch)
                 restarted = await self._stop_ranks(watch, wake, restart=bool(watch.died))
             watch.drain()
+            self.cluster.backends.first_done = watch.first_done or time.monotonic()
             if death is not None:
                 watch.blame(*death)
             outcomes = [watch.outcomes[r] for r in ranks]

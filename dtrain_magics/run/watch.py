@@ -33,6 +33,7 @@ class RankWatch:
         self.recorder = recorder
         self.mpiexec = mpiexec
         self.outcomes: dict[int, RankOutcome] = {}
+        self.first_done: float | None = None  # when the first rank ended (time.monotonic())
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
         self._seq = dict.fromkeys(ars, 0)
         self._ticked = time.monotonic()
@@ -61,6 +62,7 @@ class RankWatch:
                     log.debug("rank %d's output did not complete", r, exc_info=True)
                 self._pump(r)
                 outcome = self.outcomes[r] = outcome_of(r, ar, interrupted)
+                self.first_done = self.first_done or time.monotonic()
                 self.state.finish_rank(r, outcome.status, outcome.error)
                 failed = failed or outcome.failed
             else:
