@@ -52,8 +52,10 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
         return [
             AsyncResult(
                 self,
+                # through the stream, as DirectView does: a send on the raw socket can eat the
+                # read event the stream waits for, and a reply then sits unread
                 self.send_execute_request(
-                    self._mux_socket, code, silent=False, ident=ident, metadata=metadata or {}
+                    self._mux_stream, code, silent=False, ident=ident, metadata=metadata or {}
                 ),
                 fname="execute",
                 targets=eid,

@@ -114,7 +114,7 @@ class RankWatch:
     def _pump(self, r: int) -> None:
         # the metadata dict the client's receiving thread fills in, as it is (``ar.metadata``
         # parses its dates on every access, ``ar[key]`` also waits on the result's events)
-        metadata = self.ars[r]._metadata[0]
+        metadata = self.ars[r].metadata
         for name in ("stdout", "stderr"):
             text = metadata.get(name) or ""
             seen = self._seen[(r, name)]
