@@ -52,8 +52,10 @@ def make_model():
 
 The usual Horovod recipe: broadcast the initial parameters from rank 0, wrap the optimizer in
 `hvd.DistributedOptimizer` (gradients are averaged across ranks with allreduce), and scale the
-learning rate by the number of ranks. `rank`, `size`, `device` and `hvd` are already bound.
-`--pull state` copies rank 0's `state` back into this notebook when the cell finishes."""),
+learning rate by the number of ranks. `rank`, `size`, `device`, `hvd` and `dtrain` are already
+bound. `dtrain.progress` gives each rank a progress bar (with the ETA) and `dtrain.log` a chart
+per metric (with steps/s and samples/s) in the live dashboard; when the run ends, a record of
+it stays in the notebook. `--pull state` copies rank 0's `state` back into this notebook."""),
     new_code_cell("""%%distributed --nodes 2 --push load_digits_split,make_model --pull state
 import torch
 import torch.nn.functional as F
@@ -71,7 +73,7 @@ optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_par
 hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
 batch = 32
-for epoch in range(15):
+for epoch in dtrain.progress(range(15), desc="epoch"):    # a progress bar per rank, ETA
     order = torch.randperm(per_rank)
     for start in range(0, per_rank, batch):
         idx = order[start:start + batch]
@@ -79,6 +81,7 @@ for epoch in range(15):
         loss = F.cross_entropy(model(x_shard[idx]), y_shard[idx])
         loss.backward()
         optimizer.step()
+        dtrain.log(loss=loss.item(), samples=len(idx))    # a loss chart, samples/s
     mean_loss = hvd.allreduce(loss.detach(), name="epoch_loss").item()
     if rank == 0 and (epoch + 1) % 5 == 0:
         print(f"epoch {epoch + 1}: loss {mean_loss:.3f}")
@@ -352,6 +355,8 @@ assert held_out >= 0.95"""),
 
 
 def write(name: str, cells: list) -> None:
+    for index, cell in enumerate(cells):  # stable ids: a rewrite changes only what changed
+        cell.id = f"{name.split('-')[0]}-{index:02d}"
     nb = new_notebook(
         cells=cells,
         metadata={

@@ -27,7 +27,7 @@ def test_form_round_trips_to_settings_and_magic_line(magics: Any) -> None:
     panel.fields["backend"].value = "torch"
     panel.fields["timeout"].value = "90"
     panel.fields["env"].value = "NCCL_DEBUG=INFO\nOMP_NUM_THREADS=1"
-    assert panel.line.value == (
+    assert panel.magic_line == (
         "%%distributed --nodes 2 --procs-per-node 3 --backend torch "
         "--timeout 90 --env NCCL_DEBUG=INFO --env OMP_NUM_THREADS=1"
     )
@@ -41,7 +41,7 @@ def test_form_round_trips_to_settings_and_magic_line(magics: Any) -> None:
     )
     assert settings.env == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "1"}
     # the line parses back to the same settings
-    line = panel.line.value.removeprefix("%%distributed ")
+    line = panel.magic_line.removeprefix("%%distributed ")
     parsed, _, sources, _ = magics.parse(line)
     assert parsed.values() == settings.values() and sources == ""
 
@@ -60,19 +60,22 @@ def test_launcher_fields_show_only_for_their_launcher(magics: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "reason"),
     [
-        ("nodes", 0, "--nodes must be a positive integer up to 1024, got 0."),
-        ("procs_per_node", -2, "--procs-per-node must be a positive integer up to 1024, got -2."),
-        ("timeout", "-5", "--timeout must be a positive number of seconds, got -5.0."),
-        ("timeout", "soon", "--timeout must be a positive number of seconds, got 'soon'."),
-        ("env", "JUSTANAME", "--env takes NAME=VALUE, got 'JUSTANAME'."),
+        ("nodes", 0, "Nodes must be a positive integer up to 1024, got 0."),
+        ("procs_per_node", -2, "Procs per node must be a positive integer up to 1024, got -2."),
+        ("timeout", "-5", "Timeout (s) must be a positive number of seconds, got -5.0."),
+        ("timeout", "soon", "Timeout (s) must be a positive number of seconds, got 'soon'."),
+        ("env", "JUSTANAME", "Rank env takes NAME=VALUE, got 'JUSTANAME'."),
     ],
 )
 def test_invalid_values_are_marked_and_not_applied(
     magics: Any, name: str, value: Any, reason: str
 ) -> None:
     panel = ConfigPanel(magics)
+    assert panel.apply() and "Applied" in panel.message.value
     panel.fields[name].value = value
+    # named as the form labels it; no stale line to copy, no stale "Applied"
     assert reason in html.unescape(panel.errors[name].value)
+    assert panel.magic_line == "" and panel.copy.value == "" and panel.message.value == ""
     assert not panel.apply()
     assert magics.settings.applied == {}
     assert "Not applied" in panel.message.value

@@ -106,7 +106,7 @@ def test_adding_a_setting_is_adding_one_trait() -> None:
     label = panel.rows["seed"].children[0].value
     assert label == "Seed"
     panel.fields["seed"].value = "11"
-    assert panel.values()[0]["seed"] == 11 and panel.line.value.endswith("--seed 11")
+    assert panel.values()[0]["seed"] == 11 and panel.magic_line.endswith("--seed 11")
 
 
 def test_flags_are_grouped_by_launcher() -> None:

@@ -10,19 +10,21 @@ from typing import Any
 
 from ..errors import ClusterStartError
 from .launchers import LaunchSpec, Layout, get_launcher
-from .processes import alive
 
 Report = Callable[[str], None]
 _OUTPUT_TAIL = 3000
 
 
 def launchers_stopped(ipp_cluster: Any) -> bool:
-    """True if the controller or mpiexec has exited (checked on the process itself)."""
-    for launcher in [ipp_cluster.controller, *ipp_cluster.engines.values()]:
-        proc = getattr(launcher, "process", None)
-        if proc is not None and not alive(proc):
-            return True
-    return False
+    """True if the controller or mpiexec has exited.
+
+    ipyparallel's launchers watch their process from a thread and change ``state`` to
+    ``"after"`` when it exits: reading that costs nothing on a warm cell's path.
+    """
+    return any(
+        launcher.state == "after"
+        for launcher in [ipp_cluster.controller, *ipp_cluster.engines.values()]
+    )
 
 
 def output_tail(ipp_cluster: Any) -> str:

@@ -8,6 +8,7 @@ flags and the ``%dtrain config`` form are generated from the traits (see ``flags
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from traitlets import TraitType
@@ -143,12 +144,7 @@ class DistributedSettings(Configurable):
     @classmethod
     def setting_traits(cls) -> dict[str, TraitType[Any, Any]]:
         """Every setting's trait, in the order they are declared (subclasses' last)."""
-        found: dict[str, TraitType[Any, Any]] = {}
-        for klass in reversed(cls.__mro__):
-            for name, value in vars(klass).items():
-                if isinstance(value, TraitType) and "label" in value.metadata:
-                    found[name] = cls.class_traits()[name]
-        return found
+        return dict(_setting_traits(cls))
 
     @classmethod
     def relevant(cls, launcher: str) -> list[str]:
@@ -158,6 +154,13 @@ class DistributedSettings(Configurable):
             for name, trait in cls.setting_traits().items()
             if trait.metadata.get("launcher") in ("", launcher)
         ]
+
+    @classmethod
+    def cluster_settings(cls) -> set[str]:
+        """The settings that define the cluster itself: its layout, launcher and environment."""
+        return {"nodes", "procs_per_node", "launcher", "env"} | {
+            name for name, trait in cls.setting_traits().items() if trait.metadata.get("launcher")
+        }
 
     def values(self) -> dict[str, Any]:
         """Every setting as a plain dict."""
@@ -205,6 +208,17 @@ class DistributedSettings(Configurable):
             else:
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         return " ".join(parts)
+
+
+@functools.cache
+def _setting_traits(cls: type[DistributedSettings]) -> tuple[tuple[str, TraitType[Any, Any]], ...]:
+    traits = cls.class_traits()
+    found: dict[str, TraitType[Any, Any]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, TraitType) and "label" in value.metadata:
+                found[name] = traits[name]
+    return tuple(found.items())
 
 
 def _frozen(value: Any) -> Any:

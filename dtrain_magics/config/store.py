@@ -70,9 +70,18 @@ class SettingsStore:
         self.settings_class = settings_class
         self.file_values: dict[str, Any] = {}
         self.applied: dict[str, Any] = {}
+        self.version = 0  # counts changes of the form's and the file's values
 
     def load(self, path: Path | None = None) -> None:
         self.file_values = load_file(path, self.settings_class)
+        self.version += 1
+
+    def save(self, values: dict[str, Any], path: Path | None = None) -> Path:
+        """Write ``values`` to the config file; they become the file layer (the form's empty)."""
+        path = save_file(values, path, self.settings_class)
+        self.file_values, self.applied = load_file(path, self.settings_class), {}
+        self.version += 1
+        return path
 
     def _ipython_values(self) -> dict[str, Any]:
         config = getattr(self.parent, "config", None) or Config()
@@ -94,9 +103,11 @@ class SettingsStore:
         self.settings_class(**values).check()
         base = self._make(self.file_values).values()
         self.applied = {k: v for k, v in values.items() if base.get(k) != v}
+        self.version += 1
 
     def reset(self) -> None:
         self.applied = {}
+        self.version += 1
 
     def resolve(self, flags: dict[str, Any]) -> tuple[DistributedSettings, dict[str, str]]:
         """Settings for one cell and the source of each value that is not the default."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
+import functools
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,20 +15,22 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..cluster.launchers import LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..config.flags import setting_arguments, settings_from_args
 from ..config.options import RunOptions, parse_names
 from ..config.settings import DistributedSettings
 from ..config.store import SettingsStore
-from ..errors import BadOptions
+from ..errors import BadOptions, RankError
 from ..run.runner import DistributedRunner
-from ..store import diagnostics
+from ..store import diagnostics, kernel_state
 from ..store.records import last_run
-from ..ui.headline import cluster_line
+from ..ui.headline import cluster_line, plural
 from ..ui.views import view_factory
 from .status_line import StatusLine
 
 COMMANDS = ("status", "stop", "restart", "config")
+_CELL_COUNT = re.compile(r"In\[\d+\]")
 
 
 @magics_class
@@ -35,6 +42,8 @@ class DistributedMagics(Magics):
         self.cluster = cluster or TrainingCluster()
         self.runner = DistributedRunner(self.cluster)
         self.settings = SettingsStore(parent=shell)
+        self._cluster_version = -1  # the settings' version the cluster was last asked for
+        self._warned_crowded = False
         try:
             self.settings.load()
         except BadOptions as e:  # a broken config file must not break %load_ext
@@ -105,12 +114,65 @@ class DistributedMagics(Magics):
     def _run_arguments(self, line: str) -> tuple[RunOptions, dict[str, Any]]:
         """The runner's options and keyword arguments for one cell (``UsageError`` if bad)."""
         settings, options, sources, widget = self.parse(line)
+        flags = settings_from_args(self._parse_flags(line), self.settings.settings_class)
+        layout, spec, note = self._cluster_for(set(flags), options.layout, settings.launch_spec())
+        options = dataclasses.replace(
+            options,
+            nodes=layout.nodes,
+            procs_per_node=layout.procs_per_node,
+            launcher=spec.launcher,
+        )
+        self._cluster_version = self.settings.version
+        notes = [n for n in (note, self._crowded(layout, spec)) if n]
         kwargs = {
             "view": view_factory(widget),
-            "spec": settings.launch_spec(),
+            "spec": spec,
             "info": {"sources": sources},
+            "notes": notes,
         }
         return options, kwargs
+
+    def _crowded(self, layout: Layout, spec: LaunchSpec) -> str | None:
+        """A sentence, once per kernel, when a new local cluster would crowd the cores that
+        another notebook's cluster uses already."""
+        if self._warned_crowded or spec.launcher != "local":
+            return None
+        if not self.cluster.needs_start(layout, spec):
+            return None
+        others, cores = kernel_state.other_local_ranks(), os.cpu_count() or 1
+        if not others or others + layout.ranks <= cores:
+            return None
+        self._warned_crowded = True
+        return (
+            f"Another notebook's cluster already runs {plural(others, 'rank')} on this "
+            f"machine's {plural(cores, 'core')}: with {plural(layout.ranks, 'more rank')} they "
+            "share the cores and each one is slower; stop the other one with %dtrain stop in "
+            "its notebook or from the Distributed training sidebar."
+        )
+
+    def _cluster_for(
+        self, flags: set[str], layout: Layout, spec: LaunchSpec
+    ) -> tuple[Layout, LaunchSpec, str | None]:
+        """The cluster a cell runs on, and a sentence if that restarts the running one.
+
+        A cell without flags for the cluster (layout, launcher, rank environment) runs on the
+        running cluster as it is, unless settings applied in the form (or the config file)
+        changed since it started: then, and for a cell whose flags ask for another cluster,
+        the cluster is restarted and the run's output says so.
+        """
+        running = self.cluster.running and self.cluster.layout is not None
+        if not running or not self.cluster.needs_start(layout, spec):
+            return layout, spec, None
+        assert self.cluster.layout is not None
+        if not flags & self.settings.settings_class.cluster_settings():
+            if self.settings.version == self._cluster_version:
+                return self.cluster.layout, self.cluster.spec, None
+            why = "the settings applied in the form changed since it started"
+        else:
+            why = "this cell's flags ask for another cluster"
+        was = f"{self.cluster.layout}, {self.cluster.launcher} launcher"
+        now = f"{layout}, {spec.launcher} launcher"
+        return layout, spec, f"The cluster was restarted ({was} → {now}): {why}."
 
     @contextlib.contextmanager
     def _reporting(self) -> Iterator[None]:
@@ -119,6 +181,12 @@ class DistributedMagics(Magics):
             yield
         except BadOptions as e:
             raise UsageError(str(e)) from None
+        except RankError as e:
+            # the rank numbers the cell by its own count: show the notebook's, as a plain cell does
+            count = kernel_state.execution_count()
+            if count is not None:
+                e.remote_traceback = _CELL_COUNT.sub(f"In[{count}]", e.remote_traceback)
+            raise
         finally:
             record = last_run()
             if record is not None:
@@ -127,7 +195,7 @@ class DistributedMagics(Magics):
     def parse(self, line: str) -> tuple[DistributedSettings, RunOptions, str, bool]:
         """Flags → this cell's settings, options, where settings came from, widget?"""
         try:
-            args = parse_argstring(self.distributed, line)
+            args = self._parse_flags(line)
             flags = settings_from_args(args, self.settings.settings_class)
             push, pull = parse_names(args.push, "--push"), parse_names(args.pull, "--pull")
             settings, sources = self.settings.resolve(flags)
@@ -140,6 +208,11 @@ class DistributedMagics(Magics):
         )
         options = RunOptions.from_settings(settings, push, pull)
         return settings, options, described, not args.no_widget
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per kernel; lines repeat)
+    def _parse_flags(self, line: str) -> argparse.Namespace:
+        """The parsed flags of a ``%%distributed`` line (its cells run again and again)."""
+        return parse_argstring(self.distributed, line)  # type: ignore[no-any-return]
 
     def _namespace(self) -> dict[str, Any]:
         assert self.shell is not None

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..cluster.launchers import LaunchSpec, Layout, get_launcher
@@ -36,6 +37,7 @@ from .view import RunView, ViewFactory, no_view
 from .watch import RankWatch
 
 CELL_FILENAME = "<distributed cell>"
+START_TICK = 0.5  # seconds between refreshes of the view while the cluster starts
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +80,7 @@ class DistributedRunner:
         view: ViewFactory = no_view,
         report: Report = quiet,
         info: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
     ) -> RunResult:
         """Run ``code`` on every rank; raise ``RankError`` if a rank fails.
 
@@ -112,6 +115,8 @@ class DistributedRunner:
             },
             RunStore(run_id, ranks),
         )
+        for note in notes or ():
+            state.add_note(note)
         recorder = RunRecorder(state)
         self._stop_requested = False
         run_view = view(state, self.request_stop)
@@ -125,7 +130,7 @@ class DistributedRunner:
                 self.cluster.publish_state("starting", run_id)
                 run_view.refresh(force=True)
 
-            await self._ensure_cluster(options.layout, spec, starting)
+            await self._ensure_cluster(options.layout, spec, starting, run_view.refresh)
             self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
             if values:
                 self.cluster.view().push(values)
@@ -143,12 +148,19 @@ class DistributedRunner:
         raise_for_result(result, options.timeout)
         return result
 
-    async def _ensure_cluster(self, layout: Layout, spec: LaunchSpec, report: Report) -> None:
+    async def _ensure_cluster(
+        self,
+        layout: Layout,
+        spec: LaunchSpec,
+        report: Report,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
         """Start or resize the cluster in a worker thread the run awaits.
 
         Awaiting keeps an interrupt deliverable during the start: it sets the cluster's
         ``abort_start``, the start stops what it launched, and ``RunInterrupted`` is raised.
-        Progress messages reach ``report`` on this (the notebook's) thread.
+        Progress messages reach ``report`` on this (the notebook's) thread; ``tick`` is called
+        every ``START_TICK`` seconds meanwhile (the view's elapsed time, the kernel's status).
         """
         if not self.cluster.needs_start(layout, spec):
             return
@@ -166,9 +178,16 @@ class DistributedRunner:
 
         worker = threading.Thread(target=start, name="dtrain-start", daemon=True)
         worker.start()
+        started = asyncio.wrap_future(done)
         try:
-            # shielded: an interrupt must not cancel the start midway, but ask it to stop
-            await asyncio.shield(asyncio.wrap_future(done))
+            while True:
+                # shielded: an interrupt must not cancel the start midway, but ask it to stop
+                finished, _ = await asyncio.wait({asyncio.shield(started)}, timeout=START_TICK)
+                if finished:
+                    started.result()
+                    return
+                if tick is not None:
+                    tick()
         except (KeyboardInterrupt, asyncio.CancelledError):
             self.cluster.abort_start.set()
             worker.join(timeout=60)

@@ -46,6 +46,7 @@ class RunState:
         self.info = info  # backend, device, layout, cell, where settings came from ...
         self.status: RunStatus = "starting cluster"
         self.message = ""
+        self.notes: list[str] = []  # sentences the run's final output shows (a restart, ...)
         self.started = time.time()
         self.ended: float | None = None
         self.ranks = [RankState(r) for r in range(ranks)]
@@ -63,6 +64,11 @@ class RunState:
 
     def set_status(self, status: RunStatus, message: str = "") -> None:
         self.status, self.message = status, message
+        self.version += 1
+
+    def add_note(self, note: str) -> None:
+        """A sentence for the run's final output."""
+        self.notes.append(note)
         self.version += 1
 
     def add_output(self, rank: int, text: str, stream: str = "stdout") -> None:
@@ -197,6 +203,7 @@ class RunState:
             "throughput": self.throughput(),
             "dropped_points": self.dropped,
             "stalled_ranks": self.stalled,
+            "notes": self.notes,
             "ranks": [self._rank_summary(r) for r in self.ranks],
             "log_paths": {
                 str(k): str(v) for k, v in (self.store.log_paths if self.store else {}).items()

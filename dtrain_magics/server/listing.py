@@ -47,6 +47,7 @@ def describe_run(summary: dict[str, Any], paths: dict[str, str]) -> dict[str, An
         "launcher": info.get("launcher"),
         "kernel_id": kernel_id,
         "cell_id": info.get("cell_id"),
+        "execution_count": info.get("execution_count"),
         "path": paths.get(kernel_id or ""),
         "live": bool(kernel_id and kernel_id in paths),
     }

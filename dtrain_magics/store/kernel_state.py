@@ -54,9 +54,25 @@ def cell_id() -> str | None:
     return str(value) if value else None
 
 
+def execution_count() -> int | None:
+    """The number of the cell now running (``[3]`` at its prompt), if any.
+
+    IPython moves its counter to the next cell's number before it runs a cell.
+    """
+    from IPython import get_ipython
+
+    count = getattr(get_ipython(), "execution_count", None)
+    return count - 1 if isinstance(count, int) and count > 1 else None
+
+
 def identity() -> dict[str, Any]:
     """What a run record stores to find its kernel and cell again."""
-    return {"kernel_id": kernel_id(), "kernel_pid": os.getpid(), "cell_id": cell_id()}
+    return {
+        "kernel_id": kernel_id(),
+        "kernel_pid": os.getpid(),
+        "cell_id": cell_id(),
+        "execution_count": execution_count(),
+    }
 
 
 def state_path() -> Path:
@@ -102,6 +118,19 @@ def publish(
     I/O for it). Never raises: the lab extension's view of a cluster must not break a run.
     """
     writer.put(state_path(), record(status, activity, run_id))
+
+
+def other_local_ranks(folder: Path | None = None) -> int:
+    """How many ranks the local clusters of this machine's other live kernels run."""
+    total = 0
+    for path in (folder or clusters_dir()).glob("*.json"):
+        data = read_json(path) or {}
+        pid = data.get("kernel_pid")
+        if pid == os.getpid() or not isinstance(pid, int) or not psutil.pid_exists(pid):
+            continue
+        if data.get("launcher") == "local" and data.get("state") not in ("stopped", None):
+            total += int(data.get("ranks") or 0)
+    return total
 
 
 def forget_dead_kernels(folder: Path | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -10,9 +11,13 @@ from typing import Any
 
 def runs_dir() -> Path:
     """Run records: ``$DTRAIN_RUNS_DIR`` or ``<jupyter data dir>/dtrain-magics/runs``."""
-    env = os.environ.get("DTRAIN_RUNS_DIR")
-    if env:
-        return Path(env)
+    return _runs_dir(os.environ.get("DTRAIN_RUNS_DIR"), os.environ.get("JUPYTER_DATA_DIR"))
+
+
+@functools.lru_cache(maxsize=8)
+def _runs_dir(runs_env: str | None, data_env: str | None) -> Path:
+    if runs_env:
+        return Path(runs_env)
     from jupyter_core.paths import jupyter_data_dir
 
     return Path(jupyter_data_dir()) / "dtrain-magics" / "runs"

@@ -68,7 +68,7 @@ class RunStore:
 
     def write_summary(self, summary: RunSummary) -> None:
         """Replace ``run.json`` atomically (temporary file, then rename)."""
-        write_json_atomic(self.dir / "run.json", summary, indent=1)
+        write_json_atomic(self.dir / "run.json", summary)
 
     def close(self) -> None:
         if self._metrics is not None:

@@ -64,6 +64,7 @@ class RunSummary(TypedDict):
     throughput: dict[str, float]
     dropped_points: int
     stalled_ranks: list[int]
+    notes: list[str]
     ranks: list[RankSummary]
     log_paths: dict[str, str]
 

@@ -19,7 +19,7 @@ from typing import Any
 from .paths import write_json_atomic
 
 log = logging.getLogger(__name__)
-DELAY = 0.2
+DELAY = 0.1
 
 
 class StateWriter:

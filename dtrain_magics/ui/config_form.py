@@ -19,7 +19,7 @@ from traitlets import Enum, Integer, TraitType
 
 from ..cluster.launchers import Layout
 from ..cluster.training_cluster import TrainingCluster
-from ..config.store import SettingsStore, load_file, save_file
+from ..config.store import SettingsStore
 from ..config.traits import SettingTrait, check_value, label_of
 from ..errors import SettingError
 from ..store.schema import ClusterRecord
@@ -70,11 +70,12 @@ def field_for(trait: TraitType[Any, Any]) -> Any:
     placeholder = str(trait.metadata.get("placeholder") or "")
     if isinstance(trait, Enum):
         return w.Dropdown(options=list(trait.values or ()))
+    # continuous_update: the magic line follows every keystroke, not only a lost focus
     if isinstance(trait, Integer):
-        return w.IntText()
+        return w.IntText(continuous_update=True)
     if isinstance(trait.default_value, dict | list):
-        return w.Textarea(placeholder=placeholder)
-    return w.Text(placeholder=placeholder)
+        return w.Textarea(placeholder=placeholder, continuous_update=True)
+    return w.Text(placeholder=placeholder, continuous_update=True)
 
 
 def as_text(value: Any) -> Any:
@@ -102,7 +103,10 @@ class ConfigPanel:
         self.cluster = cluster
         self.traits = store.settings_class.setting_traits()
         self.fields: dict[str, Any] = {name: field_for(t) for name, t in self.traits.items()}
-        self.errors = {name: w.HTML() for name in self.fields}
+        # a fixed place for each field's error, so that the form does not move when one shows
+        self.errors = {
+            name: w.HTML(layout=w.Layout(width="30em", min_height="1.8em")) for name in self.fields
+        }
         self.rows = {
             name: w.HBox(
                 [
@@ -113,7 +117,8 @@ class ConfigPanel:
             )
             for name, field in self.fields.items()
         }
-        self.line = w.Text(description="Magic line", disabled=False, layout=w.Layout(width="100%"))
+        self.magic_line = ""
+        self.line = w.HTML(layout=w.Layout(min_height="1.8em"))  # read-only, with its Copy button
         self.copy = w.HTML()  # a plain <button> copying the line (no custom widget needed)
         self.message = w.HTML()
         self.status = w.HTML()
@@ -166,12 +171,12 @@ class ConfigPanel:
                     value = trait.from_text(value)
                 values[name] = check_value(trait, value)
             except SettingError as e:
-                errors[name] = str(e)
+                errors[name] = e.for_form()
         if not errors:
             try:
                 self.store.settings_class(**values).check()
             except SettingError as e:
-                errors[e.name] = str(e)
+                errors[e.name] = e.for_form()
         return values, errors
 
     def _changed(self, change: Any = None) -> None:
@@ -186,9 +191,15 @@ class ConfigPanel:
         shown = set(self.store.settings_class.relevant(launcher))
         for name, row in self.rows.items():
             row.layout.display = "" if name in shown else "none"
-        if not errors:
-            self.line.value = self.store.settings_class(**values).magic_line()
-            self.copy.value = copy_button(self.line.value)
+        self.message.value = ""  # an earlier "Applied" no longer says anything about these values
+        if errors:
+            self.magic_line = ""
+            self.line.value = "<i>Correct the marked fields to get the magic line.</i>"
+            self.copy.value = ""
+        else:
+            self.magic_line = self.store.settings_class(**values).magic_line()
+            self.line.value = f"<code>{escape(self.magic_line)}</code>"
+            self.copy.value = copy_button(self.magic_line)
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -207,9 +218,7 @@ class ConfigPanel:
         if not self.apply():
             return False
         values, _ = self.values()
-        path = save_file(values, settings_class=self.store.settings_class)
-        self.store.file_values = load_file(path, self.store.settings_class)
-        self.store.applied = {}
+        path = self.store.save(values)
         self._say(f"Saved to {path}; new kernels load it with %load_ext dtrain_magics.")
         return True
 

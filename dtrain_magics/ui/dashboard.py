@@ -1,6 +1,6 @@
 """The live run dashboard: core ipywidgets only.
 
-Built from ``HTML``, ``FloatProgress``, ``Tab`` and ``Button`` so it renders in JupyterLab,
+Built from ``HTML``, ``FloatProgress`` and ``Button`` so it renders in JupyterLab,
 Notebook 7, VS Code and Colab without extra front-end code. Refreshed from the kernel's main
 thread, throttled: progress a few times a second, charts at most twice a second.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from html import escape
 
 from ..run.state import RunState
-from .headline import bar_text, charts_html, header_html, html_line, strip_ansi
+from .headline import bar_text, charts_html, header_html
 
 PROGRESS_EVERY = 0.25
 CHARTS_EVERY = 0.5
@@ -41,10 +41,7 @@ class WidgetDashboard:
         self.bar_texts = [w.HTML() for _ in state.ranks]
         self.charts = w.HTML()
         self.settings = w.HTML()
-        self.outputs = [w.HTML() for _ in state.ranks]
-        self.tabs = w.Tab(children=self.outputs, titles=[f"rank {r.rank}" for r in state.ranks])
         self.logs = w.HTML()
-        self.traceback = w.HTML()
         self.stop_button = w.Button(
             description="Stop", icon="stop", button_style="danger", tooltip="Interrupt every rank"
         )
@@ -56,9 +53,7 @@ class WidgetDashboard:
                 self.settings,
                 *rows,
                 self.charts,
-                self.tabs,
                 self.logs,
-                self.traceback,
             ],
             layout=w.Layout(border="1px solid #ddd", padding="6px"),
         )
@@ -98,15 +93,6 @@ class WidgetDashboard:
                 bar.bar_style = "danger"
             elif r.status == "interrupted":
                 bar.bar_style = "warning"
-        for out, r in zip(self.outputs, state.ranks, strict=True):
-            hidden = r.line_count - len(r.lines)
-            note = f"<i>… {hidden} earlier lines in the log file</i>\n" if hidden > 0 else ""
-            out.value = (
-                '<pre style="max-height:16em;overflow:auto;margin:0">'
-                + note
-                + "\n".join(html_line(stream, line) for stream, line in r.lines)
-                + "</pre>"
-            )
         if force or now - self._charts_at >= CHARTS_EVERY:
             self._charts_at = now
             self.charts.value = charts_html(state)
@@ -114,8 +100,6 @@ class WidgetDashboard:
             self.logs.value = (
                 f"<small>logs and metrics: <code>{escape(str(state.store.dir))}</code></small>"
             )
-        if state.traceback:
-            self.traceback.value = f"<pre>{escape(strip_ansi(state.traceback))}</pre>"
 
     def close(self) -> None:
         """Close every widget of the dashboard (its place is taken by the run's record)."""

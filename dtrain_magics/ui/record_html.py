@@ -9,7 +9,9 @@ from __future__ import annotations
 from html import escape, unescape
 
 from ..run.state import RankState, RunState
-from .headline import bar_text, charts_html, header_html, headline, strip_ansi
+from .headline import bar_text, charts_html, header_html, headline, html_line
+
+LAST_LINES = 10
 
 _BAR_COLOURS = {
     "ok": "#2e7d32",
@@ -47,11 +49,16 @@ def record_html(state: RunState) -> str:
     charts = charts_html(state)
     if charts:
         parts.append(f"<div>{charts}</div>")
-    if state.traceback:
-        parts.append(
-            "<details><summary>traceback of rank "
-            f"{state.failing_rank}</summary><pre>{escape(strip_ansi(state.traceback))}</pre></details>"
-        )
+    parts += [f'<div class="dtrain-note">{escape(note)}</div>' for note in state.notes]
+    for r in state.ranks:
+        if r.lines:
+            last = "\n".join(
+                html_line(stream, line) for stream, line in list(r.lines)[-LAST_LINES:]
+            )
+            parts.append(
+                f'<details class="dtrain-lines" data-rank="{r.rank}"><summary>last lines of '
+                f"rank {r.rank} ({r.line_count} in all)</summary><pre>{last}</pre></details>"
+            )
     if state.store is not None:
         parts.append(
             f"<small>logs and metrics: <code>{escape(str(state.store.dir))}</code></small>"
@@ -64,7 +71,7 @@ def record_html(state: RunState) -> str:
 
 def record_text(state: RunState) -> str:
     """The run's record as plain text (consoles, ``nbconvert --to script``, screen readers)."""
-    lines = [f"[dtrain] {headline(state)}"]
+    lines = [f"[dtrain] {headline(state)}", *(f"[dtrain] {note}" for note in state.notes)]
     for r in state.ranks:
         if r.n or r.total or r.status != "ok":
             lines.append(f"[dtrain] rank {r.rank}: {unescape(bar_text(r))}")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
-from ..run.state import RankState, RunState
+from ..run.state import RunState
 from .headline import headline
+from .rank_lines import LinePrinter
 
 TEXT_EVERY = 5.0
-TEXT_LINES_PER_RANK = 1000  # lines a rank may print into the notebook in text mode
-LINES_EVERY = 0.1  # seconds between printing batches of new rank lines
 
 
 class TextView:
@@ -19,16 +17,16 @@ class TextView:
 
     def __init__(self, state: RunState, on_stop: Callable[[], None]) -> None:
         self.state = state
-        self._printed_at = self._lines_at = time.monotonic()
-        self._lines_shown = [0] * len(state.ranks)
+        self.lines = LinePrinter(state)
+        self._printed_at = time.monotonic()
         self._message = ""
 
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
             return None
-        if any(r.line_count > self._lines_shown[r.rank] for r in self.state.ranks):
-            return self._lines_at + LINES_EVERY
-        return self._printed_at + TEXT_EVERY
+        due = self.lines.next_print()
+        summary = self._printed_at + TEXT_EVERY
+        return summary if due is None else min(due, summary)
 
     def refresh(self, force: bool = False) -> None:
         state = self.state
@@ -39,33 +37,11 @@ class TextView:
         if state.status == "starting cluster" and state.message != self._message:
             self._message = state.message
             print(state.message, flush=True)
+        self.lines.print_new(force)
         now = time.monotonic()
-        if force or now - self._lines_at >= LINES_EVERY:
-            self._lines_at = now
-            for r in state.ranks:
-                new = r.line_count - self._lines_shown[r.rank]
-                if new > 0:
-                    self._print_lines(r, new)
         if now - self._printed_at >= TEXT_EVERY:
             self._printed_at = now
             print(f"[dtrain] {headline(state)} · {self._progress()}", flush=True)
-
-    def _print_lines(self, r: RankState, new: int) -> None:
-        """Print ``r``'s ``new`` lines, up to ``TEXT_LINES_PER_RANK`` per run and rank."""
-        shown = self._lines_shown[r.rank]
-        room = TEXT_LINES_PER_RANK - min(shown, TEXT_LINES_PER_RANK)
-        lines = list(r.lines)[-new:] if new <= len(r.lines) else list(r.lines)
-        for stream, line in lines[:room]:
-            out = sys.stderr if stream == "stderr" else sys.stdout
-            print(f"[rank {r.rank}] {line}", file=out)
-        if shown <= TEXT_LINES_PER_RANK < shown + new:
-            where = self.state.store.log_paths[r.rank] if self.state.store else "the run's log"
-            print(
-                f"[rank {r.rank}] … more than {TEXT_LINES_PER_RANK} lines: the rest is not "
-                f"shown here; the full output is in {where}",
-                flush=True,
-            )
-        self._lines_shown[r.rank] = r.line_count
 
     def _progress(self) -> str:
         return ", ".join(
@@ -82,6 +58,8 @@ class TextView:
             if v
         )
         print(f"[dtrain] {headline(state)}" + (f" · last {metrics}" if metrics else ""), flush=True)
+        for note in state.notes:
+            print(f"[dtrain] {note}", flush=True)
         if state.stalled:
             ranks = ", ".join(map(str, state.stalled))
             print(f"[dtrain] Horovod reported stalls waiting for rank {ranks}", flush=True)

@@ -8,6 +8,9 @@ from typing import Any
 
 from ..run.state import RunState
 from ..run.view import RunView, ViewFactory
+from .kernel_status import EVERY as BUSY_EVERY
+from .kernel_status import BusyStatus
+from .rank_lines import LinePrinter
 from .record_html import record_bundle
 
 SHOW_AFTER = 0.3
@@ -36,21 +39,32 @@ class DeferredDashboard:
     def __init__(self, state: RunState, on_stop: Callable[[], None]) -> None:
         self.state, self.on_stop = state, on_stop
         self.started = time.monotonic()
+        self.lines = LinePrinter(state)
+        self.busy = BusyStatus()
         self.dashboard: Any = None
         self._handle: Any = None
 
     def next_refresh(self, now: float) -> float | None:
+        if self.state.finished:
+            return None
+        due = [self.lines.next_print()]
         if self.dashboard is not None:
-            return self.dashboard.next_refresh(now)  # type: ignore[no-any-return]
-        return None if self.state.finished else self.started + SHOW_AFTER
+            due.append(self.dashboard.next_refresh(now))
+            due.append(now + BUSY_EVERY)
+        else:
+            due.append(self.started + SHOW_AFTER)
+        return min(d for d in due if d is not None)
 
     def refresh(self, force: bool = False) -> None:
+        self.lines.print_new(force)
         if self.dashboard is None:
             starting = self.state.status == "starting cluster"
             if not starting and time.monotonic() - self.started < SHOW_AFTER:
                 return
             self._show()
         self.dashboard.refresh(force)
+        if not self.state.finished:
+            self.busy.assert_busy()
 
     def _show(self) -> None:
         from IPython.display import display
@@ -63,6 +77,7 @@ class DeferredDashboard:
     def close(self) -> None:
         from IPython.display import display
 
+        self.lines.print_new(force=True)
         bundle = record_bundle(self.state)
         if self.dashboard is None:
             display(bundle, raw=True)

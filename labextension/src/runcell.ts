@@ -68,7 +68,8 @@ export async function runCellDistributed(
   const codeCell = cell as CodeCell;
   codeCell.model.trusted = true; // the user ran it, as CodeCell.execute does
   codeCell.model.executionCount = null;
-  codeCell.setPrompt('*');
+  // as CodeCell.execute does: the prompt shows [*] and the "edited since run" marker clears
+  codeCell.model.executionState = 'running';
   try {
     const reply = await OutputArea.execute(
       `${magicLine(settings)}\n${source}`,
@@ -80,6 +81,6 @@ export async function runCellDistributed(
     codeCell.model.executionCount =
       content && 'execution_count' in content ? content.execution_count : null;
   } finally {
-    codeCell.setPrompt(`${codeCell.model.executionCount ?? ' '}`);
+    codeCell.model.executionState = 'idle';
   }
 }

@@ -67,9 +67,9 @@ export class DtrainSidebar extends Widget {
     row.dataset.state = cluster.state;
     row.dataset.clusterId = cluster.cluster_id ?? '';
     const head = element('div', 'dtrain-Row-head');
-    head.appendChild(
-      element('span', 'dtrain-Row-name', notebookName(cluster.path))
-    );
+    const name = element('span', 'dtrain-Row-name', notebookName(cluster.path));
+    name.title = cluster.path || 'no notebook';
+    head.appendChild(name);
     head.appendChild(badge(cluster.state));
     row.appendChild(head);
     row.appendChild(
@@ -104,11 +104,16 @@ export class DtrainSidebar extends Widget {
       ? `Open ${run.path} at the cell of this run`
       : 'The notebook of this run is not open in this server';
     const head = element('div', 'dtrain-Row-head');
-    head.appendChild(
-      element('span', 'dtrain-Row-name', notebookName(run.path ?? ''))
+    const name = element(
+      'span',
+      'dtrain-Row-name',
+      notebookName(run.path ?? '')
     );
+    name.title = run.path ?? 'no notebook';
+    head.appendChild(name);
     head.appendChild(badge(run.status));
     row.appendChild(head);
+    row.appendChild(element('div', 'dtrain-Run-where', runPlace(run)));
     const bar = document.createElement('progress');
     bar.className = 'dtrain-Run-progress';
     bar.max = 1;
@@ -193,28 +198,54 @@ function button(
   return node;
 }
 
+/** "1 rank", "2 ranks". */
+export function plural(n: number, noun: string): string {
+  return n === 1 ? `${n} ${noun}` : `${n} ${noun}s`;
+}
+
+/** Seconds as the dashboard shows them: "9 s", "1:15". */
+export function duration(seconds: number): string {
+  const whole = Math.floor(seconds);
+  if (whole < 60) {
+    return `${whole} s`;
+  }
+  const rest = whole % 60;
+  return `${Math.floor(whole / 60)}:${rest < 10 ? '0' : ''}${rest}`;
+}
+
 /** "2 ranks · idle" and the like. */
 export function clusterText(cluster: ICluster): string {
   if (cluster.state === 'stopped') {
     return 'stopped';
   }
-  const ranks = cluster.ranks === 1 ? '1 rank' : `${cluster.ranks} ranks`;
-  return `${ranks} · ${cluster.state}`;
+  return `${plural(cluster.ranks, 'rank')} · ${cluster.state}`;
+}
+
+/** Where a run came from: "cell [3] · started 14:02:31". */
+function runPlace(run: IRun): string {
+  const parts = [];
+  if (run.execution_count !== null) {
+    parts.push(`cell [${run.execution_count}]`);
+  }
+  if (run.started !== null) {
+    parts.push(`started ${new Date(run.started * 1000).toLocaleTimeString()}`);
+  }
+  return parts.join(' · ');
 }
 
 function runText(run: IRun): string {
-  const parts = [`${run.ranks} ranks`];
+  const parts = [plural(run.ranks, 'rank')];
   if (run.backend) {
     parts.push(run.backend);
   }
   if (run.elapsed !== null) {
-    parts.push(`${run.elapsed.toFixed(0)} s`);
+    parts.push(duration(run.elapsed));
   }
   if (run.progress !== null) {
     parts.push(`${Math.round(run.progress * 100)}%`);
   }
   if (run.eta !== null && ACTIVE_RUN.includes(run.status)) {
-    parts.push(`ETA ${run.eta.toFixed(0)} s`);
+    parts.push(`ETA ${duration(run.eta)}`);
   }
   return parts.join(' · ');
 }

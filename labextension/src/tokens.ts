@@ -75,6 +75,8 @@ export interface IRun {
   launcher: string | null;
   kernel_id: string | null;
   cell_id: string | null;
+  /** The execution count of the cell that started the run, as its prompt shows it. */
+  execution_count: number | null;
   path: string | null;
   live: boolean;
 }
@@ -96,6 +98,6 @@ export interface ISettings {
 export const DEFAULT_SETTINGS: ISettings = {
   nodes: 0,
   procsPerNode: 0,
-  pollInterval: 2000,
+  pollInterval: 750,
   insertMagic: false
 };

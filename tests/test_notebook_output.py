@@ -1,0 +1,142 @@
+"""What a notebook keeps of a run, through real kernels: rank output inline as %%px shows it,
+one traceback numbered as the cell, a record that renders without a kernel, and cells that
+run on the cluster as it is."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from kernel_session import KernelSession
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter
+from nbformat.v4 import new_code_cell, new_notebook
+
+pytestmark = pytest.mark.cluster
+
+
+def _execute(cells: list[str], **kwargs: Any) -> Any:
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    NotebookClient(
+        nb, timeout=240, kernel_name="python3", store_widget_state=True, allow_errors=True, **kwargs
+    ).execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    nb = _execute(
+        [
+            "%load_ext dtrain_magics",
+            "%%distributed --nodes 2\nx = rank * 10\n"
+            "if rank == 1:\n    print('only rank one speaks')",
+            "%%distributed\nimport time\ntime.sleep(0.5)\nprint(rank, size, x)",
+            "%%distributed --nodes 2\nimport torch\n"
+            "total = hvd.allreduce(torch.ones(1), op=hvd.Sum)\n"
+            "if rank == 1:\n    raise ValueError('rank one broke')",
+            "import dtrain_magics\n"
+            "print('pids', [e.pid for e in dtrain_magics._magics.cluster.engines])",
+        ]
+    )
+    path = tmp_path_factory.mktemp("nb") / "saved.ipynb"
+    nbformat.write(nb, path)
+    return nbformat.read(path, as_version=4)  # as saved and reopened
+
+
+def _text(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_rank_output_is_inline_and_silent_ranks_take_no_space(notebook: Any) -> None:
+    first = notebook.cells[1]
+    assert _text(first) == "[rank 1] only rank one speaks\n"
+    streams = [o for o in first.outputs if o.output_type == "stream"]
+    assert [o.name for o in streams] == ["stdout"]
+
+
+def test_a_cell_without_flags_runs_on_the_running_cluster_as_it_is(notebook: Any) -> None:
+    text = _text(notebook.cells[2])
+    assert "[rank 0] 0 2 0" in text and "[rank 1] 1 2 10" in text  # x survived: no restart
+    record = _record(notebook.cells[2])
+    assert "restarted" not in record
+
+
+def test_one_traceback_numbered_as_the_cell(notebook: Any) -> None:
+    cell = notebook.cells[3]
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "RankError"
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0].traceback))
+    assert f"In[{cell.execution_count}]" in traceback, traceback
+    assert traceback.count("Traceback (most recent call last)") == 1
+    everything_else = _text(cell) + "".join(
+        o.get("data", {}).get("text/html", "") for o in cell.outputs if o.output_type != "error"
+    )
+    assert "Traceback" not in everything_else  # not again in the dashboard or the record
+    assert "rank 1: ValueError: rank one broke" in re.sub("<[^>]+>", "", _record(cell))
+
+
+def _record(cell: Any) -> str:
+    html = [
+        o.data["text/html"]
+        for o in cell.outputs
+        if "dtrain-record" in o.get("data", {}).get("text/html", "")
+    ]
+    assert len(html) == 1, cell.outputs
+    return str(html[0])
+
+
+def test_records_survive_save_and_render_in_nbconvert_html(notebook: Any) -> None:
+    for cell in notebook.cells[1:4]:
+        for output in cell.outputs:
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    assert html.count('class="dtrain-record"') == 3
+    assert 'data-status="succeeded"' in html and 'data-status="failed"' in html
+    assert "only rank one speaks" in html
+
+
+def test_settings_applied_in_the_form_restart_the_cluster_and_say_so(tmp_path: Path) -> None:
+    session = KernelSession(env={"JUPYTER_CONFIG_DIR": str(tmp_path), **_env()})
+    try:
+        assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = session.run("%%distributed --nodes 2 --no-widget\nx = rank", timeout=180)
+        assert reply.status == "ok", reply.text
+        reply = session.run("%%distributed --no-widget\nprint('ranks', size)", timeout=120)
+        assert "[rank 1] ranks 2" in reply.text and "restarted" not in reply.text
+        session.run("p = %dtrain config\np.fields['nodes'].value = 3\nprint('applied', p.apply())")
+        reply = session.run("%%distributed --no-widget\nprint('ranks', size)", timeout=180)
+        assert "[rank 2] ranks 3" in reply.text, reply.text
+        assert "The cluster was restarted (2 ranks" in reply.text
+        assert "the settings applied in the form changed since it started" in reply.text
+    finally:
+        session.close()
+
+
+def test_a_second_cluster_that_crowds_the_cores_is_named_once() -> None:
+    first, second = KernelSession(env=_env()), KernelSession(env=_env())
+    try:
+        for session in (first, second):
+            assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = first.run("%%distributed --nodes 2 --no-widget\nx = 1", timeout=180)
+        assert reply.status == "ok", reply.text
+        reply = second.run("%%distributed --nodes 2 --no-widget\nx = 1", timeout=180)
+        assert "Another notebook's cluster already runs 2 ranks" in reply.text, reply.text
+        reply = second.run("%%distributed --nodes 1 --no-widget\nx = 1", timeout=180)
+        assert "Another notebook's cluster" not in reply.text  # said once
+    finally:
+        first.close()
+        second.close()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
