@@ -79,6 +79,8 @@ class BenchKernel:
             allow_errors=False,
             shutdown_kernel="graceful",
             resources={"metadata": {"path": cwd}},
+            # the kernel's own start-up warnings (TCP without encryption) are noise here
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         self.client.km = self.client.create_kernel_manager()
         self.client.start_new_kernel(env=env)

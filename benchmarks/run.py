@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         "only": args.only,
         "suites": args.suites,
     }
+    if args.device == "cuda" and len(machine["gpus"]) < 2:
+        print(
+            f"--device cuda needs a GPU per rank (2; 4 for scaling) and nvidia-smi lists "
+            f"{len(machine['gpus'])}; NCCL refuses two ranks on one GPU.",
+            file=sys.stderr,
+        )
+        return 2
     report = Report(machine, options)
     print(f"dtrain-magics benchmarks on {one_line(machine)}; suites: {', '.join(args.suites)}")
     if machine["load_at_start"][0] > 0.5 * ctx.cores:

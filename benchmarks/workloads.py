@@ -198,4 +198,9 @@ with open(spec["source"]) as f:
 result = globals()[spec["call"]](**spec["kwargs"])
 with open(os.path.join(spec["out"], f"rank-{rank}.json"), "w") as f:
     json.dump(result, f)
+if spec["backend"] == "horovod":
+    hvd.shutdown()
+else:  # gloo's threads abort the process at exit unless the group is torn down first
+    dist.barrier()
+    dist.destroy_process_group()
 """

@@ -9,6 +9,7 @@ magic (dashboard and ``dtrain.log`` every step; the cluster is resized by ``--no
 from __future__ import annotations
 
 from ..context import Context
+from ..machine import gpus as gpu_names
 from ..report import Report, Row
 from ..stats import summarize, summarize_ratio
 from . import throughput
@@ -16,8 +17,14 @@ from . import throughput
 
 def run(ctx: Context, report: Report) -> None:
     sizes = [1, 2] if ctx.quick else [1, 2, 4]
+    if ctx.device == "cuda":  # one GPU per rank
+        gpus = len(gpu_names())
+        skipped = [n for n in sizes if n > gpus]
+        sizes = [n for n in sizes if n <= gpus]
+        if skipped:
+            ctx.notes.append(f"Scaling: {skipped} ranks skipped, {gpus} GPUs here.")
     rounds = 1 if ctx.quick else min(ctx.pairs, 3)
-    steps, warmup = (100, 10) if ctx.quick else (1000, 30)
+    steps, warmup = (200, 20) if ctx.quick else (1000, 30)
     samples: dict[int, dict[str, list[float]]] = {}
     with ctx.kernel() as kernel:
         kernel.run("%load_ext dtrain_magics")
