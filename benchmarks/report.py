@@ -84,11 +84,11 @@ class Report:
         """Date, machine, the table and the notes, ready to paste into the README."""
         date = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(self.started))
         mode = "quick run" if self.options.get("quick") else f"{self.options.get('pairs')} pairs"
-        load = self.machine.get("load_at_start", [])
+        start, end = self.machine.get("load_at_start"), self.machine.get("load_at_end")
         head = [
             f"Measured {date} on {one_line(self.machine)}, device `{self.device}`, {mode}, "
-            f"load average at start {load[0] if load else '?'} "
-            f"(commit {self.machine.get('commit') or '?'}"
+            f"load average {start[0] if start else '?'} at the start and "
+            f"{end[0] if end else '?'} at the end (commit {self.machine.get('commit') or '?'}"
             f"{', with local changes' if self.machine.get('dirty') else ''}).",
             "",
             "Ratios are dtrain-magics over the peer, the median of pairs measured side by side, "
@@ -103,6 +103,24 @@ class Report:
         failed = [f"- **{suite} failed**: {why}" for suite, why in self.failures.items()]
         tail = ["", *notes, *failed] if notes or failed else []
         return "\n".join(head + md + tail) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """The report a JSON file holds (to write its Markdown again)."""
+        stamp = time.mktime(time.strptime(data["date"][:19], "%Y-%m-%dT%H:%M:%S"))
+        rows = [Row(**row) for row in data["rows"]]
+        for row in rows:
+            if row.ratio is not None:
+                row.ratio["ci90"] = tuple(row.ratio["ci90"])  # type: ignore[typeddict-item]
+        return cls(
+            data["machine"],
+            data["options"],
+            rows,
+            data["raw"],
+            data["notes"],
+            data["failures"],
+            stamp,
+        )
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(

@@ -6,9 +6,10 @@ measures the logging path, not the model), for 10,000 and then 100,000 steps. Fo
 kernel's resident memory before, after (after ``gc.collect()``) and at its peak (sampled every
 0.2 s), the IOPub messages the front end received per second while the loop ran (all kinds;
 ``comm_msg`` are the widget updates; the messages of a 0-step cell, the dashboard's creation,
-are subtracted with its time) and the size of the stored widget state. Flat means: messages
-per second alike for both lengths (within 20%), and the longer run's memory growth at most
-twice the shorter one's (or 2 MB), where growth in proportion to the steps would be ten times.
+are subtracted with its time), their bytes per second, and the size of the stored widget
+state. Flat means: messages per second alike for both lengths (within 20%), and the longer
+run's memory growth at most twice the shorter one's (or 2 MB), where growth in proportion to
+the steps would be ten times.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def run(ctx: Context, report: Report) -> None:
         )
     )
     allowed = max(2 * short["rss_growth_mb"], 2.0)
+    bytes_ratio = long["bytes_per_s"] / short["bytes_per_s"]
+    report.rows.append(
+        Row(
+            "soak",
+            f"KB/s to the front end, {lengths[1]:,} vs {lengths[0]:,} steps",
+            f"{long['bytes_per_s'] / 1024:.1f}",
+            f"{lengths[0]:,} steps",
+            f"{short['bytes_per_s'] / 1024:.1f}",
+            single(bytes_ratio),
+            note="informative: the size of the dashboard's updates",
+        )
+    )
     report.rows.append(
         Row(
             "soak",
@@ -116,6 +129,8 @@ def _one(kernel: BenchKernel, ctx: Context, steps: int, fixed: Cell) -> dict[str
         "messages_per_s": (cell.message_count - fixed.message_count)
         / max(cell.kernel_s - fixed.kernel_s, 1e-3),
         "messages_per_cell_fixed": fixed.message_count,
+        "bytes_per_s": (cell.message_bytes - fixed.message_bytes)
+        / max(cell.kernel_s - fixed.kernel_s, 1e-3),
         "rss_before_mb": before / 2**20,
         "rss_growth_mb": (after - before) / 2**20,
         "rss_peak_growth_mb": (peak[0] - before) / 2**20,
