@@ -52,7 +52,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    ctx = Context(REPO, device=args.device, quick=args.quick, pairs=args.pairs)
     machine = describe(REPO)
     options = {
         "device": args.device,
@@ -68,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    ctx = Context(REPO, device=args.device, quick=args.quick, pairs=args.pairs)
     report = Report(machine, options)
     print(f"dtrain-magics benchmarks on {one_line(machine)}; suites: {', '.join(args.suites)}")
     if machine["load_at_start"][0] > 0.5 * ctx.cores:
