@@ -1,0 +1,124 @@
+"""Allreduce bandwidth from 1 KB to 256 MB: through the magic against ``mpiexec``, per backend.
+
+For Horovod (``hvd.allreduce_``) and the torch backend (``--backend torch``: gloo on CPU, NCCL
+on CUDA; ``dist.all_reduce``), the same code (``workloads.ALLREDUCE``) times an in-place
+allreduce of float32 tensors of each size on 2 ranks, through ``%%distributed`` and under
+``mpiexec -n 2 python``, alternating. Bandwidth is bus bandwidth (bytes × 2(n−1)/n per second,
+which is the bytes per second for 2 ranks), reported as a fraction of this machine's
+memory-copy bandwidth: one process copying a 64 MB tensor into another (``workloads.MEMCPY``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ..context import Context
+from ..kernels import BenchKernel
+from ..report import Report, Row
+from ..stats import summarize, summarize_ratio
+from ..workloads import ALLREDUCE, MEMCPY
+
+FULL_SIZES = [1 << k for k in range(10, 29, 2)]  # 1 KB, 4 KB, ... 256 MB
+QUICK_SIZES = [1 << k for k in range(10, 21, 2)]  # 1 KB ... 1 MB
+REFERENCE = 64 << 20
+RANKS = 2
+
+
+def run(ctx: Context, report: Report) -> None:
+    sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
+    budget = (16 << 20) if ctx.quick else (256 << 20)
+    rounds = 1 if ctx.quick else min(ctx.pairs, 3)
+    memcpy = _memcpy(ctx, sorted({*sizes, REFERENCE}))
+    reference = memcpy[str(REFERENCE)]
+    raw: dict[str, object] = {"memcpy_gb_s": memcpy, "sizes": sizes}
+    call = f"bench_allreduce({sizes!r}, {budget}, {{backend!r}})"
+    with ctx.kernel() as kernel:
+        kernel.run("%load_ext dtrain_magics")
+        kernel.run("import dtrain_magics")
+        for backend in ("horovod", "torch"):
+            line = ctx.magic_line(RANKS, "--backend", backend, "--no-widget")
+            kernel.run(f"{line}\n{ALLREDUCE}")
+            ours: dict[str, list[float]] = {str(s): [] for s in sizes}
+            peer: dict[str, list[float]] = {str(s): [] for s in sizes}
+            for r in range(rounds):
+                for arm in ("magic", "mpiexec") if r % 2 == 0 else ("mpiexec", "magic"):
+                    if arm == "magic":
+                        seconds = _magic(kernel, line, call.format(backend=backend))
+                    else:
+                        seconds = _mpiexec(ctx, sizes, budget, backend)
+                    target = ours if arm == "magic" else peer
+                    for size, t in seconds.items():
+                        target[size].append(size_gb(int(size)) / t)
+            raw[backend] = {"magic_gb_s": ours, "mpiexec_gb_s": peer}
+            _rows(report, backend, sizes, ours, peer, reference)
+        kernel.run("%dtrain stop")
+    report.raw["allreduce"] = raw
+    report.notes.append(
+        f"Allreduce: bus bandwidth of an in-place float32 allreduce on {RANKS} ranks as a "
+        f"fraction of one process's memory copy of 64 MB ({reference:.2f} GB/s here); the "
+        "dashboard is off (--no-widget), as the cell only times collectives."
+    )
+
+
+def size_gb(size: int) -> float:
+    """Bus bytes of one allreduce of ``size`` bytes, in GB."""
+    return size * 2 * (RANKS - 1) / RANKS / 1e9
+
+
+def _magic(kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
+    kernel.run(f"{line}\n_bench_result = {call}")
+    results = kernel.eval("dtrain_magics._magics.cluster.view().pull('_bench_result')")
+    return _slowest(results)
+
+
+def _mpiexec(ctx: Context, sizes: list[int], budget: int, backend: str) -> dict[str, float]:
+    kwargs = {"sizes": sizes, "budget_bytes": budget, "backend": backend}
+    return _slowest(ctx.run_ranks(RANKS, ALLREDUCE, "bench_allreduce", kwargs, backend=backend))
+
+
+def _slowest(results: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Per size, the slowest rank's seconds."""
+    sizes = results[0]["seconds"]
+    return {s: max(r["seconds"][s] for r in results) for s in sizes}
+
+
+def _memcpy(ctx: Context, sizes: list[int]) -> dict[str, float]:
+    """GB/s of one process copying a tensor of each size (bytes copied per second)."""
+    script = ctx.script("memcpy.py", MEMCPY)
+    argv = [sys.executable, str(script), ctx.device, json.dumps(sizes)]
+    out = subprocess.run(
+        argv, env=ctx.rank_env(1), capture_output=True, text=True, timeout=600, check=True
+    )
+    return {s: int(s) / t / 1e9 for s, t in json.loads(out.stdout).items()}
+
+
+def _rows(
+    report: Report,
+    backend: str,
+    sizes: list[int],
+    ours: dict[str, list[float]],
+    peer: dict[str, list[float]],
+    reference: float,
+) -> None:
+    for size in sizes:
+        key = str(size)
+        a, b = summarize(ours[key])["median"], summarize(peer[key])["median"]
+        ratio = summarize_ratio(ours[key], peer[key])
+        report.rows.append(
+            Row(
+                "allreduce",
+                f"{backend} {_label(size)} (GB/s, × memcpy)",
+                f"{a:.3g} ({a / reference:.2g})",
+                "mpiexec -n 2",
+                f"{b:.3g} ({b / reference:.2g})",
+                ratio,
+                "≈ 1× (≥ 0.95)",
+                ratio["median"] >= 0.95,
+            )
+        )
+
+
+def _label(size: int) -> str:
+    return f"{size >> 20} MB" if size >= 1 << 20 else f"{size >> 10} KB"

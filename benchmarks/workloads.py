@@ -1,0 +1,206 @@
+"""The code every arm runs on its ranks, as source text: one copy for all of them.
+
+Under ``%%distributed`` and through ipyparallel directly it runs in the rank namespace, where
+``hvd`` (or ``dist``), ``device`` and ``dtrain`` are bound; under ``mpiexec`` the runner script
+(``RUNNER``) binds the same names before it executes the same text. Every function returns a
+JSON-able dict; timing happens inside the ranks, after a warm-up.
+"""
+
+from __future__ import annotations
+
+# A small MLP trained data-parallel with hvd.DistributedOptimizer. ``log=True`` adds what a
+# user adds for the dashboard: dtrain.progress around the loop and dtrain.log every step.
+TRAIN = r'''
+import time as _bench_time
+import torch as _bench_torch
+
+_bench_trainer = None
+
+
+def bench_trainer(batch=64, features=256, hidden=512, classes=10):
+    """One optimiser step of a small MLP (created once per namespace)."""
+    global _bench_trainer
+    if _bench_trainer is not None:
+        return _bench_trainer
+    torch = _bench_torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+    ).to(device)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    opt = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.01), named_parameters=model.named_parameters()
+    )
+    x = torch.randn(batch, features, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    _bench_trainer = step
+    return step
+
+
+def bench_train(steps, warmup, log, batch=64):
+    """Time ``steps`` training steps after ``warmup`` ones; per-step times and message steps."""
+    step = bench_trainer(batch)
+    for _ in range(warmup):
+        step()
+    telemetry = None
+    if log:
+        from dtrain_magics.rank import telemetry as _telemetry_module
+
+        telemetry = _telemetry_module.current()
+    perf = _bench_time.perf_counter
+    times, sent = [], []
+    loop = dtrain.progress(range(steps), desc="bench") if log else range(steps)
+    started = perf()
+    for i in loop:
+        begun = perf()
+        loss = step()
+        if log:
+            seq = getattr(telemetry, "_seq", None)
+            dtrain.log(loss=loss, samples=batch)
+            if seq is not None and telemetry._seq != seq:
+                sent.append(i)
+        times.append(perf() - begun)
+    seconds = perf() - started
+    return {
+        "rank": hvd.rank(),
+        "size": hvd.size(),
+        "steps": steps,
+        "batch": batch,
+        "seconds": seconds,
+        "times": times,
+        "sent": sent,
+    }
+'''
+
+# Allreduce of float32 tensors of each size, in place, after two warm-up calls. The tensors hold
+# zeros so that repeated sums stay finite.
+ALLREDUCE = r'''
+import time as _bench_time
+import torch as _bench_torch
+
+
+def bench_allreduce(sizes, budget_bytes, backend):
+    """Seconds per in-place allreduce of ``size`` bytes, for each size."""
+    torch = _bench_torch
+    perf = _bench_time.perf_counter
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def barrier():
+        if backend == "horovod":
+            hvd.barrier()
+        else:
+            dist.barrier()
+
+    seconds = {}
+    for size in sizes:
+        tensor = torch.zeros(max(1, size // 4), dtype=torch.float32, device=device)
+
+        def once():
+            if backend == "horovod":
+                hvd.allreduce_(tensor, op=hvd.Sum, name=f"bench.{size}")
+            else:
+                dist.all_reduce(tensor)
+
+        reps = int(min(200, max(3, budget_bytes // size)))
+        for _ in range(2):
+            once()
+        sync()
+        barrier()
+        started = perf()
+        for _ in range(reps):
+            once()
+        sync()
+        seconds[str(size)] = (perf() - started) / reps
+        del tensor
+    return {"seconds": seconds}
+'''
+
+# What a cold job does: start, initialise Horovod, one allreduce.
+COLD_JOB = r"""
+import torch
+import horovod.torch as hvd
+
+hvd.init()
+device = torch.device("cuda", hvd.local_rank()) if DEVICE == "cuda" else torch.device("cpu")
+hvd.allreduce(torch.ones(1, device=device), op=hvd.Sum, name="cold")
+"""
+
+# One process copying a tensor into another: this machine's memory-copy bandwidth.
+MEMCPY = r"""
+import json, sys, time
+import torch
+
+device = torch.device(sys.argv[1])
+sizes = json.loads(sys.argv[2])
+seconds = {}
+for size in sizes:
+    src = torch.ones(max(1, size // 4), dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    reps = int(min(200, max(5, (1 << 28) // size)))
+    for _ in range(3):
+        dst.copy_(src)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds[str(size)] = (time.perf_counter() - started) / reps
+print(json.dumps(seconds))
+"""
+
+# Under mpiexec: bind what %%distributed binds (hvd or dist, rank, size, device), execute the
+# workload's source, call one function, and write each rank's result to OUT/rank-N.json.
+RUNNER = r"""
+import json, os, sys
+
+spec = json.loads(sys.argv[1])
+import torch
+
+world_rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+world_size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+if spec["device"] == "cuda":
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+else:
+    device = torch.device("cpu")
+if spec["backend"] == "horovod":
+    import horovod.torch as hvd
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+else:
+    import torch.distributed as dist
+
+    rank, size = world_rank, world_size
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        init_method=spec["init_method"],
+        rank=rank,
+        world_size=size,
+    )
+with open(spec["source"]) as f:
+    exec(compile(f.read(), spec["source"], "exec"))
+result = globals()[spec["call"]](**spec["kwargs"])
+with open(os.path.join(spec["out"], f"rank-{rank}.json"), "w") as f:
+    json.dump(result, f)
+if spec["backend"] == "horovod":
+    hvd.shutdown()
+else:  # gloo's threads abort the process at exit unless the group is torn down first
+    dist.barrier()
+    dist.destroy_process_group()
+"""

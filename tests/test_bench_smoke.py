@@ -1,0 +1,78 @@
+"""The benchmark harness runs end to end (quick mode) and writes its report; no numbers asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # benchmarks/ is a package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+ROW_FIELDS = {"suite", "measure", "ours", "peer", "peer_value", "ratio", "target", "met", "note"}
+
+
+def test_summaries_pair_the_arms() -> None:
+    from benchmarks.stats import format_ratio, summarize, summarize_ratio
+
+    s = summarize([3.0, 1.0, 2.0, 4.0])
+    assert (s["n"], s["median"], s["min"], s["max"]) == (4, 2.5, 1.0, 4.0)
+    assert s["q1"] <= s["median"] <= s["q3"]
+    r = summarize_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])  # per-pair ratios 2, 2, 3
+    assert r["median"] == 2.0 and r["max"] == 3.0
+    assert r["ci90"][0] <= r["median"] <= r["ci90"][1]
+    assert format_ratio(r).startswith("2.00 [") and "n=3" in format_ratio(r)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_unknown_suite_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "nonsense"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "unknown suite" in done.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(280)
+def test_quick_run_writes_the_report(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "soak", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "soak" in done.stdout and "measure" in done.stdout  # the printed table
+
+    json_files = list(tmp_path.glob("*-cpu-quick.json"))
+    md_files = list(tmp_path.glob("*-cpu-quick.md"))
+    assert len(json_files) == 1 and len(md_files) == 1, sorted(p.name for p in tmp_path.iterdir())
+    assert not list(tmp_path.glob("latest*")), "a quick run must not replace the latest table"
+
+    data = json.loads(json_files[0].read_text())
+    machine = data["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["memory_gib"] > 0
+    assert isinstance(machine["gpus"], list)
+    assert data["options"]["quick"] is True and data["options"]["suites"] == ["soak"]
+    assert data["failures"] == {}
+    rows = data["rows"]
+    assert rows and all(set(r) == ROW_FIELDS for r in rows)
+    assert {r["suite"] for r in rows} == {"soak"}
+    soak = data["raw"]["soak"]
+    for run in soak.values():
+        assert run["messages"] > 0 and run["seconds"] > 0
+        assert run["messages_by_type"].get("comm_msg", 0) > 0  # the dashboard's updates arrived
+
+    markdown = md_files[0].read_text()
+    assert "| suite | measure |" in markdown and "Measured " in markdown
+    assert machine["cpu"] in markdown
