@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -23,7 +24,8 @@ from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
-from .processes import alive, kill_trees, trees
+from .launchers.base import is_local_host
+from .processes import kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe
 from .registration import launchers_stopped, wait_for_engines
 
@@ -223,6 +225,9 @@ class TrainingCluster:
             shutdown_atexit=True,
             # engines start with the controller and wait for its connection file themselves
             send_engines_connection_env=False,
+            # the hub announces an engine once its heart beats: at ipyparallel's default period
+            # (3 s) that is most of a warm start's wait; it also notices a dead engine sooner
+            controller_args=["--HeartMonitor.period=500"],
             **kwargs,
         )
         try:
@@ -310,12 +315,24 @@ class TrainingCluster:
         self.stop()
         self.start(layout, report)
 
-    def interrupt(self, ranks: list[int] | None = None) -> None:
-        """Send SIGINT to ``ranks`` (all by default), like the notebook's stop button."""
-        chosen = ranks if ranks is not None else range(len(self.engines))
-        targets = [self.engine_id(r) for r in chosen]
-        if targets:
-            self.client.send_signal(signal.SIGINT, targets=targets, block=True)
+    def interrupt(self, ranks: list[int] | None = None, sig: int = signal.SIGINT) -> None:
+        """Send ``sig`` (SIGINT, like the notebook's stop button) to ``ranks`` (all by default).
+
+        Engines on this machine get it straight from here (the local launcher starts them
+        without ipyparallel's nanny); others through their nanny.
+        """
+        chosen = range(len(self.engines)) if ranks is None else ranks
+        remote = []
+        for rank_engine in (self.engines[r] for r in chosen):
+            if is_local_host(rank_engine.host):
+                try:
+                    os.kill(rank_engine.pid, sig)
+                except ProcessLookupError:  # it died: the run notices
+                    log.debug("rank %d is gone", rank_engine.rank, exc_info=True)
+            else:
+                remote.append(rank_engine.engine_id)
+        if remote:
+            self.client.send_signal(sig, targets=remote, block=True)
 
     # -- ranks ------------------------------------------------------------------------------
 
@@ -341,8 +358,7 @@ class TrainingCluster:
         """True once every engine set's launcher (``mpiexec``) has exited."""
         if self._cluster is None:
             return True
-        procs = [getattr(s, "process", None) for s in self._cluster.engines.values()]
-        return all(p is not None and not alive(p) for p in procs)
+        return all(s.state == "after" for s in self._cluster.engines.values())
 
     def mpiexec_output_files(self) -> list[str]:
         """The files ``mpiexec`` writes its output to (none for a cluster we connected to)."""

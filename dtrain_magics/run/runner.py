@@ -216,7 +216,7 @@ class DistributedRunner:
             metadata = self.cluster.backends.cell_metadata(started)
             ars = dict(zip(ranks, client.execute_on(engine_ids, code, metadata), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
-            watch = RankWatch(ars, state, view, recorder, mpiexec)
+            watch = RankWatch(ars, state, view, recorder, mpiexec, self.cluster.engines_exited)
             deadline = started + timeout if timeout else None
             try:
                 stop = await self._watch(watch, wake, deadline, stop_on_failure=True)

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.records import RunStore
-from ..store.schema import MetricRow, RankStatus, RankSummary, RunStatus, RunSummary
+from ..store.schema import RankStatus, RankSummary, RunStatus, RunSummary
+from .series import MetricSeries
 
 OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
-MAX_POINTS_PER_SERIES = 20_000  # per metric and rank, in memory; the disk keeps every point
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RunState:
         self.started = time.time()
         self.ended: float | None = None
         self.ranks = [RankState(r) for r in range(ranks)]
-        self.series: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        self.series: dict[str, MetricSeries] = {}
         self.latest: dict[str, dict[int, float]] = {}
         self.failing_rank: int | None = None
         self.failure = ""
@@ -89,21 +89,22 @@ class RunState:
         state.messages += 1
         points = payload.get("points") or []
         self.dropped += int(payload.get("dropped") or 0)
-        rows: list[MetricRow] = []
-        for step, name, value, when in points:
-            series = self.series.setdefault(name, {}).setdefault(rank, [])
-            series.append((step, value))
-            if len(series) > MAX_POINTS_PER_SERIES:
-                del series[::2]
-            self.latest.setdefault(name, {})[rank] = value
-            rows.append({"step": step, "rank": rank, "name": name, "value": value, "time": when})
+        latest = self.latest
+        for step, name, value, _ in points:
+            series = self.series.get(name)
+            if series is None:
+                series = self.series[name] = MetricSeries()
+            series.add(step, value)
+            latest.setdefault(name, {})[rank] = value
             if name in ("samples", "batch_size"):
                 state.samples += value
-            state.steps = max(state.steps, step + 1)
-            state.first_time = when if state.first_time is None else state.first_time
-            state.last_time = when
-        if rows and self.store is not None:
-            self.store.append_metrics(rows)
+        if points:
+            state.steps = max(state.steps, max(p[0] for p in points) + 1)
+            if state.first_time is None:
+                state.first_time = points[0][3]
+            state.last_time = points[-1][3]
+            if self.store is not None:
+                self.store.append_points(rank, points)
         progress = payload.get("progress")
         if progress:
             state.n, state.total = progress["n"], progress["total"]
@@ -177,12 +178,10 @@ class RunState:
         return out
 
     def chart_series(self, name: str) -> list[tuple[int, float, float, float]]:
-        """``(step, mean, min, max)`` across the ranks that logged ``name`` at each step."""
-        by_step: dict[int, list[float]] = {}
-        for points in self.series.get(name, {}).values():
-            for step, value in points:
-                by_step.setdefault(step, []).append(value)
-        return [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(by_step.items())]
+        """``(step, mean, min, max)`` across the ranks that logged ``name``, by step (by step
+        bucket once a run logged more steps than a chart holds)."""
+        series = self.series.get(name)
+        return series.points() if series is not None else []
 
     def summary(self) -> RunSummary:
         """The JSON summary written to ``run.json`` (read by the lab extension)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..cluster.mpiexec_output import OutputFollower, stalled_ranks
@@ -26,12 +27,14 @@ class RankWatch:
         view: RunView,
         recorder: RunRecorder,
         mpiexec: OutputFollower | None = None,
+        exited: Callable[[], bool] = lambda: False,
     ) -> None:
         self.ars = ars
         self.state = state
         self.view = view
         self.recorder = recorder
         self.mpiexec = mpiexec
+        self.exited = exited  # mpiexec has exited: MPI aborted the job (a rank died)
         self.outcomes: dict[int, RankOutcome] = {}
         self.first_done: float | None = None  # when the first rank ended (time.monotonic())
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
@@ -67,6 +70,13 @@ class RankWatch:
                 failed = failed or outcome.failed
             else:
                 self._pump(r)
+        if self.pending and self.exited():
+            # the ranks still running went down with the job; the engines' own end would be
+            # noticed only when their heartbeats stop
+            for r in self.pending:
+                self._pump(r)
+                self._set(RankOutcome(r, "died", "its engine process exited"))
+            failed = True
         now = time.monotonic()
         if now - self._ticked >= TICK:
             self._ticked = now

@@ -39,23 +39,25 @@ class RunStore:
         self._logs: dict[int, IO[str]] = {}
         self._names: dict[str, str] = {}
 
-    def append_metrics(self, rows: list[MetricRow]) -> None:
+    def append_points(self, rank: int, points: list[tuple[int, str, float, float]]) -> None:
+        """Append ``rank``'s ``(step, name, value, time)`` points to ``metrics.jsonl``."""
         if self._metrics is None:
             self._metrics = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-        self._metrics.write("".join(map(self._metric_line, rows)))
+        self._metrics.write("".join(self._metric_line(rank, *p) for p in points))
         self._metrics.flush()
 
-    def _metric_line(self, row: MetricRow) -> str:
-        """One JSON line, formatted directly (``json.dumps`` per row costs the notebook CPU that
-        the ranks share on small machines)."""
-        name = self._names.get(row["name"])
-        if name is None:
-            name = self._names[row["name"]] = json.dumps(row["name"])
-        value, when = float(row["value"]), float(row["time"])
+    def _metric_line(self, rank: int, step: int, name: str, value: float, when: float) -> str:
+        """One JSON line, formatted directly (``json.dumps`` per point costs the notebook CPU
+        that the ranks share on small machines)."""
+        quoted = self._names.get(name)
+        if quoted is None:
+            quoted = self._names[name] = json.dumps(name)
+        value, when = float(value), float(when)
         if not (math.isfinite(value) and math.isfinite(when)):
+            row = {"step": step, "rank": rank, "name": name, "value": value, "time": when}
             return json.dumps(row) + "\n"
         return (
-            f'{{"step": {int(row["step"])}, "rank": {int(row["rank"])}, "name": {name}, '
+            f'{{"step": {int(step)}, "rank": {rank}, "name": {quoted}, '
             f'"value": {value!r}, "time": {when!r}}}\n'
         )
 

@@ -14,8 +14,8 @@ from html import escape
 from ..run.state import RunState
 from .headline import bar_text, charts_html, header_html
 
-PROGRESS_EVERY = 0.25
-CHARTS_EVERY = 0.5
+PROGRESS_EVERY = 0.5
+CHARTS_EVERY = 1.0
 ELAPSED_EVERY = 1.0  # the header's elapsed time ticks while nothing else changes
 
 

@@ -20,4 +20,7 @@ class LocalLauncher(OwnedLauncher):
         # more ranks than cores is allowed, and ranks are not pinned to cores
         config.MPIEngineSetLauncher.mpi_args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
         config.MPIEngineSetLauncher.environment = {**rank_environment(layout), **dict(spec.env)}
+        # every engine runs here: the cluster signals them itself (``TrainingCluster.interrupt``)
+        # and no engine waits for a nanny process to start before it registers
+        config.MPIEngineSetLauncher.engine_args = ["--IPEngine.enable_nanny=False"]
         return {"engines": "mpi", "n": layout.ranks, "controller_ip": "127.0.0.1", "config": config}
