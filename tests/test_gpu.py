@@ -10,7 +10,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import rank_values
+from helpers import rank_values
 from nbclient import NotebookClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.gpu]

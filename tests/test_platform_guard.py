@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import rank_values
+from helpers import rank_values
 
 from dtrain_magics.errors import RankError
 from dtrain_magics.rank.compat import check_backend_device, horovod_device_problem
