@@ -70,20 +70,49 @@ class RankBackends:
         self.key: BackendKey | None = None
         self.device: str | None = None
         self.first_done: float | None = None  # when a rank first ended the last cell
+        self.resume_next = False  # Horovod may be down whatever the time (a script, a subset)
 
     def forget(self) -> None:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
         self.device = None
         self.first_done = None
+        self.resume_next = False
 
-    def cell_metadata(self, now: float) -> dict[str, bool]:
-        """Execute request metadata for a cell on every rank: restart Horovod if the ranks may
-        have suspended it since the last cell (``rank/idle.py``)."""
-        from ..rank.idle import RESUME, RESUME_AFTER
+    def cell_metadata(self, now: float, subset: str | None = None) -> dict[str, Any]:
+        """Execute request metadata for a cell: on every rank, restart Horovod if the ranks may
+        have suspended it since the last cell (``rank/idle.py``); on some of the ranks, which
+        ones (``rank/subset.py``: their collectives fail at once)."""
+        from ..rank.idle import RESUME
+        from ..rank.subset import SUBSET
 
+        if subset:
+            return {SUBSET: subset}
+        resume = self._may_be_suspended(now)
+        self.resume_next = False
+        return {RESUME: True} if resume else {}
+
+    def hold(self, view: Any, now: float, timeout: float = 30.0) -> None:
+        """Before a cell on some of the ranks: keep Horovod up on every rank of ``view`` through
+        it, restarted first if it may be suspended (only every rank at once can restart it)."""
+        from ..rank.idle import hold
+
+        if not self.key or self.key[0] != "horovod":
+            return
+        try:
+            view.apply_async(hold, self._may_be_suspended(now)).get(timeout=timeout)
+        except Exception as e:
+            message = first_remote_error(e)
+            raise RankError(f"restarting Horovod on every rank failed: {message}") from None
+        self.resume_next = True  # a rank of the cell suspends it for all when it ends
+
+    def _may_be_suspended(self, now: float) -> bool:
+        from ..rank.idle import RESUME_AFTER
+
+        if not self.key or self.key[0] != "horovod":
+            return False
         idle = self.first_done is not None and now - self.first_done >= RESUME_AFTER
-        return {RESUME: True} if idle and self.key and self.key[0] == "horovod" else {}
+        return idle or self.resume_next
 
     def prepare(self, view: Any, key: BackendKey, simulate_nodes: bool, timeout: float) -> bool:
         """Initialise ``key``'s backend on every rank of ``view`` unless done; True if it was.
@@ -110,6 +139,24 @@ class RankBackends:
         self.key = key
         self.device = ", ".join(sorted({d["device"] for d in described}))
         return True
+
+    @staticmethod
+    def take_stuck(data: dict[str, Any]) -> dict[str, Any] | None:
+        """A rank's notice, taken out of its published ``data``, that it waits in a collective
+        of a cell on some of the ranks: ``error`` (what it did, after "rank N"), ``where`` (the
+        cell's line) and ``ended`` (False: only the other ranks can end it, ``abandon``)."""
+        from ..rank.subset import STUCK
+
+        return data.pop(STUCK, None)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def abandon(view: Any) -> None:
+        """Have the ranks of ``view`` drop their process group, without waiting: a rank of a
+        cell on the others waits for them in a ``torch.distributed`` collective, and only that
+        ends its wait (``reset`` makes a new group on every rank after the cell)."""
+        from ..rank.setup import abandon_rank
+
+        view.apply_async(abandon_rank)
 
     def reset(self, view: Any, timeout: float = 30.0) -> bool:
         """Reset the backend on every rank after an aborted cell; False if that failed."""

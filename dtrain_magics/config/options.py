@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..cluster.launchers import Layout
 from ..errors import BadOptions
 from .settings import DistributedSettings
+from .traits import MAX_RANKS
 
 
 @dataclass(frozen=True)
@@ -21,14 +24,32 @@ class RunOptions:
     timeout: float | None = None
     push: tuple[str, ...] = ()
     pull: tuple[str, ...] = ()
+    ranks: tuple[int, ...] | None = None  # --ranks: the ranks the cell runs on (None: every one)
 
     @property
     def layout(self) -> Layout:
         return Layout(self.nodes, self.procs_per_node)
 
+    def subset(self, size: int) -> tuple[int, ...] | None:
+        """The ranks of a cluster of ``size`` this cell runs on, or None for every rank;
+        ``BadOptions`` if ``--ranks`` names a rank the cluster lacks."""
+        if self.ranks is None:
+            return None
+        beyond = [r for r in self.ranks if r >= size]
+        if beyond:
+            raise BadOptions(
+                f"--ranks names rank {beyond[0]}, but the cluster has {size} "
+                f"rank{'s' if size != 1 else ''} ({format_ranks(range(size))})."
+            )
+        return None if len(self.ranks) == size else self.ranks
+
     @classmethod
     def from_settings(
-        cls, settings: DistributedSettings, push: tuple[str, ...] = (), pull: tuple[str, ...] = ()
+        cls,
+        settings: DistributedSettings,
+        push: tuple[str, ...] = (),
+        pull: tuple[str, ...] = (),
+        ranks: tuple[int, ...] | None = None,
     ) -> RunOptions:
         return cls(
             nodes=settings.nodes,
@@ -39,6 +60,7 @@ class RunOptions:
             timeout=settings.timeout,
             push=push,
             pull=pull,
+            ranks=ranks,
         )
 
 
@@ -54,3 +76,42 @@ def parse_names(text: str | None, flag: str) -> tuple[str, ...]:
     if twice is not None:
         raise BadOptions(f"{flag} names {twice} twice; list each name once.")
     return names
+
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_ranks(text: str | None) -> tuple[int, ...] | None:
+    """``"0,2-3"`` → ``(0, 2, 3)``: rank numbers and ranges, sorted; None without ``--ranks``."""
+    if text is None:
+        return None
+    ranks: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        match = _RANGE.fullmatch(part)
+        if not part:
+            continue
+        if match is None:
+            raise BadOptions(
+                "--ranks takes rank numbers and ranges such as 0 or 0,2-3, and "
+                f"{part!r} is not one."
+            )
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise BadOptions(f"--ranks: {part} runs backwards; write it as {last}-{first}.")
+        if last >= MAX_RANKS:
+            raise BadOptions(f"--ranks names rank {last}; a cluster has at most {MAX_RANKS} ranks.")
+        ranks.update(range(first, last + 1))
+    if not ranks:
+        raise BadOptions("--ranks names no rank; give rank numbers such as 0 or 0,2-3.")
+    return tuple(sorted(ranks))
+
+
+def format_ranks(ranks: Iterable[int]) -> str:
+    """``(0, 2, 3)`` → ``"0,2-3"``: consecutive ranks as ranges."""
+    spans: list[list[int]] = []
+    for r in sorted(ranks):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)

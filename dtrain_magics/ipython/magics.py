@@ -6,23 +6,30 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import (
+    MagicArgumentParser,
+    argument,
+    magic_arguments,
+    parse_argstring,
+)
 
 from ..cluster.launchers import LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..config.flags import setting_arguments, settings_from_args
-from ..config.options import RunOptions, parse_names
+from ..config.options import RunOptions, parse_names, parse_ranks
 from ..config.settings import DistributedSettings
 from ..config.store import SettingsStore
 from ..errors import BadOptions, RankError
 from ..run.runner import DistributedRunner
+from ..run.script import Script
 from ..store import diagnostics, kernel_state
 from ..store.records import last_run
 from ..ui.headline import cluster_line, plural
@@ -30,6 +37,7 @@ from ..ui.views import view_factory
 from .status_line import StatusLine
 
 COMMANDS = ("status", "stop", "restart", "config")
+log = logging.getLogger(__name__)
 _CELL_COUNT = re.compile(r"In\[\d+\]")
 
 
@@ -58,7 +66,15 @@ class DistributedMagics(Magics):
     @argument(
         "--pull",
         default=None,
-        help="Comma-separated names to copy from rank 0 into the notebook after.",
+        help="Comma-separated names to copy from rank 0 (the first of --ranks) into the "
+        "notebook after.",
+    )
+    @argument(
+        "--ranks",
+        default=None,
+        metavar="0,2-3",
+        help="Run on these ranks only (numbers and ranges); the others keep their state and "
+        "stay idle. A collective fails at once there: collectives need every rank.",
     )
     @argument(
         "--no-widget",
@@ -66,18 +82,25 @@ class DistributedMagics(Magics):
         help="Print labelled output and text summaries instead of the live dashboard.",
     )
     @setting_arguments(DistributedSettings)
-    @cell_magic
-    def distributed(self, line: str, cell: str) -> None:
+    @line_cell_magic
+    def distributed(self, line: str, cell: str | None = None) -> None:
         """Run the cell on every rank of a warm ipyparallel MPI cluster with Horovod initialised.
 
         Before the cell runs, every rank has ``hvd`` (``horovod.torch``, initialised; with
         ``--backend torch``, ``dist`` instead), ``rank``, ``local_rank``, ``size``, ``device``
         (a ``torch.device``, ``cuda:<local_rank>`` on GPU nodes) and ``dtrain`` (rank helpers).
-        Rank namespaces persist between cells. Each rank's output streams in, labelled by rank.
+        Rank namespaces persist between cells. Each rank's output streams in, labelled by rank,
+        and the value of the cell's last expression is shown per rank as ``%%px`` shows it
+        (``Out[rank 0-1]: ...`` for ranks with the same value; rich reprs as in a plain cell).
         An error on any rank fails the cell with that rank's traceback and interrupts the others.
         A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
         ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
         ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
+
+        The line form, ``%distributed [flags] train.py [its arguments]``, runs an unchanged
+        script on the ranks as ``mpiexec -n N python train.py ...`` would from the notebook's
+        working directory: as ``__main__``, with its own ``sys.argv``, in a fresh namespace.
+        ``sys.exit(0)`` is a success, another code a failure naming the rank.
 
         Flags override the defaults applied with ``%dtrain config`` (the form), which override
         the config file saved from it, which overrides ``c.DistributedSettings`` in
@@ -92,29 +115,60 @@ class DistributedMagics(Magics):
             In [2]: %%distributed --nodes 2
                ...: x = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum)
                ...: print(rank, size, x.item())
+               ...: rank * 10
             [rank 0] 0 2 3.0
             [rank 1] 1 2 3.0
+            Out[rank 0]: 0
+            Out[rank 1]: 10
 
             In [3]: %%distributed --nodes 2 --push lr --pull model --timeout 600
                ...: model = train(lr * size)
 
-            In [4]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
+            In [4]: %%distributed --ranks 0
+               ...: model.weight.shape
+
+            In [5]: %distributed --nodes 2 train.py --epochs 3 --lr 0.1
+
+            In [6]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
                ...: ...
         """
-        options, kwargs = self._run_arguments(line)
+        code, options, kwargs = self._run_arguments(line, cell)
         with self._reporting():
-            self.runner.run(cell, options, self._namespace(), **kwargs)
+            self.runner.run(code, options, self._namespace(), **kwargs)
 
-    async def distributed_async(self, line: str, cell: str) -> None:
-        """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
-        options, kwargs = self._run_arguments(line)
+    async def distributed_async(self, line: str, cell: str | None = None) -> None:
+        """``%%distributed`` (or ``%distributed`` with ``cell`` None) as awaited in a kernel, so
+        the dashboard's Stop button stays live."""
+        code, options, kwargs = self._run_arguments(line, cell)
         with self._reporting():
-            await self.runner.run_async(cell, options, self._namespace(), **kwargs)
+            await self.runner.run_async(code, options, self._namespace(), **kwargs)
 
-    def _run_arguments(self, line: str) -> tuple[RunOptions, dict[str, Any]]:
-        """The runner's options and keyword arguments for one cell (``UsageError`` if bad)."""
-        settings, options, sources, widget = self.parse(line)
-        flags = settings_from_args(self._parse_flags(line), self.settings.settings_class)
+    async def distributed_line_async(self, line: str) -> None:
+        """``%distributed train.py ...`` as awaited in a kernel: ``$name`` and ``{name}`` are
+        expanded from the notebook's namespace first, as IPython does for line magics."""
+        from IPython.utils.text import DollarFormatter
+
+        try:
+            line = DollarFormatter().vformat(line, args=[], kwargs=self._namespace())
+        except Exception:  # as IPython does: an expansion that fails leaves the line as it is
+            log.debug("could not expand %r", line, exc_info=True)
+        await self.distributed_async(line)
+
+    def _run_arguments(
+        self, line: str, cell: str | None
+    ) -> tuple[str | Script, RunOptions, dict[str, Any]]:
+        """The runner's code, options and keyword arguments (``UsageError`` if bad); the line
+        form (``cell`` None) runs a script."""
+        settings, options, sources, widget = self.parse(line, script=cell is None)
+        code: str | Script = cell if cell is not None else ""
+        if cell is None:
+            try:
+                code = Script.from_command(self._parse_flags(line, True).command)
+            except BadOptions as e:
+                raise UsageError(str(e)) from None
+        flags = settings_from_args(
+            self._parse_flags(line, cell is None), self.settings.settings_class
+        )
         layout, spec, note = self._cluster_for(set(flags), options.layout, settings.launch_spec())
         options = dataclasses.replace(
             options,
@@ -130,7 +184,7 @@ class DistributedMagics(Magics):
             "info": {"sources": sources},
             "notes": notes,
         }
-        return options, kwargs
+        return code, options, kwargs
 
     def _crowded(self, layout: Layout, spec: LaunchSpec) -> str | None:
         """A sentence, once per kernel, when a new local cluster would crowd the cores that
@@ -192,12 +246,15 @@ class DistributedMagics(Magics):
             if record is not None:
                 self._namespace()["_dtrain"] = record
 
-    def parse(self, line: str) -> tuple[DistributedSettings, RunOptions, str, bool]:
+    def parse(
+        self, line: str, script: bool = False
+    ) -> tuple[DistributedSettings, RunOptions, str, bool]:
         """Flags → this cell's settings, options, where settings came from, widget?"""
         try:
-            args = self._parse_flags(line)
+            args = self._parse_flags(line, script)
             flags = settings_from_args(args, self.settings.settings_class)
             push, pull = parse_names(args.push, "--push"), parse_names(args.pull, "--pull")
+            ranks = parse_ranks(args.ranks)
             settings, sources = self.settings.resolve(flags)
         except BadOptions as e:
             raise UsageError(str(e)) from None
@@ -206,13 +263,28 @@ class DistributedMagics(Magics):
             for name, source in sorted(sources.items())
             if source != "flag"
         )
-        options = RunOptions.from_settings(settings, push, pull)
+        options = RunOptions.from_settings(settings, push, pull, ranks)
         return settings, options, described, not args.no_widget
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per kernel; lines repeat)
-    def _parse_flags(self, line: str) -> argparse.Namespace:
-        """The parsed flags of a ``%%distributed`` line (its cells run again and again)."""
+    def _parse_flags(self, line: str, script: bool = False) -> argparse.Namespace:
+        """The parsed flags of a ``%%distributed`` line (its cells run again and again), or of
+        a ``%distributed`` line with ``script`` (the flags, then the script's command)."""
+        if script:
+            return self._script_parser.parse_argstring(line)  # type: ignore[no-any-return]
         return parse_argstring(self.distributed, line)  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def _script_parser(self) -> MagicArgumentParser:
+        """The line form's parser: the cell's flags, then the script and its arguments (every
+        word from the script on is the script's, as for ``mpiexec``)."""
+        parser = MagicArgumentParser(
+            prog="%distributed",
+            parents=[self.distributed.parser],
+            usage="%distributed [flags] SCRIPT [ARG ...]",
+        )
+        parser.add_argument("command", nargs=argparse.REMAINDER, metavar="SCRIPT [ARG ...]")
+        return parser
 
     def _namespace(self) -> dict[str, Any]:
         assert self.shell is not None

@@ -11,11 +11,13 @@ from typing import Any, TypeVar
 
 from .checkpoint import checkpoint, load_checkpoint
 from .rank_context import RankContext, current
+from .subset import CollectiveNeedsEveryRank
 from .telemetry import current as _telemetry
 
 T = TypeVar("T")
 
 __all__ = [
+    "CollectiveNeedsEveryRank",
     "RankContext",
     "barrier",
     "checkpoint",
@@ -58,6 +60,9 @@ def barrier() -> None:
     """Block until every rank reaches this point (over MPI, whatever the backend)."""
     from mpi4py import MPI
 
+    from .subset import check
+
+    check()
     MPI.COMM_WORLD.Barrier()
 
 

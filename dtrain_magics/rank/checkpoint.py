@@ -16,8 +16,12 @@ from typing import Any
 
 
 def _comm() -> Any:
+    """MPI's world, for a collective (``CollectiveNeedsEveryRank`` in a cell on some ranks)."""
     from mpi4py import MPI
 
+    from .subset import check
+
+    check()
     return MPI.COMM_WORLD
 
 

@@ -7,7 +7,9 @@ last cell; a shutdown on one rank ends the background threads of all. A cell tha
 ``RESUME_AFTER`` seconds or more after the previous one ended asks, in its request's metadata,
 every rank to restart Horovod before its code runs (``hvd.shutdown()`` then ``hvd.init()``,
 a few milliseconds, and the same on every rank whatever each one's state). Cells closer together
-cost nothing. A cell on a subset of the ranks does not ask: ``hvd.init`` needs every rank.
+cost nothing. A cell on a subset of the ranks does not ask (``hvd.init`` needs every rank):
+before it, the runner calls ``hold`` on every rank instead, which keeps Horovod up on the ranks
+that stay idle through it, restarting it first where needed.
 """
 
 from __future__ import annotations
@@ -40,22 +42,38 @@ def _after_cell() -> None:
     _timer.start()
 
 
-def _before_cell() -> None:
-    """``pre_execute``: keep Horovod running; restart it if this cell's request asks."""
+def _cancel() -> None:
     global _timer
     if _timer is not None:
         _timer.cancel()
         _timer = None
+
+
+def _restart() -> None:
+    import horovod.torch as hvd
+
+    with _lock:
+        hvd.shutdown()  # at once if a rank already suspended it
+        hvd.init()
+
+
+def _before_cell() -> None:
+    """``pre_execute``: keep Horovod running; restart it if this cell's request asks."""
+    _cancel()
     from IPython import get_ipython
 
     kernel = getattr(get_ipython(), "kernel", None)
     parent = kernel.get_parent("shell") if kernel is not None else {}
     if (parent or {}).get("metadata", {}).get(RESUME):
-        import horovod.torch as hvd
+        _restart()
 
-        with _lock:
-            hvd.shutdown()  # at once if a rank already suspended it
-            hvd.init()
+
+def hold(restart: bool) -> None:
+    """Before a cell on some of the ranks, on every rank: keep Horovod up until the next cell
+    (restarting it first with ``restart``, as every rank does at once)."""
+    _cancel()
+    if restart:
+        _restart()
 
 
 def install(shell: Any) -> None:

@@ -26,16 +26,21 @@ INTERVAL = 0.5
 MAX_BUFFER = 2048
 
 
-def _publish_data(data: dict[str, Any]) -> None:
-    from ipyparallel.datapub import publish_data
+def publish_data(data: dict[str, Any]) -> None:
+    """Send ``data`` to the notebook on ipyparallel's data channel; nothing outside an engine
+    (a script that reports progress also runs under plain ``mpiexec``)."""
+    from IPython import get_ipython
 
-    publish_data(data)
+    # set by ipyparallel's engine (``data_pub`` itself makes one, with a warning, anywhere)
+    publisher = getattr(get_ipython(), "_data_pub", None)
+    if publisher is not None:
+        publisher.publish_data(data)
 
 
 class Telemetry:
     """One rank's metric buffer and progress state."""
 
-    def __init__(self, publish: Callable[[dict[str, Any]], None] = _publish_data) -> None:
+    def __init__(self, publish: Callable[[dict[str, Any]], None] = publish_data) -> None:
         self._publish = publish
         self.reset()
 

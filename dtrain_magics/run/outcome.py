@@ -27,10 +27,17 @@ class RankOutcome:
     status: RankStatus
     error: str = ""  # "ValueError: boom"
     traceback: str = ""
+    phrased: bool = False  # ``error`` reads on from "rank N": "exited with code 3"
 
     @property
     def failed(self) -> bool:
         return self.status in ("error", "died")
+
+    def phrase(self) -> str:
+        """What happened to the rank, after "rank N": "failed with ValueError: boom"."""
+        if self.phrased:
+            return self.error
+        return f"died ({self.error})" if self.status == "died" else f"failed with {self.error}"
 
 
 @dataclass
@@ -47,6 +54,10 @@ class RunResult:
     @property
     def failing(self) -> RankOutcome | None:
         return next((o for o in self.ranks if o.rank == self.failing_rank), None)
+
+
+PHRASED = ("ScriptExit", "CollectiveNeedsEveryRank")
+"""Rank errors (``rank/script.py``, ``rank/subset.py``) whose message says what the rank did."""
 
 
 def first_failure(outcomes: list[RankOutcome]) -> int | None:
@@ -68,6 +79,8 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
         error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
         if e.ename == "KeyboardInterrupt" or interrupted:  # stopped by us, however it ended
             return RankOutcome(rank, "interrupted", error)
+        if e.ename in PHRASED:  # the rank's own sentence: "exited with code 3"
+            return RankOutcome(rank, "error", e.evalue, _remote_traceback(e), phrased=True)
         return RankOutcome(rank, "error", error, _remote_traceback(e))
     except EngineError as e:
         return RankOutcome(rank, "died", str(e).strip() or "its engine exited")
@@ -94,9 +107,9 @@ def exit_reason(result: RunResult, timeout: float | None) -> str:
         return f"ran past --timeout {timeout:g} s"
     failing = result.failing
     assert failing is not None
-    if failing.status == "died":
-        return f"rank {failing.rank} died ({failing.error})"
-    return f"rank {failing.rank} failed: {failing.error}"
+    if failing.status == "error" and not failing.phrased:
+        return f"rank {failing.rank} failed: {failing.error}"
+    return f"rank {failing.rank} {failing.phrase()}"
 
 
 def raise_for_result(result: RunResult, timeout: float | None) -> None:
@@ -127,7 +140,8 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
         stopped = f" Rank {others[0]} was interrupted."
     elif others:
         stopped = f" Ranks {', '.join(map(str, others))} were interrupted."
-    verb = f"died ({failing.error})" if failing.status == "died" else f"failed with {failing.error}"
     raise RankError(
-        f"rank {failing.rank} {verb}.{stopped}{restart_note}", failing.rank, failing.traceback
+        f"rank {failing.rank} {failing.phrase()}.{stopped}{restart_note}",
+        failing.rank,
+        failing.traceback,
     )

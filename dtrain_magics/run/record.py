@@ -59,6 +59,7 @@ class RunRecorder:
             dir=store.dir if store else Path(),
             failing_rank=state.failing_rank,
             log_paths=dict(store.log_paths) if store else {},
+            values=state.values(),
         )
         records.add(record)
         return record

@@ -18,7 +18,7 @@ from typing import Any
 from ..cluster.launchers import LaunchSpec, Layout, get_launcher
 from ..cluster.mpiexec_output import OutputFollower, cause_of_death
 from ..cluster.training_cluster import Report, TrainingCluster, quiet
-from ..config.options import RunOptions
+from ..config.options import RunOptions, format_ranks
 from ..errors import BadOptions, RunInterrupted
 from ..store import kernel_state
 from ..store.records import RunStore, new_run_id
@@ -31,6 +31,7 @@ from .outcome import (
     raise_for_result,
 )
 from .record import RunRecorder
+from .script import Script
 from .state import RunState
 from .transfer import collect_push, pull
 from .view import RunView, ViewFactory, no_view
@@ -65,14 +66,14 @@ class DistributedRunner:
             self._wake.set()
 
     def run(
-        self, code: str, options: RunOptions, namespace: dict[str, Any], **kwargs: Any
+        self, code: str | Script, options: RunOptions, namespace: dict[str, Any], **kwargs: Any
     ) -> RunResult:
         """Run ``code`` on every rank, blocking; see ``run_async``."""
         return run_sync(self.run_async(code, options, namespace, **kwargs))
 
     async def run_async(
         self,
-        code: str,
+        code: str | Script,
         options: RunOptions,
         namespace: dict[str, Any],
         *,
@@ -82,12 +83,23 @@ class DistributedRunner:
         info: dict[str, Any] | None = None,
         notes: list[str] | None = None,
     ) -> RunResult:
-        """Run ``code`` on every rank; raise ``RankError`` if a rank fails.
+        """Run ``code`` (a cell, or a ``Script``) on every rank, or on ``options.ranks``; raise
+        ``RankError`` if a rank fails.
 
         Raises ``SyntaxError`` before anything is sent, ``BadOptions`` for names that cannot be
-        pushed or pulled, ``RunTimeoutError`` past ``options.timeout`` and ``RunInterrupted``
-        on a kernel interrupt or the view's Stop button.
+        pushed or pulled and ranks the cluster lacks, ``RunTimeoutError`` past
+        ``options.timeout`` and ``RunInterrupted`` on a kernel interrupt or the view's Stop
+        button.
         """
+        script = code if isinstance(code, Script) else None
+        if script is not None:
+            if options.push or options.pull:
+                raise BadOptions(
+                    "--push and --pull reach the cells' namespaces, and a script runs in a "
+                    "fresh one: pass it values as arguments and have it save what it makes."
+                )
+            code = script.code()
+        assert isinstance(code, str)
         if not code.strip():
             raise BadOptions(
                 "the cell is empty: put the code to run on every rank below %%distributed."
@@ -95,21 +107,26 @@ class DistributedRunner:
         compile(code, CELL_FILENAME, "exec")
         values = collect_push(namespace, options.push)
         spec = spec or LaunchSpec(launcher=options.launcher)
-        ranks = options.layout.ranks
+        size = options.layout.ranks
+        subset = options.subset(size)
         if not get_launcher(spec.launcher).owns_processes:  # the running cluster decides
             await self._ensure_cluster(options.layout, spec, report)
-            ranks = len(self.cluster.engines)
+            size = len(self.cluster.engines)
+            subset = options.subset(size)
+        ranks = list(subset) if subset is not None else list(range(size))
         run_id = new_run_id()
         state = RunState(
             run_id,
-            ranks,
+            ranks if subset is not None else size,
             {
                 "backend": options.backend,
                 "device": options.device,
                 "launcher": spec.launcher,
                 "nodes": options.nodes,
                 "procs_per_node": options.procs_per_node,
-                "cell": code,
+                "cell": code if script is None else f"%distributed {script.command}",
+                **({"script": script.command} if script is not None else {}),
+                **({"ranks": format_ranks(ranks), "size": size} if subset is not None else {}),
                 **kernel_state.identity(),
                 **(info or {}),
             },
@@ -133,13 +150,17 @@ class DistributedRunner:
             await self._ensure_cluster(options.layout, spec, starting, run_view.refresh)
             self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
             if values:
-                self.cluster.view().push(values)
+                self.cluster.view(ranks).push(values)
             state.info["device"] = self.cluster.device or options.device
             state.set_status("running")
             self.cluster.publish_state("busy", run_id)
-            result = await self._execute(code, options.timeout, state, run_view, recorder)
+            result = await self._execute(
+                code, ranks, subset is not None, options.timeout, state, run_view, recorder
+            )
+            if script is not None:
+                self.cluster.backends.resume_next = True  # it may have shut Horovod down
             if result.status == "succeeded" and options.pull:
-                result.pulled = pull(self.cluster.rank_view(0), options.pull)
+                result.pulled = pull(self.cluster.rank_view(ranks[0]), options.pull, ranks[0])
                 namespace.update(result.pulled)
         finally:
             recorder.finish(result, options.timeout)
@@ -201,22 +222,41 @@ class DistributedRunner:
     async def _execute(
         self,
         code: str,
+        ranks: list[int],
+        subset: bool,
         timeout: float | None,
         state: RunState,
         view: RunView,
         recorder: RunRecorder,
     ) -> RunResult:
-        """Execute ``code`` on every rank; on a failure, timeout or interrupt stop all ranks."""
+        """Execute ``code`` on ``ranks`` (some of them with ``subset``: their collectives fail);
+        on a failure, timeout or interrupt stop them all."""
         client = self.cluster.client
-        ranks = range(len(self.cluster.engines))
+        backends = self.cluster.backends
         wake = self._wake = Wakeup(client)
         try:
             started = time.monotonic()
+            if subset:
+                backends.hold(self.cluster.view(), started)
             engine_ids = [self.cluster.engine_id(r) for r in ranks]
-            metadata = self.cluster.backends.cell_metadata(started)
+            metadata = backends.cell_metadata(started, state.info.get("ranks"))
             ars = dict(zip(ranks, client.execute_on(engine_ids, code, metadata), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
-            watch = RankWatch(ars, state, view, recorder, mpiexec, self.cluster.engines_exited)
+            others = [r for r in range(len(self.cluster.engines)) if r not in ars]
+
+            def end_wait(notice: dict[str, Any]) -> None:
+                if not notice["ended"]:  # only the other ranks can (torch.distributed)
+                    backends.abandon(self.cluster.view(others))
+
+            watch = RankWatch(
+                ars,
+                state,
+                view,
+                recorder,
+                mpiexec,
+                self.cluster.engines_exited,
+                on_stuck=end_wait,
+            )
             deadline = started + timeout if timeout else None
             try:
                 stop = await self._watch(watch, wake, deadline, stop_on_failure=True)
@@ -230,8 +270,10 @@ class DistributedRunner:
                 if watch.died:
                     death = await self._cause_of_death(watch)
                 restarted = await self._stop_ranks(watch, wake, restart=bool(watch.died))
+            if stop is None and watch.stuck:  # a collective's wait was ended, and caught
+                restarted = await self._stop_ranks(watch, wake)
             watch.drain()
-            self.cluster.backends.first_done = watch.first_done or time.monotonic()
+            backends.first_done = watch.first_done or time.monotonic()
             if death is not None:
                 watch.blame(*death)
             outcomes = [watch.outcomes[r] for r in ranks]

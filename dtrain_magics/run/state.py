@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.records import RunStore
-from ..store.schema import RankStatus, RankSummary, RunStatus, RunSummary
+from ..store.schema import RankOutput, RankStatus, RankSummary, RunStatus, RunSummary, ValueSummary
 from .series import MetricSeries
 
 OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
@@ -40,7 +42,11 @@ class RunState:
     """Everything known about a run while it happens."""
 
     def __init__(
-        self, run_id: str, ranks: int, info: dict[str, Any], store: RunStore | None = None
+        self,
+        run_id: str,
+        ranks: int | Sequence[int],
+        info: dict[str, Any],
+        store: RunStore | None = None,
     ) -> None:
         self.id = run_id
         self.info = info  # backend, device, layout, cell, where settings came from ...
@@ -49,7 +55,10 @@ class RunState:
         self.notes: list[str] = []  # sentences the run's final output shows (a restart, ...)
         self.started = time.time()
         self.ended: float | None = None
-        self.ranks = [RankState(r) for r in range(ranks)]
+        # every rank of the cluster, or the ranks a cell on some of them runs on
+        self.ranks = [RankState(r) for r in (range(ranks) if isinstance(ranks, int) else ranks)]
+        self._by_rank = {r.rank: r for r in self.ranks}
+        self.outputs: dict[int, list[RankOutput]] = {}  # each rank's displays and cell value
         self.series: dict[str, MetricSeries] = {}
         self.latest: dict[str, dict[int, float]] = {}
         self.failing_rank: int | None = None
@@ -75,7 +84,7 @@ class RunState:
         """Append newly printed text of ``rank`` on ``stream`` (stdout or stderr)."""
         if not text:
             return
-        state = self.ranks[rank]
+        state = self._by_rank[rank]
         if self.store is not None:
             self.store.append_log(rank, text)
         *lines, state._partial[stream] = (state._partial.get(stream, "") + text).split("\n")
@@ -85,7 +94,7 @@ class RunState:
 
     def add_telemetry(self, rank: int, payload: dict[str, Any]) -> None:
         """Take one coalesced message from ``rank``: metric points and progress."""
-        state = self.ranks[rank]
+        state = self._by_rank[rank]
         state.messages += 1
         points = payload.get("points") or []
         self.dropped += int(payload.get("dropped") or 0)
@@ -121,8 +130,15 @@ class RunState:
             )
             self.version += 1
 
+    def set_outputs(self, rank: int, outputs: list[RankOutput]) -> None:
+        """What ``rank`` displayed and the value of its cell's last expression (mime bundles
+        its IPython formatted, as a plain cell shows them)."""
+        if outputs:
+            self.outputs[rank] = outputs
+            self.version += 1
+
     def finish_rank(self, rank: int, status: RankStatus, error: str = "") -> None:
-        state = self.ranks[rank]
+        state = self._by_rank[rank]
         state.status, state.error = status, error
         for stream, rest in state._partial.items():
             if rest:
@@ -151,6 +167,23 @@ class RunState:
     @property
     def finished(self) -> bool:
         return self.ended is not None
+
+    def output_groups(self) -> list[tuple[list[int], list[RankOutput]]]:
+        """The ranks' outputs, ranks with the same ones together, in rank order."""
+        groups: dict[str, tuple[list[int], list[RankOutput]]] = {}
+        for rank in sorted(self.outputs):
+            key = json.dumps(self.outputs[rank], sort_keys=True, default=str)
+            groups.setdefault(key, ([], self.outputs[rank]))[0].append(rank)
+        return list(groups.values())
+
+    def values(self) -> list[ValueSummary]:
+        """Each distinct value of the cell's last expression (as text) and the ranks that had it."""
+        values: list[ValueSummary] = []
+        for ranks, outputs in self.output_groups():
+            for output in outputs:
+                if output["output_type"] == "execute_result":
+                    values.append({"ranks": ranks, "text": output["data"].get("text/plain", "")})
+        return values
 
     def eta(self) -> float | None:
         """Seconds left, from the slowest rank's progress, when totals are known."""
@@ -203,6 +236,7 @@ class RunState:
             "dropped_points": self.dropped,
             "stalled_ranks": self.stalled,
             "notes": self.notes,
+            "values": self.values(),
             "ranks": [self._rank_summary(r) for r in self.ranks],
             "log_paths": {
                 str(k): str(v) for k, v in (self.store.log_paths if self.store else {}).items()

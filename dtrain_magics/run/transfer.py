@@ -34,18 +34,18 @@ def _missing_names(names: list[str]) -> list[str]:
     return [n for n in names if n not in ns]
 
 
-def pull(view: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """Copy ``names`` from the namespace behind ``view`` (one rank's blocking view)."""
+def pull(view: Any, names: tuple[str, ...], rank: int = 0) -> dict[str, Any]:
+    """Copy ``names`` from the namespace behind ``view`` (``rank``'s blocking view)."""
     missing = view.apply_sync(_missing_names, list(names))
     if missing:
         raise BadOptions(
-            f"--pull: rank 0 does not define {', '.join(missing)}; assign it in the cell "
+            f"--pull: rank {rank} does not define {', '.join(missing)}; assign it in the cell "
             "or drop it from --pull."
         )
     try:
         values = view.pull(list(names), block=True)
     except Exception as e:
         raise BadOptions(
-            f"--pull: could not copy {', '.join(names)} from rank 0: {first_remote_error(e)}"
+            f"--pull: could not copy {', '.join(names)} from rank {rank}: {first_remote_error(e)}"
         ) from None
     return dict(zip(names, values, strict=True))

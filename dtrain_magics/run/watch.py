@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cluster.mpiexec_output import OutputFollower, stalled_ranks
+from ..cluster.ranks import RankBackends
+from ..store.schema import RankOutput
 from .outcome import RankOutcome, outcome_of
 from .record import RunRecorder
 from .state import RunState
@@ -28,6 +30,7 @@ class RankWatch:
         recorder: RunRecorder,
         mpiexec: OutputFollower | None = None,
         exited: Callable[[], bool] = lambda: False,
+        on_stuck: Callable[[dict[str, Any]], None] = lambda notice: None,
     ) -> None:
         self.ars = ars
         self.state = state
@@ -35,6 +38,8 @@ class RankWatch:
         self.recorder = recorder
         self.mpiexec = mpiexec
         self.exited = exited  # mpiexec has exited: MPI aborted the job (a rank died)
+        self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective
+        self.stuck: dict[int, dict[str, Any]] = {}  # those ranks' notices (RankBackends)
         self.outcomes: dict[int, RankOutcome] = {}
         self.first_done: float | None = None  # when the first rank ended (time.monotonic())
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
@@ -64,7 +69,8 @@ class RankWatch:
                 except Exception:
                     log.debug("rank %d's output did not complete", r, exc_info=True)
                 self._pump(r)
-                outcome = self.outcomes[r] = outcome_of(r, ar, interrupted)
+                self.state.set_outputs(r, _outputs(ar.metadata))
+                outcome = self.outcomes[r] = self._outcome(r, outcome_of(r, ar, interrupted))
                 self.first_done = self.first_done or time.monotonic()
                 self.state.finish_rank(r, outcome.status, outcome.error)
                 failed = failed or outcome.failed
@@ -110,6 +116,13 @@ class RankWatch:
         for r in self.pending:
             self._set(RankOutcome(r, "killed", "did not stop after an interrupt"))
 
+    def _outcome(self, r: int, outcome: RankOutcome) -> RankOutcome:
+        """A rank that waited in a collective failed for that, whatever the ended wait raised."""
+        notice = self.stuck.get(r)
+        if notice is None or outcome.status != "error":
+            return outcome
+        return RankOutcome(r, "error", notice["error"], notice["where"], phrased=True)
+
     def _set(self, outcome: RankOutcome) -> None:
         self.outcomes[outcome.rank] = outcome
         self.state.finish_rank(outcome.rank, outcome.status, outcome.error)
@@ -132,9 +145,32 @@ class RankWatch:
                 self._seen[(r, name)] = len(text)
                 self.state.add_output(r, text[seen:], name)
         data = metadata.get("data") or {}
+        notice = RankBackends.take_stuck(data) if data else None
+        if notice is not None:
+            self.stuck[r] = notice
+            self.on_stuck(notice)
         while True:
             payload = data.pop(f"dtrain-{self._seq[r]}", None)
             if payload is None:
                 break
             self._seq[r] += 1
             self.state.add_telemetry(r, payload)
+
+
+def _outputs(metadata: Any) -> list[RankOutput]:
+    """What a finished rank displayed, then its cell's value, from its result's metadata."""
+    outputs: list[RankOutput] = [
+        {"output_type": "display_data", "data": o["data"], "metadata": o.get("metadata") or {}}
+        for o in metadata.get("outputs") or []
+        if o.get("data")
+    ]
+    value = metadata.get("execute_result")
+    if value and value.get("data"):
+        outputs.append(
+            {
+                "output_type": "execute_result",
+                "data": value["data"],
+                "metadata": value.get("metadata") or {},
+            }
+        )
+    return outputs

@@ -15,12 +15,13 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from .paths import runs_dir, write_json_atomic
-from .schema import MetricRow, RankSummary, RunStatus, RunSummary
+from .schema import MetricRow, RankSummary, RunStatus, RunSummary, ValueSummary
 
 
 def new_run_id() -> str:
@@ -30,11 +31,12 @@ def new_run_id() -> str:
 class RunStore:
     """Appends one run's metrics and logs to disk and keeps its summary current."""
 
-    def __init__(self, run_id: str, ranks: int, root: Path | None = None) -> None:
+    def __init__(self, run_id: str, ranks: int | Iterable[int], root: Path | None = None) -> None:
         self.dir = (root or runs_dir()) / run_id
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.metrics_path = self.dir / "metrics.jsonl"
-        self.log_paths = {r: self.dir / f"rank-{r}.log" for r in range(ranks)}
+        numbers = range(ranks) if isinstance(ranks, int) else ranks
+        self.log_paths = {r: self.dir / f"rank-{r}.log" for r in numbers}
         self._metrics: IO[str] | None = None  # opened with the first point
         self._logs: dict[int, IO[str]] = {}
         self._names: dict[str, str] = {}
@@ -92,6 +94,9 @@ class RunRecord:
     dir: Path
     log_paths: dict[int, Path] = field(default_factory=dict)
     failing_rank: int | None = None
+    values: list[ValueSummary] = field(default_factory=list)
+    """The value of the cell's last expression on each rank: ``{"ranks", "text"}``, ranks with
+    the same value together."""
 
     @property
     def metrics(self) -> list[MetricRow]:

@@ -46,6 +46,21 @@ class RankSummary(TypedDict):
     messages: int
 
 
+class RankOutput(TypedDict):
+    """A rank's ``display_data`` or ``execute_result``, as its IPython formatted it."""
+
+    output_type: Literal["display_data", "execute_result"]
+    data: dict[str, Any]  # mime type → content
+    metadata: dict[str, Any]
+
+
+class ValueSummary(TypedDict):
+    """The value of a cell's last expression on some ranks, in ``run.json``."""
+
+    ranks: list[int]
+    text: str
+
+
 class RunSummary(TypedDict):
     """``run.json``: a run's summary, rewritten while it runs and once at its end."""
 
@@ -65,6 +80,7 @@ class RunSummary(TypedDict):
     dropped_points: int
     stalled_ranks: list[int]
     notes: list[str]
+    values: list[ValueSummary]
     ranks: list[RankSummary]
     log_paths: dict[str, str]
 

@@ -32,13 +32,14 @@ def plural(n: int, noun: str) -> str:
 
 
 def headline(state: RunState) -> str:
-    """One line: status, ranks, backend, device, elapsed, ETA, throughput, failure."""
+    """One line: status, ranks, backend, device, script, elapsed, ETA, throughput, failure."""
     info = state.info
     parts = [
         state.status,
-        plural(len(state.ranks), "rank"),
+        ranks_text(state),
         info.get("backend", ""),
         info.get("device", ""),
+        info.get("script", ""),
         duration(state.elapsed),
     ]
     eta = state.eta()
@@ -51,6 +52,14 @@ def headline(state: RunState) -> str:
     elif state.message:
         parts.append(state.message)
     return " · ".join(p for p in parts if p)
+
+
+def ranks_text(state: RunState) -> str:
+    """``2 ranks``, or for a cell on some of them (``--ranks``) ``ranks 0,2-3 of 4``."""
+    some = state.info.get("ranks")
+    if not some:
+        return plural(len(state.ranks), "rank")
+    return f"{'rank' if len(state.ranks) == 1 else 'ranks'} {some} of {state.info['size']}"
 
 
 def header_html(state: RunState) -> str:

@@ -21,7 +21,7 @@ class LinePrinter:
 
     def __init__(self, state: RunState) -> None:
         self.state = state
-        self._shown = [0] * len(state.ranks)
+        self._shown = {r.rank: 0 for r in state.ranks}
         self._at = 0.0
 
     def pending(self) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ..run.state import RunState
 from .headline import headline
 from .rank_lines import LinePrinter
+from .rank_values import show_values
 
 TEXT_EVERY = 5.0
 
@@ -65,3 +66,4 @@ class TextView:
             print(f"[dtrain] Horovod reported stalls waiting for rank {ranks}", flush=True)
         if state.store is not None:
             print(f"[dtrain] logs and metrics: {state.store.dir}", flush=True)
+        show_values(state)

@@ -11,6 +11,7 @@ from ..run.view import RunView, ViewFactory
 from .kernel_status import EVERY as BUSY_EVERY
 from .kernel_status import BusyStatus
 from .rank_lines import LinePrinter
+from .rank_values import show_values
 from .record_html import record_bundle
 
 SHOW_AFTER = 0.3
@@ -81,9 +82,10 @@ class DeferredDashboard:
         bundle = record_bundle(self.state)
         if self.dashboard is None:
             display(bundle, raw=True)
-            return
-        self._handle.update(bundle, raw=True)
-        self.dashboard.close()
+        else:
+            self._handle.update(bundle, raw=True)
+            self.dashboard.close()
+        show_values(self.state)
 
 
 def view_factory(widget: bool) -> ViewFactory:
