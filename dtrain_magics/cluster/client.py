@@ -24,6 +24,19 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
         self._listeners: list[Listener] = []  # before the I/O thread starts
         super().__init__(*args, **kwargs)
 
+    def busy_engines(self) -> int | None:
+        """How many engines have work queued or running (None if the controller did not say)."""
+        if not self.outstanding:  # nothing of ours in flight: the controller's counts
+            return 0  # may still lag behind a reply we already have
+        try:
+            queues = self.queue_status()
+        except Exception:
+            log.debug("queue_status failed", exc_info=True)
+            return None
+        return sum(
+            1 for k, v in queues.items() if k != "unassigned" and (v.get("queue") or v.get("tasks"))
+        )
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

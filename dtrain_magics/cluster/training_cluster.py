@@ -25,6 +25,7 @@ from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
 from .launchers.base import is_local_host
+from .listeners import StateListeners
 from .processes import kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe
 from .registration import launchers_stopped, wait_for_engines
@@ -72,7 +73,7 @@ class TrainingCluster:
         self._connected = False  # to a cluster we did not start (a launcher owning no processes)
         # set from another thread to give up a start in progress (the notebook was interrupted)
         self.abort_start = threading.Event()
-        self._listeners: list[weakref.WeakMethod[Any]] = []
+        self._listeners = StateListeners()
         _live.add(self)
 
     @property
@@ -147,20 +148,8 @@ class TrainingCluster:
             return info
         info["engines_registered"] = len(self._client.ids)
         if ask_controller:
-            info["busy"] = self._busy()
+            info["busy"] = self._client.busy_engines()
         return info
-
-    def _busy(self) -> int | None:
-        if not self._client.outstanding:  # nothing of ours in flight: the controller's counts
-            return 0  # may still lag behind a reply we already have
-        try:
-            queues = self._client.queue_status()
-        except Exception:
-            log.debug("queue_status failed", exc_info=True)
-            return None
-        return sum(
-            1 for k, v in queues.items() if k != "unassigned" and (v.get("queue") or v.get("tasks"))
-        )
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this cluster: controller, mpiexec, engines and their children."""
@@ -375,20 +364,11 @@ class TrainingCluster:
         kernel_state.publish(status, activity, run_id)
         if threading.current_thread() is not threading.main_thread():
             return  # widgets are updated from the kernel's main thread only
-        record = kernel_state.record(status, activity, run_id)
-        for ref in list(self._listeners):
-            listener = ref()
-            if listener is None:
-                self._listeners.remove(ref)
-                continue
-            try:
-                listener(record)
-            except Exception:
-                log.debug("cluster listener failed", exc_info=True)
+        self._listeners.notify(kernel_state.record(status, activity, run_id))
 
     def add_listener(self, listener: Callable[[ClusterRecord], None]) -> None:
         """Call ``listener(record)`` on every state change (held weakly: a bound method)."""
-        self._listeners.append(weakref.WeakMethod(listener))
+        self._listeners.add(listener)
 
     def __enter__(self) -> TrainingCluster:
         return self
