@@ -23,8 +23,10 @@ class Reply:
 class KernelSession:
     """Starts a python3 kernel (this venv) and runs cells in it."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        extra = {"env": env} if env is not None else {}
+    def __init__(self, env: dict[str, str] | None = None, cwd: Any = None) -> None:
+        extra: dict[str, Any] = {"env": env} if env is not None else {}
+        if cwd is not None:
+            extra["cwd"] = str(cwd)
         self.km, self.kc = start_new_kernel(kernel_name="python3", startup_timeout=60, **extra)
 
     def submit(self, code: str) -> str:

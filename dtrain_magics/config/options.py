@@ -86,6 +86,7 @@ def parse_ranks(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     ranks: set[int] = set()
+    text = text.strip().strip("'\"")  # IPython keeps the quotes of --ranks "0,1"
     for part in (p.strip() for p in text.split(",")):
         match = _RANGE.fullmatch(part)
         if not part:

@@ -1,6 +1,6 @@
 """Run an unchanged training script on a rank, as ``mpiexec -n N python train.py ARGS`` would.
 
-``run_script`` runs the file as ``__main__`` in a fresh namespace with ``sys.argv`` set to the
+``run_script`` runs the file as ``__main__`` in a fresh module with ``sys.argv`` set to the
 command line, the script's directory first on ``sys.path`` and the notebook's working directory
 as the current one, and puts all three back afterwards: the cells' namespace never sees the
 script's globals. Modules the script imported from its own directory are forgotten, so an edited
@@ -10,10 +10,13 @@ script's globals. Modules the script imported from its own directory are forgott
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import io
 import os
 import sys
-from types import TracebackType
+from importlib.machinery import SourceFileLoader
+from types import ModuleType, TracebackType
 
 from .tracebacks import rebuild, render
 
@@ -31,8 +34,6 @@ class ScriptExit(Exception):
 
 def run_script(path: str, args: list[str], cwd: str) -> None:
     """Run the script at ``path`` (as given on the command line, relative to ``cwd``)."""
-    import runpy
-
     saved_cwd = os.getcwd()
     try:
         os.chdir(cwd)
@@ -41,23 +42,39 @@ def run_script(path: str, args: list[str], cwd: str) -> None:
             f"the notebook's working directory {cwd} is not reachable on this rank's host "
             f"({e.strerror}); the script runs there, as under mpiexec."
         ) from None
-    here = os.path.dirname(os.path.abspath(path))
+    file = os.path.abspath(path)
+    here = os.path.dirname(file)
     saved_argv, saved_path, saved_modules = sys.argv, list(sys.path), set(sys.modules)
+    saved_main = sys.modules["__main__"]
     sys.argv = [path, *args]
     sys.path.insert(0, here)
     try:
-        runpy.run_path(path, run_name="__main__")
+        sys.modules["__main__"] = main = _main_module(file)
+        with io.open_code(file) as f:
+            code = compile(f.read(), file, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
     except SystemExit as e:
-        code = _exit_code(e.code)
-        if code:
-            raise ScriptExit(code) from None
+        status = _exit_code(e.code)
+        if status:
+            raise ScriptExit(status) from None
     except BaseException as e:
-        _show_from_script(e, os.path.abspath(path))
+        _show_from_script(e, file)
         raise
     finally:
+        sys.modules["__main__"] = saved_main
         sys.argv, sys.path[:] = saved_argv, saved_path
         _forget_modules(here, set(sys.modules) - saved_modules)
         os.chdir(saved_cwd)
+
+
+def _main_module(file: str) -> ModuleType:
+    """A fresh ``__main__`` for the script, as ``python file`` makes it (what ``runpy.run_path``
+    does, but with ``sys.argv[0]`` left as given on the command line)."""
+    main = ModuleType("__main__")
+    main.__file__ = file
+    main.__loader__ = SourceFileLoader("__main__", file)
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    return main
 
 
 def _exit_code(code: object) -> int:

@@ -1,0 +1,107 @@
+"""Without a cluster: rank lists, how the ranks' values are grouped and labelled, the input
+transformer of the line form, and the rank helpers outside an engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dtrain_magics.config.options import RunOptions, format_ranks, parse_ranks
+from dtrain_magics.errors import BadOptions
+from dtrain_magics.ipython.transformer import await_distributed_cells
+from dtrain_magics.run.state import RunState
+from dtrain_magics.ui.rank_values import value_bundles
+
+
+@pytest.mark.parametrize(
+    ("text", "ranks"),
+    [
+        ("0", (0,)),
+        ("0,2-3", (0, 2, 3)),
+        (" 3 , 1-2,1 ", (1, 2, 3)),
+        ('"0,1"', (0, 1)),
+        (None, None),
+    ],
+)
+def test_rank_lists(text: str | None, ranks: tuple[int, ...] | None) -> None:
+    assert parse_ranks(text) == ranks
+
+
+def test_rank_lists_are_written_back_as_ranges() -> None:
+    assert format_ranks([0, 2, 3, 4, 7]) == "0,2-4,7"
+    assert format_ranks(range(4)) == "0-3"
+
+
+def test_a_subset_of_every_rank_is_no_subset() -> None:
+    assert RunOptions(ranks=(0, 1)).subset(2) is None
+    assert RunOptions(ranks=(1,)).subset(2) == (1,)
+    assert RunOptions().subset(2) is None
+    with pytest.raises(BadOptions, match=r"names rank 2, but the cluster has 2 ranks \(0-1\)"):
+        RunOptions(ranks=(0, 2)).subset(2)
+    with pytest.raises(BadOptions, match=r"the cluster has 1 rank \(0\)"):
+        RunOptions(ranks=(1,)).subset(1)
+
+
+def _value(text: str, **more: Any) -> dict[str, Any]:
+    return {
+        "output_type": "execute_result",
+        "data": {"text/plain": text, **more},
+        "metadata": {},
+    }
+
+
+def test_values_grouped_by_rank_and_labelled() -> None:
+    state = RunState("r", 4, {})
+    for rank, text in enumerate(["2", "2", "'x'", "2"]):
+        state.set_outputs(rank, [_value(text)])
+    assert [data["text/plain"] for data, _ in value_bundles(state)] == [
+        "Out[rank 0-1,3]: 2",
+        "Out[rank 2]: 'x'",
+    ]
+    assert state.values() == [{"ranks": [0, 1, 3], "text": "2"}, {"ranks": [2], "text": "'x'"}]
+
+
+def test_rich_values_and_displays_keep_their_bundles() -> None:
+    state = RunState("r", [1, 3], {})
+    png = {"output_type": "display_data", "data": {"image/png": "iVBO"}, "metadata": {"x": 1}}
+    state.set_outputs(1, [png, _value("<T>", **{"text/html": "<b>1</b>"})])
+    state.set_outputs(3, [_value("line one\nline two")])
+    assert value_bundles(state) == [
+        ({"text/plain": "[output:rank 1]"}, {}),
+        ({"image/png": "iVBO"}, {"x": 1}),
+        ({"text/plain": "Out[rank 1]:"}, {}),
+        ({"text/plain": "<T>", "text/html": "<b>1</b>"}, {}),
+        ({"text/plain": "Out[rank 3]:\nline one\nline two"}, {}),
+    ]
+
+
+def test_the_line_form_is_awaited_and_the_rest_left_alone() -> None:
+    cell = [
+        "steps = 3\n",
+        "%distributed --nodes 2 train.py \\\n",
+        "    --epochs $steps\n",
+        "x = 1 + \\\n",
+        "    2\n",
+        "%distributed?\n",
+        "%distributedx y\n",
+    ]
+    assert await_distributed_cells(cell) == [
+        "steps = 3\n",
+        "await __import__('dtrain_magics')._magics.distributed_line_async("
+        "' --nodes 2 train.py      --epochs $steps')\n",
+        "x = 1 + \\\n",
+        "    2\n",
+        "%distributed?\n",
+        "%distributedx y\n",
+    ]
+    assert await_distributed_cells(["%%distributed?\n"]) == ["%%distributed?\n"]
+
+
+def test_progress_and_log_work_outside_an_engine() -> None:
+    from dtrain_magics.rank.telemetry import Telemetry, publish_data
+
+    publish_data({"dtrain-0": {}})  # no engine: nothing to send, and no error
+    telemetry = Telemetry()
+    assert list(telemetry.progress(range(3))) == [0, 1, 2]
+    telemetry.log(loss=1.0)
