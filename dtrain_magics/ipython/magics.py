@@ -160,15 +160,13 @@ class DistributedMagics(Magics):
         """The runner's code, options and keyword arguments (``UsageError`` if bad); the line
         form (``cell`` None) runs a script."""
         settings, options, sources, widget = self.parse(line, script=cell is None)
-        code: str | Script = cell if cell is not None else ""
-        if cell is None:
-            try:
-                code = Script.from_command(self._parse_flags(line, True).command)
-            except BadOptions as e:
-                raise UsageError(str(e)) from None
-        flags = settings_from_args(
-            self._parse_flags(line, cell is None), self.settings.settings_class
-        )
+        args = self._parse_flags(line, cell is None)
+        code: str | Script
+        try:
+            code = cell if cell is not None else Script.from_command(args.command)
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
+        flags = settings_from_args(args, self.settings.settings_class)
         layout, spec, note = self._cluster_for(set(flags), options.layout, settings.launch_spec())
         options = dataclasses.replace(
             options,

@@ -117,7 +117,7 @@ class DistributedRunner:
         run_id = new_run_id()
         state = RunState(
             run_id,
-            ranks if subset is not None else size,
+            ranks,
             {
                 "backend": options.backend,
                 "device": options.device,
@@ -154,9 +154,7 @@ class DistributedRunner:
             state.info["device"] = self.cluster.device or options.device
             state.set_status("running")
             self.cluster.publish_state("busy", run_id)
-            result = await self._execute(
-                code, ranks, subset is not None, options.timeout, state, run_view, recorder
-            )
+            result = await self._execute(code, ranks, options.timeout, state, run_view, recorder)
             if script is not None:
                 self.cluster.backends.resume_next = True  # it may have shut Horovod down
             if result.status == "succeeded" and options.pull:
@@ -223,23 +221,23 @@ class DistributedRunner:
         self,
         code: str,
         ranks: list[int],
-        subset: bool,
         timeout: float | None,
         state: RunState,
         view: RunView,
         recorder: RunRecorder,
     ) -> RunResult:
-        """Execute ``code`` on ``ranks`` (some of them with ``subset``: their collectives fail);
-        on a failure, timeout or interrupt stop them all."""
+        """Execute ``code`` on ``ranks`` (on some of the ranks, if the state's info names them:
+        their collectives fail); on a failure, timeout or interrupt stop them all."""
         client = self.cluster.client
         backends = self.cluster.backends
+        some = state.info.get("ranks")
         wake = self._wake = Wakeup(client)
         try:
             started = time.monotonic()
-            if subset:
+            if some:
                 backends.hold(self.cluster.view(), started)
             engine_ids = [self.cluster.engine_id(r) for r in ranks]
-            metadata = backends.cell_metadata(started, state.info.get("ranks"))
+            metadata = backends.cell_metadata(started, some)
             ars = dict(zip(ranks, client.execute_on(engine_ids, code, metadata), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
             others = [r for r in range(len(self.cluster.engines)) if r not in ars]
