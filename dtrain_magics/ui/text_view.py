@@ -20,6 +20,7 @@ class TextView:
         self.lines = LinePrinter(state)
         self._printed_at = time.monotonic()
         self._message = ""
+        self._where: object = None
 
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
@@ -34,6 +35,10 @@ class TextView:
         if stall:
             self._message = state.message
             print(f"[dtrain] {state.message}", flush=True)
+        if state.where is not None and state.where is not self._where:
+            self._where = state.where
+            for line in state.where_lines():
+                print(f"[dtrain] {line}", flush=True)
         if state.status == "starting cluster" and state.message != self._message:
             self._message = state.message
             print(state.message, flush=True)
