@@ -171,7 +171,8 @@ def install_horovod() -> None:
             original = getattr(lib, attr, None)
             if original is not None:
                 _patch(lib, attr, _wrap_direct(original, op))
-        _patch(lib, "horovod_torch_wait_and_clear", _wait_and_clear(lib.horovod_torch_wait_and_clear))
+        wait = lib.horovod_torch_wait_and_clear
+        _patch(lib, "horovod_torch_wait_and_clear", _wait_and_clear(wait))
         _installed.add("horovod")
 
 
