@@ -138,6 +138,10 @@ class RunState:
             )
             self.version += 1
 
+    @property
+    def straggler_rank(self) -> int | None:
+        return self.straggler.rank if self.straggler is not None else None
+
     def set_where(self, report: WhereReport) -> None:
         """Where the ranks are (asked by the user, or after a time without progress)."""
         self.where = report

@@ -92,7 +92,7 @@ class WidgetDashboard:
         state = self.state
         self.header.value = header_html(state)
         self.where.value = where_html(state)
-        straggler = state.straggler.rank if state.straggler else None
+        straggler = state.straggler_rank
         sources = state.info.get("sources")
         if sources:
             self.settings.value = "<small>settings: " + escape(sources) + "</small>"

@@ -44,7 +44,7 @@ def _rank_row(r: RankState, straggler: int | None) -> str:
 def record_html(state: RunState) -> str:
     """The run's record as HTML: header, per-rank bars, charts, failure, where the logs are."""
     parts = [f"<div>{header_html(state)}</div>", where_html(state)]
-    straggler = state.straggler.rank if state.straggler else None
+    straggler = state.straggler_rank
     sources = state.info.get("sources")
     if sources:
         parts.append(f"<div><small>settings: {escape(str(sources))}</small></div>")
@@ -77,7 +77,7 @@ def record_text(state: RunState) -> str:
     """The run's record as plain text (consoles, ``nbconvert --to script``, screen readers)."""
     lines = [f"[dtrain] {headline(state)}", *(f"[dtrain] {note}" for note in state.notes)]
     lines += [f"[dtrain] {line}" for line in state.where_lines()]
-    straggler = state.straggler.rank if state.straggler else None
+    straggler = state.straggler_rank
     for r in state.ranks:
         if r.n or r.total or r.status != "ok":
             text = _TAG.sub("", bar_text(r, straggler))

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from ..run.state import RunState
+from ..run.straggler import split_text
 from .headline import headline
 from .rank_lines import LinePrinter
 
@@ -65,6 +66,10 @@ class TextView:
         print(f"[dtrain] {headline(state)}" + (f" · last {metrics}" if metrics else ""), flush=True)
         for note in state.notes:
             print(f"[dtrain] {note}", flush=True)
+        for r in state.ranks:
+            if r.split is not None:
+                flag = " · holds the others back" if state.straggler_rank == r.rank else ""
+                print(f"[dtrain] rank {r.rank}: {split_text(r.split)}{flag}", flush=True)
         if state.stalled:
             ranks = ", ".join(map(str, state.stalled))
             print(f"[dtrain] Horovod reported stalls waiting for rank {ranks}", flush=True)
