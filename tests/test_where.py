@@ -61,6 +61,7 @@ def test_report_names_the_allreduce_and_the_rank_that_has_not_joined(
     ), rank1
     summary = _run_json()
     where = summary["where"]
+    assert dtrain_magics.last_run().where == where  # type: ignore[union-attr]
     assert where["why"].startswith("no progress for")
     assert where["ranks"][0]["collective"]["name"] == "allreduce.grad"
     assert where["ranks"][0]["missing"] == [1]
@@ -185,6 +186,7 @@ def test_straggler_is_flagged_with_compute_and_wait_split(
     assert slow["wait_time"] < 0.2 * slow["step_time"]
     assert 0.03 < fast["step_time"] < 0.5
     assert "rank 1 holds the others back: they wait for it" in out
+    print(f"[straggler] rank 0 {fast}, rank 1 {slow}, {summary['straggler']}")
     last = [x for x in out.splitlines() if x.startswith("[dtrain] rank 1: ")][-1]
     assert "holds the others back" in last and "computing" in last and "waiting" in last
 
