@@ -199,3 +199,34 @@ def test_balanced_ranks_flag_no_straggler(run: Any, cluster: Any) -> None:
     summary = _run_json()
     assert summary["straggler"] is None
     assert all(r["step_time"] for r in summary["ranks"])
+
+
+def test_automatic_report_reaches_the_dashboard_in_a_real_kernel(kernel: Any) -> None:
+    assert kernel.run("%load_ext dtrain_magics").status == "ok"
+    msg_id = kernel.submit(
+        "%%distributed --nodes 2 --where-after 2\n"
+        "import time, torch\n"
+        "if rank == 1:\n"
+        "    time.sleep(8)\n"
+        "total = hvd.allreduce(torch.ones(1), name='late').item()\n"
+    )
+    live = ""  # the dashboard's widgets, as the front end receives them
+    deadline = time.monotonic() + 180
+    record = ""
+    while time.monotonic() < deadline:
+        msg = kernel.kc.get_iopub_msg(timeout=180)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        content = msg["content"]
+        if msg["msg_type"] == "comm_msg":
+            value = str(content.get("data", {}).get("state", {}).get("value", ""))
+            if "dtrain-where" in value:
+                live = value
+        elif msg["msg_type"] == "update_display_data":
+            record = content["data"].get("text/html", "")
+        elif msg["msg_type"] == "status" and content["execution_state"] == "idle":
+            break
+    assert "where are the ranks (no progress for" in live
+    assert "rank 1 has not joined" in live and "time.sleep(8)" in live
+    assert 'class="dtrain-record" data-status="succeeded"' in record
+    assert "rank 1 has not joined" in record  # the record keeps the report
