@@ -7,9 +7,12 @@ the ranks that have not joined it: those neither waiting in it nor having enqueu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 WhereReport = dict[str, Any]
 """``{"at", "why", "ranks": [rank reports, each with "missing" and "line"]}`` (JSON)."""
@@ -144,8 +147,10 @@ class WhereWatch:
         try:
             self.probe = self.ask()
             self._why = why
-        except Exception:  # the cluster went away: the run notices
+        except Exception:  # the cluster went away: the run notices; no retry until activity
+            log.debug("asking the ranks where they are failed", exc_info=True)
             self.probe = None
+            self._reported = True
 
     def _answered(self, reports: list[dict[str, Any]], now: float) -> None:
         if self._why != "asked" and self.after is not None:
