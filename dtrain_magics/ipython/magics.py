@@ -78,9 +78,10 @@ class DistributedMagics(Magics):
         Rank namespaces persist between cells. Each rank's output streams in, labelled by rank.
         An error on any rank fails the cell with that rank's traceback and interrupts the others.
         A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
-        ``dtrain.log`` as charts, throughput, each rank's step split into computing and waiting
-        in collectives, a "Where are the ranks?" button (also shown by itself after
-        ``--where-after`` seconds without progress) and a Stop button; afterwards
+        ``dtrain.log`` as charts, throughput, per-rank output, each rank's step split into
+        computing and waiting in collectives, a "Where are the ranks?" button (the report also
+        comes by itself after ``--where-after`` seconds without progress) and a Stop button;
+        afterwards
         ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
 
         Flags override the defaults applied with ``%dtrain config`` (the form), which override
