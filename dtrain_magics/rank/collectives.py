@@ -165,7 +165,7 @@ def install_horovod() -> None:
         ops = _reduce_ops()
         for attr, op in HOROVOD_ENQUEUE.items():
             original = getattr(mpi_ops, attr, None)
-            if original is not None:
+            if original is not None and "name" in inspect.signature(original).parameters:
                 _patch(mpi_ops, attr, _wrap_enqueue(original, op, ops))
         for attr, op in HOROVOD_DIRECT.items():
             original = getattr(lib, attr, None)
