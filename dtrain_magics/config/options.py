@@ -19,6 +19,7 @@ class RunOptions:
     device: str = "auto"
     launcher: str = "local"
     timeout: float | None = None
+    where_after: float | None = 30.0
     push: tuple[str, ...] = ()
     pull: tuple[str, ...] = ()
 
@@ -37,6 +38,7 @@ class RunOptions:
             device=settings.device,
             launcher=settings.launcher,
             timeout=settings.timeout,
+            where_after=settings.where_after,
             push=push,
             pull=pull,
         )

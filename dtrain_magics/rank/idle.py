@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import collectives
+
 SUSPEND_AFTER = 3.0
 RESUME_AFTER = 1.0  # well before any rank suspends: the ranks end a cell at different times
 RESUME = "dtrain_resume"
@@ -30,6 +32,7 @@ def _suspend() -> None:
     with _lock:
         if hvd.is_initialized():
             hvd.shutdown()
+        collectives.forget_pending()  # Horovod's handles start again after the restart
 
 
 def _after_cell() -> None:
@@ -55,6 +58,7 @@ def _before_cell() -> None:
 
         with _lock:
             hvd.shutdown()  # at once if a rank already suspended it
+            collectives.forget_pending()
             hvd.init()
 
 

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Any
 
-from . import idle
+from . import collectives, idle, where
 from . import rank_context as _context
 from .backends import Backend, make_backend
 from .compat import check_backend_device
@@ -36,6 +36,7 @@ def init_rank(
     ns: dict[str, Any] = shell.user_ns if shell is not None else {}
     if shell is not None:
         install(shell)
+        where.install(shell)
         if backend == "horovod":
             idle.install(shell)
     if _backend is not None and _backend.name != backend:
@@ -77,6 +78,7 @@ def init_rank(
 
 def reset_rank() -> None:
     """Reset the backend after a failed or interrupted cell (aborted collectives)."""
+    collectives.forget_pending()
     if _backend is not None:
         _backend.reset()
 
