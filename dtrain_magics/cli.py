@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         from .install.doctor import doctor
         from .store.paths import logs_dir
 
-        ready = doctor(args.python, timeout=args.timeout)
         # where each kernel's diagnostics log (every error the package caught) is written
-        print(f"{'Logs':<9} {logs_dir()}/kernel-<kernel id>.log (%dtrain status names the file)")
+        logs = f"{'Logs':<9} {logs_dir()}/kernel-<kernel id>.log (%dtrain status names the file)"
+        ready = doctor(args.python, timeout=args.timeout, notes=(logs,))
         return 0 if ready else 1
     except InstallError as e:
         print(f"dtrain-magics: {e}", file=sys.stderr)

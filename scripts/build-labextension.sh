@@ -25,7 +25,10 @@ hash_sources() {
     -o -path labextension/.yarn -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16
 }
 STAMP="$OUT/.source-hash"
+# the wheel maps $OUT to share/jupyter/labextensions/dtrain-magics: install.json goes with it
+copy_install_json() { [[ -d $OUT ]] && cp labextension/install.json "$OUT/install.json"; }
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$(hash_sources)" && -f $OUT/static/style.js ]]; then
+  copy_install_json
   exit 0
 fi
 say "installing JavaScript packages (npm registry) and building"
@@ -34,5 +37,6 @@ say "installing JavaScript packages (npm registry) and building"
 (cd labextension && jlpm build >/tmp/dtrain-jlpm-build.log 2>&1) \
   || { tail -30 /tmp/dtrain-jlpm-build.log >&2; die "building the lab extension failed (log above)."; }
 [[ -f $OUT/static/style.js ]] || die "the build did not produce $OUT/static/style.js."
+copy_install_json
 hash_sources > "$STAMP"
 say "built into $OUT"

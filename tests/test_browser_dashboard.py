@@ -59,3 +59,53 @@ def test_dashboard_shows_progress_to_completion(tmp_path: Path) -> None:
         assert record.locator("svg[data-metric='accuracy']").count() == 1
         record.scroll_into_view_if_needed()
         record.screenshot(path=str(screenshot(page, "record-page.png").with_name("record.png")))
+
+
+WHERE_CELL = """%%distributed --nodes 2 --where-after none
+import time, torch
+if rank == 1:
+    time.sleep(25)
+total = hvd.allreduce(torch.ones(1), name="grad").item()
+"""
+
+
+def test_where_button_shows_each_rank_and_who_has_not_joined(tmp_path: Path) -> None:
+    nb = new_notebook(cells=[new_code_cell("%load_ext dtrain_magics"), new_code_cell(WHERE_CELL)])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nbformat.write(nb, tmp_path / "where.ipynb")
+    with lab_server(tmp_path) as server, chromium_page() as page:
+        page.goto(server.url("lab/tree/where.ipynb"))
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
+        page.locator(".jp-Cell").first.click()
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.press("Shift+Enter")
+        dashboard = page.locator(".dtrain-dashboard")
+        try:
+            dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
+        except Exception:
+            screenshot(page, "where-dashboard-missing.png")
+            raise
+        dashboard.get_by_role("button", name="Where are the ranks?").click()
+        where = dashboard.locator(".dtrain-where")
+        try:
+            where.get_by_text("rank 1 has not joined").wait_for(timeout=30_000)
+        except Exception:
+            screenshot(page, "where-report-missing.png")
+            raise
+        rank0 = where.locator(".dtrain-where-rank[data-rank='0']").inner_text()
+        rank1 = where.locator(".dtrain-where-rank[data-rank='1']").inner_text()
+        assert "cell line 4: total = hvd.allreduce(" in rank0
+        assert "in Horovod allreduce 'allreduce.grad'" in rank0
+        assert rank1 == "rank 1: cell line 3: time.sleep(25)"
+        assert dashboard.locator(".dtrain-status").filter(has_text="running").count() == 1
+        dashboard.scroll_into_view_if_needed()
+        dashboard.screenshot(path=str(screenshot(page, "where-page.png").with_name("where.png")))
+        # the run goes on to its end, and its record keeps the report
+        record = page.locator(".dtrain-record")
+        record.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=120_000)
+        assert record.locator(".dtrain-where").get_by_text("rank 1 has not joined").count() == 1

@@ -112,8 +112,8 @@ def test_shortcut_runs_the_cell_on_two_ranks(lab: tuple[LabServer, Any]) -> None
     assert "loss" in run.locator(".dtrain-Run-metrics").inner_text()
     assert "2 ranks" in run.inner_text()
     # the cell ran under %%distributed but was left as the user wrote it
-    dashboard = _cell(page, 0).locator(".dtrain-dashboard")
-    dashboard.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=30_000)
+    record = _cell(page, 0).locator(".dtrain-record")
+    record.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=30_000)
     assert "%%distributed" not in _cell(page, 0).locator(".jp-InputArea").inner_text()
     page.locator(".dtrain-StatusItem").filter(has_text="dtrain: 2 ranks · idle").wait_for(
         timeout=30_000

@@ -29,7 +29,7 @@ def test_start_reports_progress_resizes_and_stops_clean() -> None:
         assert any("engines registered 2/2" in m for m in messages)
         assert cluster.status()["state"] == "running"
         first = cluster.processes()
-        assert "prterun" in _names(first) and "ipyparallel.engine" in _names(
+        assert "prterun" in _names(first) and "dtrain_magics.cluster.engine" in _names(
             first
         )  # mpiexec execs prterun
         first_pids = [p.pid for p in first]

@@ -59,7 +59,7 @@ def test_a_simulated_cuda_rank_fails_the_cell_with_the_sentence(run: Any, cluste
     view = cluster.view()
     view.execute(PATCH, block=True)
     try:
-        cluster.backend_state = None  # make the next cell initialise the ranks again
+        cluster.backends.forget()  # make the next cell initialise the ranks again
         with pytest.raises(RankError) as info:
             run("import torch\nnever = hvd.allreduce(torch.ones(1).cuda())")
         message = str(info.value)
@@ -68,7 +68,7 @@ def test_a_simulated_cuda_rank_fails_the_cell_with_the_sentence(run: Any, cluste
         assert "\n" not in message
     finally:
         view.execute(RESTORE, block=True)
-        cluster.backend_state = None
+        cluster.backends.forget()
     view.execute("_cell_ran = 'never' in globals()", block=True)
     assert rank_values(cluster, "_cell_ran") == [False, False]  # it failed before the cell ran
     run("import torch\nok = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()")

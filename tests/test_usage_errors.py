@@ -47,7 +47,7 @@ def test_empty_cell_is_a_usage_error(ip: Any, cluster: Any) -> None:
 def test_unknown_dtrain_subcommand(ip: Any) -> None:
     with pytest.raises(
         UsageError,
-        match=r"unknown %dtrain command 'explode'; use status, stop, restart or config\.",
+        match=r"unknown %dtrain command 'explode'; use status, where, stop, restart or config\.",
     ):
         ip.run_line_magic("dtrain", "explode")
 

@@ -85,6 +85,11 @@ class NotifyingClient(Client):  # type: ignore[misc]  # ipyparallel has no type 
         super()._dispatch_reply(msg)
         self._notify()
 
+    def _dispatch_single_reply(self, msg: Any) -> None:
+        # control replies, such as the ranks' answers to ``%dtrain where``
+        super()._dispatch_single_reply(msg)
+        self._notify()
+
 
 def connect(ipp_cluster: Any) -> NotifyingClient:
     """A ``NotifyingClient`` of a cluster started through ``ipyparallel.Cluster``."""

@@ -344,9 +344,10 @@ class TrainingCluster:
     # -- what others see ----------------------------------------------------------------------
 
     def engines_exited(self) -> bool:
-        """True once every engine set's launcher (``mpiexec``) has exited."""
+        """True once every engine set's launcher (``mpiexec``) has exited (never for a cluster
+        we connected to: its launcher is not ours to see)."""
         if self._cluster is None:
-            return True
+            return False
         return all(s.state == "after" for s in self._cluster.engines.values())
 
     def mpiexec_output_files(self) -> list[str]:

@@ -22,6 +22,7 @@ class RunOptions:
     device: str = "auto"
     launcher: str = "local"
     timeout: float | None = None
+    where_after: float | None = 30.0
     push: tuple[str, ...] = ()
     pull: tuple[str, ...] = ()
     ranks: tuple[int, ...] | None = None  # --ranks: the ranks the cell runs on (None: every one)
@@ -58,6 +59,7 @@ class RunOptions:
             device=settings.device,
             launcher=settings.launcher,
             timeout=settings.timeout,
+            where_after=settings.where_after,
             push=push,
             pull=pull,
             ranks=ranks,

@@ -85,6 +85,16 @@ class DistributedSettings(Configurable):
         short="-t",
         placeholder="none",
     )
+    where_after = setting(
+        Seconds(
+            30.0,
+            allow_none=True,
+            help="Show where every rank is after this many seconds without progress (no output, "
+            "dtrain.log/progress or finished collective); none: only when asked (default 30).",
+        ),
+        label="Where after (s)",
+        placeholder="none",
+    )
     env = setting(
         EnvVars(help="NAME=VALUE environment variable for every rank (repeatable)."),
         label="Rank env",

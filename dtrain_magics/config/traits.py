@@ -113,6 +113,10 @@ class Seconds(SettingTrait, Float[Any, Any]):
             return None
         return text
 
+    def from_string(self, s: str) -> Any:
+        """A flag's text: ``none`` (any case) where ``allow_none``, else the text to validate."""
+        return self.from_text(s)
+
 
 class Choice(SettingTrait, Enum[Any]):
     """One of a fixed list of words."""

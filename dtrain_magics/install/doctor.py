@@ -183,9 +183,16 @@ def run_allreduce(
 
 
 def doctor(
-    python: str | None = None, *, timeout: float = 120, emit: Callable[[str], None] = print
+    python: str | None = None,
+    *,
+    timeout: float = 120,
+    emit: Callable[[str], None] = print,
+    notes: tuple[str, ...] = (),
 ) -> bool:
-    """Print the report for ``python``'s environment; True when a 2-rank run works."""
+    """Print the report for ``python``'s environment; True when a 2-rank run works.
+
+    ``notes`` are lines printed after the environment's facts, before the verdict.
+    """
     try:
         env = read_env(python, gpus=True, timeout=timeout)
     except (InstallError, subprocess.TimeoutExpired) as e:
@@ -199,6 +206,8 @@ def doctor(
         emit(f"{finding.label:<9} {finding.value}")
         if finding.problem:
             emit(f"{'':<9} fix: {finding.problem}")
+    for note in notes:
+        emit(note)
     blocked = [f for f in findings if f.problem and f.blocking]
     if blocked or isinstance(mpi, str) or isinstance(horovod, str):
         emit(f"{'2 ranks':<9} not run: fix the problems above first")

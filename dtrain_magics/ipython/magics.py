@@ -23,6 +23,7 @@ from IPython.core.magic_arguments import (
 
 from ..cluster.launchers import LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
+from ..cluster.where import ask_sync
 from ..config.flags import setting_arguments, settings_from_args
 from ..config.options import RunOptions, parse_names, parse_ranks
 from ..config.settings import DistributedSettings
@@ -30,13 +31,14 @@ from ..config.store import SettingsStore
 from ..errors import BadOptions, RankError
 from ..run.runner import DistributedRunner
 from ..run.script import Script
+from ..run.where import combine, report_lines
 from ..store import diagnostics, kernel_state
 from ..store.records import last_run
 from ..ui.headline import cluster_line, plural
 from ..ui.views import view_factory
 from .status_line import StatusLine
 
-COMMANDS = ("status", "stop", "restart", "config")
+COMMANDS = ("status", "where", "stop", "restart", "config")
 log = logging.getLogger(__name__)
 _CELL_COUNT = re.compile(r"In\[\d+\]")
 
@@ -94,7 +96,10 @@ class DistributedMagics(Magics):
         (``Out[rank 0-1]: ...`` for ranks with the same value; rich reprs as in a plain cell).
         An error on any rank fails the cell with that rank's traceback and interrupts the others.
         A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
-        ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
+        ``dtrain.log`` as charts, throughput, per-rank output, each rank's step split into
+        computing and waiting in collectives, a "Where are the ranks?" button (the report also
+        comes by itself after ``--where-after`` seconds without progress) and a Stop button;
+        afterwards
         ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
 
         The line form, ``%distributed [flags] train.py [its arguments]``, runs an unchanged
@@ -292,7 +297,8 @@ class DistributedMagics(Magics):
     def dtrain(self, line: str) -> Any:
         """Control the training cluster and its settings.
 
-        ``%dtrain status``, ``%dtrain stop``, ``%dtrain restart``, and ``%dtrain config`` (the
+        ``%dtrain status``, ``%dtrain where`` (each rank's line of code and the collective it
+        waits in), ``%dtrain stop``, ``%dtrain restart``, and ``%dtrain config`` (the
         configuration form: settings, detected resources, Apply/Save/Reset, Start/Stop).
 
         Examples
@@ -305,13 +311,22 @@ class DistributedMagics(Magics):
         command = line.strip() or "status"
         if command not in COMMANDS:
             raise UsageError(
-                f"unknown %dtrain command {command!r}; use status, stop, restart or config."
+                f"unknown %dtrain command {command!r}; use status, where, stop, restart or config."
             )
         return getattr(self, f"_dtrain_{command}")()
 
     def _dtrain_status(self) -> None:
         print(cluster_line(self.cluster.status()))
         print(f"diagnostics log: {diagnostics.log_path()}")
+
+    def _dtrain_where(self) -> None:
+        if not self.cluster.running or self.cluster.backends.key is None:
+            raise UsageError("no cluster is running a backend yet; run a %%distributed cell first.")
+        report = combine(ask_sync(self.cluster.client, self._engine_ids()), "asked")
+        print("\n".join(report_lines(report)))
+
+    def _engine_ids(self) -> list[int]:
+        return [self.cluster.engine_id(r) for r in range(len(self.cluster.engines))]
 
     def _dtrain_stop(self) -> None:
         was, owned = self.cluster.running, self.cluster.owns_processes

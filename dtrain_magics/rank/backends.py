@@ -36,9 +36,10 @@ class HorovodBackend:
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import horovod.torch as hvd
 
-        from . import interrupts
+        from . import collectives, interrupts
 
         interrupts.install()
+        collectives.install_horovod()
         if not hvd.is_initialized():
             hvd.init()
         return hvd.rank(), hvd.size(), {"hvd": hvd}
@@ -65,6 +66,9 @@ class TorchBackend:
         import torch.distributed as dist
         from mpi4py import MPI
 
+        from . import collectives
+
+        collectives.install_torch()
         comm = MPI.COMM_WORLD
         rank, size = comm.Get_rank(), comm.Get_size()
         if not dist.is_initialized():

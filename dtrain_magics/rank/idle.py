@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import collectives
+
 SUSPEND_AFTER = 3.0
 RESUME_AFTER = 1.0  # well before any rank suspends: the ranks end a cell at different times
 RESUME = "dtrain_resume"
@@ -32,6 +34,7 @@ def _suspend() -> None:
     with _lock:
         if hvd.is_initialized():
             hvd.shutdown()
+        collectives.forget_pending()  # Horovod's handles start again after the restart
 
 
 def _after_cell() -> None:
@@ -54,6 +57,7 @@ def _restart() -> None:
 
     with _lock:
         hvd.shutdown()  # at once if a rank already suspended it
+        collectives.forget_pending()
         hvd.init()
 
 

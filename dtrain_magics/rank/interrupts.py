@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from . import collectives
+
 GRACE = 0.5
 """Seconds a collective may go on after SIGINT before the guard ends it (a slow one finishes)."""
 _guard: InterruptGuard | None = None
@@ -32,6 +34,11 @@ def horovod_wait(thread_id: int) -> FrameType | None:
     if frame is None:
         return None
     code = frame.f_code
+    if code.co_name == "wait_and_clear" and code.co_filename == collectives.__file__:
+        frame = frame.f_back  # the wait's wrapper (collectives.py), called by synchronize
+        if frame is None:
+            return None
+        code = frame.f_code
     return frame if code.co_name == "synchronize" and "horovod" in code.co_filename else None
 
 

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Any
 
-from . import idle, subset
+from . import collectives, idle, subset, where
 from . import rank_context as _context
 from .backends import Backend, make_backend
 from .compat import check_backend_device
@@ -37,6 +37,7 @@ def init_rank(
     if shell is not None:
         install(shell)
         subset.install(shell)
+        where.install(shell)
         if backend == "horovod":
             idle.install(shell)
     if _backend is not None and _backend.name != backend:
@@ -78,6 +79,7 @@ def init_rank(
 
 def reset_rank() -> None:
     """Reset the backend after a failed or interrupted cell (aborted collectives)."""
+    collectives.forget_pending()
     if _backend is not None:
         _backend.reset()
 

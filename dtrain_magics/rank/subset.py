@@ -2,26 +2,27 @@
 
 The runner marks such a cell in its execute request's metadata (``SUBSET``: the ranks it runs
 on, as text). While it runs, a thread on each of those ranks looks every ``POLL`` seconds at
-where the main thread is. Found twice in the same Horovod or ``torch.distributed`` collective
-wait, it tells the notebook (``STUCK``: the sentence to show and the cell's line) and ends the
-wait: Horovod's by shutting Horovod down here; a ``torch.distributed`` wait only ends when the
-other ranks drop their process group, which the notebook has them do. The runner then shows
-the sentence for the error the ended wait raised, and resets the backend on every rank.
+the collective the main thread waits in (``collectives.clock``). Found twice in the same wait,
+it tells the notebook (``STUCK``: the sentence to show and the cell's line) and ends the wait:
+Horovod's by shutting Horovod down here; a ``torch.distributed`` wait only ends when the other
+ranks drop their process group, which the notebook has them do. The runner then shows the
+sentence for the error the ended wait raised, and resets the backend on every rank.
 ``dtrain.barrier``, ``checkpoint`` and ``load_checkpoint`` call ``check``, which raises
 ``CollectiveNeedsEveryRank`` at once. Outside such cells the thread sleeps on an event.
 """
 
 from __future__ import annotations
 
-import os
-import sysconfig
+import sys
 import threading
 import time
 import traceback
 from types import FrameType, TracebackType
 from typing import Any
 
+from .collectives import Waiting, clock
 from .tracebacks import rebuild, render
+from .where import _is_library
 
 SUBSET = "dtrain_ranks"
 """The key in an execute request's metadata naming the ranks a cell runs on (``"0,2-3"``)."""
@@ -59,7 +60,7 @@ def _user_frames(tb: TracebackType | None) -> list[TracebackType]:
     """The frames of the user's code: after IPython's, before the library's."""
     frames: list[TracebackType] = []
     while tb is not None:
-        if _library(tb.tb_frame.f_code.co_filename):
+        if _is_library(tb.tb_frame.f_code.co_filename):
             if frames:
                 break
         else:
@@ -68,72 +69,37 @@ def _user_frames(tb: TracebackType | None) -> list[TracebackType]:
     return frames
 
 
-def _library(path: str) -> bool:
-    """Not the user's code: Python's, an installed package's or this package's."""
-    return (
-        "site-packages" in path
-        or "dist-packages" in path
-        or path.startswith(_NOT_USERS)
-        or path.startswith("<frozen ")
-    )
-
-
-_NOT_USERS = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    sysconfig.get_paths()["stdlib"],
-    sysconfig.get_paths()["platstdlib"],
-)
-
-
 def check() -> None:
     """Raise ``CollectiveNeedsEveryRank`` in a cell on some of the ranks (MPI helpers)."""
     if _active.is_set():
         raise CollectiveNeedsEveryRank()
 
 
-def collective_wait(frame: FrameType | None) -> str | None:
-    """``"horovod"`` or ``"torch"`` if ``frame`` is a collective waiting for its peers."""
-    if frame is None:
-        return None
-    code = frame.f_code
-    path = code.co_filename.replace(os.sep, "/")
-    if "/horovod/" in path and code.co_name in ("synchronize", "barrier", "join"):
-        return "horovod"
-    if path.endswith("torch/distributed/distributed_c10d.py"):
-        return "torch"
-    return None
-
-
-def _main_frame() -> FrameType | None:
-    import sys
-
-    return sys._current_frames().get(threading.main_thread().ident or 0)
-
-
 def _watch() -> None:
-    seen: FrameType | None = None  # the wait seen at the last look (held only while active)
+    seen: Waiting | None = None  # the wait seen at the last look
     while True:
         if not _active.is_set():
             seen = None
             _active.wait()
-        frame = _main_frame()
-        kind = collective_wait(frame)
-        if kind is not None and frame is not None and frame is seen:
+        waiting = clock.waiting
+        if waiting is not None and waiting is seen:
             seen = None
             _active.clear()
-            _stop_main(kind, frame)
+            _stop_main(waiting.backend)
         else:
-            seen = frame if kind is not None else None
+            seen = waiting
             time.sleep(POLL)
-        frame = None
 
 
-def _stop_main(kind: str, frame: FrameType) -> None:
+def _stop_main(backend: str) -> None:
     """Tell the notebook where the main thread waits, and end the wait if this rank can."""
     from .telemetry import publish_data
 
-    ended = kind == "horovod"
-    publish_data({STUCK: {"error": _sentence(), "where": _where(frame), "ended": ended}})
+    ended = backend == "horovod"
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    where = _where(frame) if frame is not None else ""
+    del frame
+    publish_data({STUCK: {"error": _sentence(), "where": where, "ended": ended}})
     if ended:
         import horovod.torch as hvd
 
@@ -147,7 +113,7 @@ def _where(frame: FrameType) -> str:
     shell = get_ipython()
     lines = []
     for entry in traceback.extract_stack(frame):
-        if _library(entry.filename):
+        if _is_library(entry.filename):
             continue
         named = shell.compile.format_code_name(entry.filename) if shell is not None else None
         place = f"{named[0]} {named[1]}" if named else f"File {entry.filename}"

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from .collectives import clock as _clock
+
 T = TypeVar("T")
 
 # Seconds between messages. Each message wakes the engine's I/O thread, the controller and the
@@ -53,6 +55,10 @@ class Telemetry:
         self._seq = 0
         self._last = 0.0
         self._dirty = False
+        # step boundaries (a new step logged, else a progress iteration): how many, the time of
+        # the last one and the rank's time waited in collectives then (the straggler view)
+        self._logged: int | None = None
+        self._marks = {"log": [0, 0.0, 0.0], "progress": [0, 0.0, 0.0]}
 
     def log(self, step: int | None = None, **scalars: Any) -> None:
         """Record scalar metrics for this rank at ``step`` (default: this rank's next step)."""
@@ -60,6 +66,11 @@ class Telemetry:
             step = self._step
         self._step = step + 1
         now = time.time()
+        if step != self._logged:
+            self._logged = step
+            mark = self._marks["log"]
+            mark[0] += 1
+            mark[1], mark[2] = now, _clock.waited
         points = self._points
         for name, value in scalars.items():
             points.append(
@@ -90,11 +101,14 @@ class Telemetry:
         self._progress = state
         self._dirty = True
         n = 0
+        mark = self._marks["progress"]
         for item in iterable:
             yield item
             n += 1
             state["n"] = n
             now = time.time()
+            mark[0] += 1
+            mark[1], mark[2] = now, _clock.waited
             if now - self._last >= INTERVAL:
                 state["rate"] = n / max(now - started, 1e-9)
                 self._dirty = True
@@ -113,10 +127,19 @@ class Telemetry:
             "points": self._points,
             "dropped": self._dropped,
             "progress": dict(self._progress) if self._progress else None,
+            "timing": self._timing(),
         }
         self._points, self._dropped, self._dirty = [], 0, False
         self._publish({f"dtrain-{self._seq}": payload})
         self._seq += 1
+
+    def _timing(self) -> list[Any] | None:
+        """``[source, steps, time of the last step, seconds waited in collectives by then]``."""
+        for source in ("log", "progress"):
+            mark = self._marks[source]
+            if mark[0]:
+                return [source, *mark]
+        return None
 
 
 _telemetry = Telemetry()

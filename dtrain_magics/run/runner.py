@@ -18,6 +18,7 @@ from typing import Any
 from ..cluster.launchers import LaunchSpec, Layout, get_launcher
 from ..cluster.mpiexec_output import OutputFollower, cause_of_death
 from ..cluster.training_cluster import Report, TrainingCluster, quiet
+from ..cluster.where import ask as ask_where
 from ..config.options import RunOptions, format_ranks
 from ..errors import BadOptions, RunInterrupted
 from ..store import kernel_state
@@ -36,6 +37,7 @@ from .state import RunState
 from .transfer import collect_push, pull
 from .view import RunView, ViewFactory, no_view
 from .watch import RankWatch
+from .where import WhereWatch
 
 CELL_FILENAME = "<distributed cell>"
 START_TICK = 0.5  # seconds between refreshes of the view while the cluster starts
@@ -58,10 +60,18 @@ class DistributedRunner:
         self.grace = grace
         self._stop_requested = False
         self._wake: Wakeup | None = None
+        self._where: WhereWatch | None = None
 
     def request_stop(self) -> None:
         """Ask the running cell to interrupt every rank (the dashboard's Stop button)."""
         self._stop_requested = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def request_where(self) -> None:
+        """Ask every rank where it is (the dashboard's button); the answer goes to the run."""
+        if self._where is not None:
+            self._where.request()
         if self._wake is not None:
             self._wake.set()
 
@@ -136,6 +146,7 @@ class DistributedRunner:
             state.add_note(note)
         recorder = RunRecorder(state)
         self._stop_requested = False
+        state.ask_where = self.request_where
         run_view = view(state, self.request_stop)
         result: RunResult | None = None
         try:
@@ -154,7 +165,9 @@ class DistributedRunner:
             state.info["device"] = self.cluster.device or options.device
             state.set_status("running")
             self.cluster.publish_state("busy", run_id)
-            result = await self._execute(code, ranks, options.timeout, state, run_view, recorder)
+            result = await self._execute(
+                code, ranks, options.timeout, state, run_view, recorder, options.where_after
+            )
             if script is not None:
                 self.cluster.backends.resume_next = True  # it may have shut Horovod down
             if result.status == "succeeded" and options.pull:
@@ -225,6 +238,7 @@ class DistributedRunner:
         state: RunState,
         view: RunView,
         recorder: RunRecorder,
+        where_after: float | None = None,
     ) -> RunResult:
         """Execute ``code`` on ``ranks`` (on some of the ranks, if the state's info names them:
         their collectives fail); on a failure, timeout or interrupt stop them all."""
@@ -232,13 +246,19 @@ class DistributedRunner:
         backends = self.cluster.backends
         some = state.info.get("ranks")
         wake = self._wake = Wakeup(client)
+        engines = [self.cluster.engine_id(r) for r in ranks]
+        where = self._where = WhereWatch(
+            lambda: ask_where(client, engines),
+            state.set_where,
+            where_after,
+            lambda: state.active_at,
+        )
         try:
             started = time.monotonic()
             if some:
                 backends.hold(self.cluster.view(), started)
-            engine_ids = [self.cluster.engine_id(r) for r in ranks]
             metadata = backends.cell_metadata(started, some)
-            ars = dict(zip(ranks, client.execute_on(engine_ids, code, metadata), strict=True))
+            ars = dict(zip(ranks, client.execute_on(engines, code, metadata), strict=True))
             mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
             others = [r for r in range(len(self.cluster.engines)) if r not in ars]
 
@@ -253,6 +273,7 @@ class DistributedRunner:
                 recorder,
                 mpiexec,
                 self.cluster.engines_exited,
+                where,
                 on_stuck=end_wait,
             )
             deadline = started + timeout if timeout else None
@@ -282,7 +303,8 @@ class DistributedRunner:
             return result
         finally:
             wake.close()
-            self._wake = None
+            self._wake = self._where = None
+            state.ask_where = None
 
     async def _watch(
         self,

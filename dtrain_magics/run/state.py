@@ -6,13 +6,15 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.records import RunStore
 from ..store.schema import RankOutput, RankStatus, RankSummary, RunStatus, RunSummary, ValueSummary
 from .series import MetricSeries
+from .straggler import StepSplit, StepTimes, Straggler, find_straggler
+from .where import WhereReport, report_lines
 
 OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
 
@@ -35,6 +37,8 @@ class RankState:
     messages: int = 0
     first_time: float | None = None
     last_time: float | None = None
+    times: StepTimes = field(default_factory=StepTimes)
+    split: StepSplit | None = None
     _partial: dict[str, str] = field(default_factory=dict)
 
 
@@ -66,6 +70,10 @@ class RunState:
         self.traceback = ""
         self.dropped = 0
         self.stalled: list[int] = []  # ranks Horovod reported as stalling
+        self.where: WhereReport | None = None  # the last "where are the ranks?" report
+        self.straggler: Straggler | None = None
+        self.active_at = time.monotonic()  # the last output or telemetry of a rank
+        self.ask_where: Callable[[], None] | None = None  # set by the runner while it runs
         self.version = 0
         self.store = store
 
@@ -85,6 +93,7 @@ class RunState:
         if not text:
             return
         state = self._by_rank[rank]
+        self.active_at = time.monotonic()
         if self.store is not None:
             self.store.append_log(rank, text)
         *lines, state._partial[stream] = (state._partial.get(stream, "") + text).split("\n")
@@ -96,6 +105,13 @@ class RunState:
         """Take one coalesced message from ``rank``: metric points and progress."""
         state = self._by_rank[rank]
         state.messages += 1
+        self.active_at = time.monotonic()
+        timing = payload.get("timing")
+        if timing:
+            state.times.add(timing)
+            state.split = state.times.split()
+            splits = {r.rank: r.split for r in self.ranks if r.split is not None}
+            self.straggler = find_straggler(splits)
         points = payload.get("points") or []
         self.dropped += int(payload.get("dropped") or 0)
         latest = self.latest
@@ -136,6 +152,18 @@ class RunState:
         if outputs:
             self.outputs[rank] = outputs
             self.version += 1
+
+    @property
+    def straggler_rank(self) -> int | None:
+        return self.straggler.rank if self.straggler is not None else None
+
+    def set_where(self, report: WhereReport) -> None:
+        """Where the ranks are (asked by the user, or after a time without progress)."""
+        self.where = report
+        self.version += 1
+
+    def where_lines(self) -> list[str]:
+        return report_lines(self.where) if self.where else []
 
     def finish_rank(self, rank: int, status: RankStatus, error: str = "") -> None:
         state = self._by_rank[rank]
@@ -235,6 +263,12 @@ class RunState:
             "throughput": self.throughput(),
             "dropped_points": self.dropped,
             "stalled_ranks": self.stalled,
+            "where": self.where,
+            "straggler": (
+                {"rank": self.straggler.rank, "share": round(self.straggler.share, 3)}
+                if self.straggler
+                else None
+            ),
             "notes": self.notes,
             "values": self.values(),
             "ranks": [self._rank_summary(r) for r in self.ranks],
@@ -255,4 +289,6 @@ class RunState:
             "error": r.error,
             "lines": r.line_count,
             "messages": r.messages,
+            "step_time": round(r.split.step, 6) if r.split else None,
+            "wait_time": round(r.split.waiting, 6) if r.split else None,
         }

@@ -14,6 +14,7 @@ from .outcome import RankOutcome, outcome_of
 from .record import RunRecorder
 from .state import RunState
 from .view import RunView
+from .where import WhereWatch
 
 log = logging.getLogger(__name__)
 TICK = 1.0  # seconds between the checks nothing wakes us for: stalls, run.json, elapsed time
@@ -30,6 +31,7 @@ class RankWatch:
         recorder: RunRecorder,
         mpiexec: OutputFollower | None = None,
         exited: Callable[[], bool] = lambda: False,
+        where: WhereWatch | None = None,
         on_stuck: Callable[[dict[str, Any]], None] = lambda notice: None,
     ) -> None:
         self.ars = ars
@@ -38,6 +40,7 @@ class RankWatch:
         self.recorder = recorder
         self.mpiexec = mpiexec
         self.exited = exited  # mpiexec has exited: MPI aborted the job (a rank died)
+        self.where = where  # asks the ranks where they are (the button, or no progress)
         self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective
         self.stuck: dict[int, dict[str, Any]] = {}  # those ranks' notices (RankBackends)
         self.outcomes: dict[int, RankOutcome] = {}
@@ -84,6 +87,8 @@ class RankWatch:
                 self._set(RankOutcome(r, "died", "its engine process exited"))
             failed = True
         now = time.monotonic()
+        if self.where is not None and self.pending:
+            self.where.poll(now)
         if now - self._ticked >= TICK:
             self._ticked = now
             self._check_stalls()
@@ -97,6 +102,9 @@ class RankWatch:
         wanted = self.view.next_refresh(now)
         if wanted is not None:
             due = min(due, wanted)
+        asked = self.where.next_wake(now) if self.where is not None else None
+        if asked is not None:
+            due = min(due, asked)
         return max(0.0, due - now)
 
     def drain(self) -> None:

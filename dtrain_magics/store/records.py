@@ -114,6 +114,14 @@ class RunRecord:
             (m["step"], m["value"]) for m in self.metrics if m["name"] == name and m["rank"] == want
         ]
 
+    @property
+    def where(self) -> dict[str, Any] | None:
+        """The run's last "where are the ranks?" report (from ``run.json``), if it had one."""
+        path = self.dir / "run.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text(encoding="utf-8")).get("where")  # type: ignore[no-any-return]
+
     def log(self, rank: int) -> str:
         """Everything ``rank`` printed."""
         path = self.log_paths.get(rank)

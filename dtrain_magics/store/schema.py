@@ -44,6 +44,8 @@ class RankSummary(TypedDict):
     error: str
     lines: int
     messages: int
+    step_time: float | None  # mean seconds per step over the last 10 s (straggler view)
+    wait_time: float | None  # of which waiting in collectives
 
 
 class RankOutput(TypedDict):
@@ -79,6 +81,8 @@ class RunSummary(TypedDict):
     throughput: dict[str, float]
     dropped_points: int
     stalled_ranks: list[int]
+    where: dict[str, Any] | None  # the last "where are the ranks?" report
+    straggler: dict[str, Any] | None  # {"rank", "share"}: the rank the others wait for
     notes: list[str]
     values: list[ValueSummary]
     ranks: list[RankSummary]

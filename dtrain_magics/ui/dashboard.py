@@ -12,7 +12,7 @@ from collections.abc import Callable
 from html import escape
 
 from ..run.state import RunState
-from .headline import bar_text, charts_html, header_html
+from .headline import bar_text, charts_html, header_html, where_html
 
 PROGRESS_EVERY = 0.5
 CHARTS_EVERY = 1.0
@@ -40,16 +40,25 @@ class WidgetDashboard:
         ]
         self.bar_texts = [w.HTML() for _ in state.ranks]
         self.charts = w.HTML()
+        self.where = w.HTML()
         self.settings = w.HTML()
         self.logs = w.HTML()
         self.stop_button = w.Button(
             description="Stop", icon="stop", button_style="danger", tooltip="Interrupt every rank"
         )
         self.stop_button.on_click(lambda _: on_stop())
+        self.where_button = w.Button(
+            description="Where are the ranks?",
+            icon="search",
+            tooltip="Show each rank's line of code and the collective it waits in",
+            layout=w.Layout(width="auto"),
+        )
+        self.where_button.on_click(lambda _: self._ask_where())
         rows = [w.HBox([bar, text]) for bar, text in zip(self.bars, self.bar_texts, strict=True)]
         self.widget = w.VBox(
             [
-                w.HBox([self.header, self.stop_button]),
+                w.HBox([self.header, self.where_button, self.stop_button]),
+                self.where,
                 self.settings,
                 *rows,
                 self.charts,
@@ -61,6 +70,10 @@ class WidgetDashboard:
         self._progress_at = self._charts_at = 0.0
         self._seen = -1
         self.refresh(force=True)
+
+    def _ask_where(self) -> None:
+        if self.state.ask_where is not None:
+            self.state.ask_where()
 
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
@@ -78,13 +91,15 @@ class WidgetDashboard:
         self._seen, self._progress_at = self.state.version, now
         state = self.state
         self.header.value = header_html(state)
+        self.where.value = where_html(state)
+        straggler = state.straggler_rank
         sources = state.info.get("sources")
         if sources:
             self.settings.value = "<small>settings: " + escape(sources) + "</small>"
         for bar, text, r in zip(self.bars, self.bar_texts, state.ranks, strict=True):
             bar.max = float(r.total or max(r.n, 1))
             bar.value = float(r.n)
-            text.value = bar_text(r)
+            text.value = bar_text(r, straggler)
             if r.status == "ok":
                 bar.bar_style = "success"
                 if not r.total:

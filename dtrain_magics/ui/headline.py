@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from ..run.state import RankState, RunState
+from ..run.straggler import split_text
 from .charts import svg_chart
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -51,6 +52,8 @@ def headline(state: RunState) -> str:
         parts.append(f"rank {state.failing_rank}: {state.failure}")
     elif state.message:
         parts.append(state.message)
+    if state.straggler is not None:
+        parts.append(state.straggler.sentence())
     return " · ".join(p for p in parts if p)
 
 
@@ -78,13 +81,37 @@ def charts_html(state: RunState) -> str:
     )
 
 
-def bar_text(r: RankState) -> str:
-    """A rank's progress as HTML text: ``epoch: 3/10 · 2.5 it/s``."""
+def bar_text(r: RankState, straggler: int | None = None) -> str:
+    """A rank's progress as HTML text: ``epoch: 3/10 · 2.5 it/s · step 52 ms: 40 ms computing,
+    12 ms waiting (23%)``, and a flag on the rank that holds the others back."""
     total = f"/{r.total}" if r.total else ""
     rate = f" · {r.rate:,.1f} it/s" if r.rate else ""
     desc = f"{r.desc}: " if r.desc else ""
     status = "" if r.status in ("running", "ok") else f" · {r.status}"
-    return f"{escape(desc)}{r.n}{total}{rate}{status}"
+    split = f" · {split_text(r.split)}" if r.split is not None else ""
+    flag = (
+        ' · <b class="dtrain-straggler" style="color:#c62828">holds the others back</b>'
+        if straggler == r.rank
+        else ""
+    )
+    return f"{escape(desc)}{r.n}{total}{rate}{escape(split)}{status}{flag}"
+
+
+def where_html(state: RunState) -> str:
+    """The last "where are the ranks?" report (``.dtrain-where``), empty before one."""
+    lines = state.where_lines()
+    if not lines:
+        return ""
+    title, *rows = lines
+    items = "".join(
+        f'<div class="dtrain-where-rank" data-rank="{r["rank"]}">{escape(row)}</div>'
+        for r, row in zip(state.where["ranks"] if state.where else [], rows, strict=False)
+    )
+    return (
+        '<div class="dtrain-where" style="font-family:monospace;font-size:90%;'
+        'background:#fff8e1;padding:4px;margin:2px 0">'
+        f"<b>{escape(title)}</b>{items}</div>"
+    )
 
 
 def strip_ansi(text: str) -> str:

@@ -6,12 +6,14 @@ reloaded, exported or shared notebook shows what happened.
 
 from __future__ import annotations
 
+import re
 from html import escape, unescape
 
 from ..run.state import RankState, RunState
-from .headline import bar_text, charts_html, header_html, headline, html_line
+from .headline import bar_text, charts_html, header_html, headline, html_line, where_html
 
 LAST_LINES = 10
+_TAG = re.compile(r"<[^>]+>")
 
 _BAR_COLOURS = {
     "ok": "#2e7d32",
@@ -22,7 +24,7 @@ _BAR_COLOURS = {
 }
 
 
-def _rank_row(r: RankState) -> str:
+def _rank_row(r: RankState, straggler: int | None) -> str:
     total = r.total or max(r.n, 1)
     value = total if r.status == "ok" and not r.total else r.n
     colour = _BAR_COLOURS.get(r.status, "#1565c0")
@@ -34,18 +36,20 @@ def _rank_row(r: RankState) -> str:
     )
     return (
         f'<div class="dtrain-rank" data-rank="{r.rank}" data-status="{r.status}" '
-        f'data-n="{r.n}" data-total="{r.total or ""}">rank {r.rank} {bar} {bar_text(r)}</div>'
+        f'data-n="{r.n}" data-total="{r.total or ""}">rank {r.rank} {bar} '
+        f"{bar_text(r, straggler)}</div>"
     )
 
 
 def record_html(state: RunState) -> str:
     """The run's record as HTML: header, per-rank bars, charts, failure, where the logs are."""
-    parts = [f"<div>{header_html(state)}</div>"]
+    parts = [f"<div>{header_html(state)}</div>", where_html(state)]
+    straggler = state.straggler_rank
     sources = state.info.get("sources")
     if sources:
         parts.append(f"<div><small>settings: {escape(str(sources))}</small></div>")
     if any(r.n or r.total or r.status != "ok" for r in state.ranks):
-        parts += [_rank_row(r) for r in state.ranks]
+        parts += [_rank_row(r, straggler) for r in state.ranks]
     charts = charts_html(state)
     if charts:
         parts.append(f"<div>{charts}</div>")
@@ -72,9 +76,12 @@ def record_html(state: RunState) -> str:
 def record_text(state: RunState) -> str:
     """The run's record as plain text (consoles, ``nbconvert --to script``, screen readers)."""
     lines = [f"[dtrain] {headline(state)}", *(f"[dtrain] {note}" for note in state.notes)]
+    lines += [f"[dtrain] {line}" for line in state.where_lines()]
+    straggler = state.straggler_rank
     for r in state.ranks:
         if r.n or r.total or r.status != "ok":
-            lines.append(f"[dtrain] rank {r.rank}: {unescape(bar_text(r))}")
+            text = _TAG.sub("", bar_text(r, straggler))
+            lines.append(f"[dtrain] rank {r.rank}: {unescape(text)}")
     return "\n".join(lines)
 
 

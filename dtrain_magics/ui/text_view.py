@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from ..run.state import RunState
+from ..run.straggler import split_text
 from .headline import headline
 from .rank_lines import LinePrinter
 from .rank_values import show_values
@@ -21,6 +22,7 @@ class TextView:
         self.lines = LinePrinter(state)
         self._printed_at = time.monotonic()
         self._message = ""
+        self._where: object = None
 
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
@@ -35,6 +37,10 @@ class TextView:
         if stall:
             self._message = state.message
             print(f"[dtrain] {state.message}", flush=True)
+        if state.where is not None and state.where is not self._where:
+            self._where = state.where
+            for line in state.where_lines():
+                print(f"[dtrain] {line}", flush=True)
         if state.status == "starting cluster" and state.message != self._message:
             self._message = state.message
             print(state.message, flush=True)
@@ -61,6 +67,10 @@ class TextView:
         print(f"[dtrain] {headline(state)}" + (f" · last {metrics}" if metrics else ""), flush=True)
         for note in state.notes:
             print(f"[dtrain] {note}", flush=True)
+        for r in state.ranks:
+            if r.split is not None:
+                flag = " · holds the others back" if state.straggler_rank == r.rank else ""
+                print(f"[dtrain] rank {r.rank}: {split_text(r.split)}{flag}", flush=True)
         if state.stalled:
             ranks = ", ".join(map(str, state.stalled))
             print(f"[dtrain] Horovod reported stalls waiting for rank {ranks}", flush=True)

@@ -1,0 +1,227 @@
+"""Which collective this rank waits in, and for how long it waited in all: for ``%dtrain where``
+and the straggler view.
+
+Horovod's collectives are asynchronous: a call enqueues the operation and returns a handle, and
+``synchronize(handle)`` waits for it in C++ (``mpi_lib.horovod_torch_wait_and_clear``), for
+``hvd.allreduce`` as for ``DistributedOptimizer.step``. Two thin wrappers cover all of them: the
+enqueue functions of ``horovod.torch.mpi_ops`` (``_allreduce_async``, ``_broadcast_async``, ...)
+note each handle's operation and the name Horovod gives it (``allreduce.<name>`` or
+``allreduce.noname.<handle>``), and the wait notes which handle the main thread waits on, since
+when, and adds the time spent there to this rank's total. ``torch.distributed``'s blocking
+collectives (``dist.all_reduce``, ``dist.broadcast``, ...) are wrapped the same way. Each wrapper
+costs about a microsecond per collective; nothing runs between collectives.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+HOROVOD_ENQUEUE = {
+    "_allreduce_async": "allreduce",
+    "_grouped_allreduce_async": "grouped_allreduce",
+    "_allgather_async": "allgather",
+    "_grouped_allgather_async": "grouped_allgather",
+    "_broadcast_async": "broadcast",
+    "_alltoall_async": "alltoall",
+    "_reducescatter_async": "reducescatter",
+    "_grouped_reducescatter_async": "grouped_reducescatter",
+}
+HOROVOD_DIRECT = {"horovod_torch_join": "join", "horovod_torch_barrier": "barrier"}
+TORCH_COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+)
+MAX_PENDING = 4096  # handles enqueued and not yet waited on (a rank that only polls)
+
+
+@dataclass
+class Waiting:
+    """The collective the main thread waits in."""
+
+    op: str
+    name: str
+    since: float  # time.monotonic()
+    detail: str = ""  # the reduction (Sum, Average, ...)
+    backend: str = "horovod"  # or "torch" (torch.distributed)
+
+
+@dataclass
+class CollectiveClock:
+    """This rank's collectives: what is enqueued, what the main thread waits in, time waited."""
+
+    waited: float = 0.0  # seconds spent waiting in collectives (this process, all cells)
+    done: int = 0  # collectives waited for that finished
+    last_done: float = 0.0  # time.monotonic() when the last one finished
+    waiting: Waiting | None = None
+    pending: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+
+    def enqueued(self, handle: int, op: str, name: str | None, detail: str = "") -> None:
+        pending = self.pending
+        if len(pending) >= MAX_PENDING:
+            pending.clear()
+        pending[handle] = (op, f"{op}.{name}" if name else f"{op}.noname.{handle}", detail)
+
+    def names_pending(self) -> list[str]:
+        """The Horovod names of the collectives enqueued and not yet waited on."""
+        return [name for _, name, _ in list(self.pending.values())]
+
+
+clock = CollectiveClock()
+_installed: set[str] = set()
+_lock = threading.Lock()
+_originals: list[tuple[Any, str, Any]] = []  # (object, attribute, what it was)
+
+
+def _patch(obj: Any, attr: str, wrapper: Callable[..., Any]) -> None:
+    _originals.append((obj, attr, getattr(obj, attr)))
+    setattr(obj, attr, wrapper)
+
+
+def _reduce_ops() -> dict[int, str]:
+    from horovod.torch import mpi_ops
+
+    names = ("Average", "Sum", "Adasum", "Min", "Max", "Product")
+    return {getattr(mpi_ops, n): n for n in names if hasattr(mpi_ops, n)}
+
+
+def _wrap_enqueue(original: Callable[..., Any], op: str, ops: dict[int, str]) -> Callable[..., Any]:
+    params = list(inspect.signature(original).parameters)
+    name_at = params.index("name")
+    op_at = params.index("op") if "op" in params else None
+
+    @functools.wraps(original)
+    def enqueue(*args: Any, **kwargs: Any) -> Any:
+        handle = original(*args, **kwargs)
+        name = args[name_at] if len(args) > name_at else kwargs.get("name")
+        reduce = ""
+        if op_at is not None:
+            value = args[op_at] if len(args) > op_at else kwargs.get("op")
+            reduce = ops.get(value, "") if isinstance(value, int) else ""
+        clock.enqueued(handle, op, name, reduce)
+        return handle
+
+    return enqueue
+
+
+def _wrap_direct(original: Callable[..., Any], op: str) -> Callable[..., Any]:
+    def enqueue(*args: Any, **kwargs: Any) -> Any:
+        handle = original(*args, **kwargs)
+        clock.enqueued(handle, op, None)
+        return handle
+
+    return enqueue
+
+
+def _wait_and_clear(original: Callable[[int], None]) -> Callable[[int], None]:
+    monotonic = time.monotonic
+
+    def wait_and_clear(handle: int) -> None:
+        op, name, detail = clock.pending.pop(handle, ("collective", f"handle {handle}", ""))
+        started = monotonic()
+        clock.waiting = Waiting(op, name, started, detail)
+        try:
+            original(handle)
+        finally:
+            ended = monotonic()
+            clock.waiting = None
+            clock.waited += ended - started
+            clock.done += 1
+            clock.last_done = ended
+
+    return wait_and_clear
+
+
+WAIT_CODE_NAMES = ("wait_and_clear", "blocking")
+"""Names of the wrappers' frames that stand for a wait in C++ (see ``interrupts.py``)."""
+
+
+def install_horovod() -> None:
+    """Wrap Horovod's enqueue and wait functions (once per process)."""
+    with _lock:
+        if "horovod" in _installed:
+            return
+        from horovod.torch import mpi_ops
+
+        lib = mpi_ops.mpi_lib
+        ops = _reduce_ops()
+        for attr, op in HOROVOD_ENQUEUE.items():
+            original = getattr(mpi_ops, attr, None)
+            if original is not None and "name" in inspect.signature(original).parameters:
+                _patch(mpi_ops, attr, _wrap_enqueue(original, op, ops))
+        for attr, op in HOROVOD_DIRECT.items():
+            original = getattr(lib, attr, None)
+            if original is not None:
+                _patch(lib, attr, _wrap_direct(original, op))
+        wait = lib.horovod_torch_wait_and_clear
+        _patch(lib, "horovod_torch_wait_and_clear", _wait_and_clear(wait))
+        _installed.add("horovod")
+
+
+def _wrap_torch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
+    monotonic = time.monotonic
+
+    @functools.wraps(original)
+    def blocking(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("async_op"):
+            return original(*args, **kwargs)
+        started = monotonic()
+        clock.waiting = Waiting(op, op, started, backend="torch")
+        try:
+            return original(*args, **kwargs)
+        finally:
+            ended = monotonic()
+            clock.waiting = None
+            clock.waited += ended - started
+            clock.done += 1
+            clock.last_done = ended
+
+    return blocking
+
+
+def install_torch() -> None:
+    """Wrap ``torch.distributed``'s blocking collectives (once per process)."""
+    with _lock:
+        if "torch" in _installed:
+            return
+        import torch.distributed as dist
+
+        for op in TORCH_COLLECTIVES:
+            original = getattr(dist, op, None)
+            if original is not None:
+                _patch(dist, op, _wrap_torch(original, op))
+        _installed.add("torch")
+
+
+def uninstall() -> None:
+    """Put every wrapped function back (to measure what the wrappers cost)."""
+    with _lock:
+        while _originals:
+            obj, attr, original = _originals.pop()
+            setattr(obj, attr, original)
+        _installed.clear()
+
+
+def forget_pending() -> None:
+    """The backend was reset: its handles start again."""
+    clock.pending.clear()
+    clock.waiting = None
