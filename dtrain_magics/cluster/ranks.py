@@ -69,12 +69,14 @@ class RankBackends:
     def __init__(self) -> None:
         self.key: BackendKey | None = None
         self.device: str | None = None
+        self.versions: dict[str, Any] = {}  # rank 0's Python, torch and Horovod
         self.first_done: float | None = None  # when a rank first ended the last cell
 
     def forget(self) -> None:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
         self.device = None
+        self.versions = {}
         self.first_done = None
 
     def cell_metadata(self, now: float) -> dict[str, bool]:
@@ -109,6 +111,8 @@ class RankBackends:
             raise RankError(f"initialising {backend} failed: {message}") from None
         self.key = key
         self.device = ", ".join(sorted({d["device"] for d in described}))
+        first: dict[str, Any] = min(described, key=lambda d: d["rank"], default={})
+        self.versions = dict(first.get("versions") or {})
         return True
 
     def reset(self, view: Any, timeout: float = 30.0) -> bool:

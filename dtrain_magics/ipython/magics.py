@@ -8,13 +8,16 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .. import tracking
 from ..cluster.launchers import LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..config.flags import setting_arguments, settings_from_args
@@ -77,7 +80,8 @@ class DistributedMagics(Magics):
         An error on any rank fails the cell with that rank's traceback and interrupts the others.
         A live dashboard shows per-rank progress (``dtrain.progress``), metrics logged with
         ``dtrain.log`` as charts, throughput, per-rank output and a Stop button; afterwards
-        ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
+        ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record. With ``--mlflow``
+        the kernel then sends the run to MLflow in the background (``_dtrain.mlflow.wait()``).
 
         Flags override the defaults applied with ``%dtrain config`` (the form), which override
         the config file saved from it, which overrides ``c.DistributedSettings`` in
@@ -101,19 +105,22 @@ class DistributedMagics(Magics):
             In [4]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
                ...: ...
         """
-        options, kwargs = self._run_arguments(line)
-        with self._reporting():
+        options, kwargs, mlflow = self._run_arguments(line)
+        with self._reporting(mlflow):
             self.runner.run(cell, options, self._namespace(), **kwargs)
 
     async def distributed_async(self, line: str, cell: str) -> None:
         """``%%distributed`` as awaited in a kernel, so the dashboard's Stop button stays live."""
-        options, kwargs = self._run_arguments(line)
-        with self._reporting():
+        options, kwargs, mlflow = self._run_arguments(line)
+        with self._reporting(mlflow):
             await self.runner.run_async(cell, options, self._namespace(), **kwargs)
 
-    def _run_arguments(self, line: str) -> tuple[RunOptions, dict[str, Any]]:
-        """The runner's options and keyword arguments for one cell (``UsageError`` if bad)."""
+    def _run_arguments(self, line: str) -> tuple[RunOptions, dict[str, Any], str]:
+        """The runner's options and keyword arguments for one cell, and where its run is
+        tracked (``UsageError`` if bad)."""
         settings, options, sources, widget = self.parse(line)
+        if settings.mlflow and not tracking.available():
+            raise UsageError(tracking.INSTALL_HINT)
         flags = settings_from_args(self._parse_flags(line), self.settings.settings_class)
         layout, spec, note = self._cluster_for(set(flags), options.layout, settings.launch_spec())
         options = dataclasses.replace(
@@ -127,10 +134,10 @@ class DistributedMagics(Magics):
         kwargs = {
             "view": view_factory(widget),
             "spec": spec,
-            "info": {"sources": sources},
+            "info": {"sources": sources, "flags": line.strip()},
             "notes": notes,
         }
-        return options, kwargs
+        return options, kwargs, settings.mlflow
 
     def _crowded(self, layout: Layout, spec: LaunchSpec) -> str | None:
         """A sentence, once per kernel, when a new local cluster would crowd the cores that
@@ -175,8 +182,10 @@ class DistributedMagics(Magics):
         return layout, spec, f"The cluster was restarted ({was} → {now}): {why}."
 
     @contextlib.contextmanager
-    def _reporting(self) -> Iterator[None]:
-        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens."""
+    def _reporting(self, mlflow: str = "") -> Iterator[None]:
+        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens, and
+        send the run to MLflow (in the background) if ``mlflow`` says where."""
+        before = last_run()
         try:
             yield
         except BadOptions as e:
@@ -191,6 +200,8 @@ class DistributedMagics(Magics):
             record = last_run()
             if record is not None:
                 self._namespace()["_dtrain"] = record
+            if mlflow and record is not None and record is not before:
+                record.mlflow = tracking.worker.submit(record, mlflow, Path.cwd())
 
     def parse(self, line: str) -> tuple[DistributedSettings, RunOptions, str, bool]:
         """Flags → this cell's settings, options, where settings came from, widget?"""
@@ -264,3 +275,12 @@ class DistributedMagics(Magics):
         from ..ui.config_form import ConfigPanel
 
         return ConfigPanel(self.settings, self.cluster)
+
+
+def show_tracking_warnings(*_: Any) -> None:
+    """After each cell: one line for each run that could not be sent to MLflow since the last.
+
+    (The sending happens in the background; a cell that ended before it failed shows nothing.)
+    """
+    for warning in tracking.worker.take_warnings():
+        print(warning, file=sys.stderr)

@@ -92,6 +92,7 @@ class RunRecord:
     dir: Path
     log_paths: dict[int, Path] = field(default_factory=dict)
     failing_rank: int | None = None
+    mlflow: Any = None  # with --mlflow: the run's export (``.wait()`` gives MLflow's run id)
 
     @property
     def metrics(self) -> list[MetricRow]:
