@@ -49,7 +49,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%%distributed`` and ``%dtrain`` (heavy imports happen on first use)."""
     global _magics
-    from .ipython.magics import DistributedMagics
+    from .ipython.magics import DistributedMagics, show_tracking_warnings
     from .ipython.transformer import await_distributed_cells
     from .store import diagnostics, kernel_state
 
@@ -58,6 +58,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if _magics is None or _magics.shell is not ipython:
         _magics = DistributedMagics(ipython)
     ipython.register_magics(_magics)
+    if show_tracking_warnings not in ipython.events.callbacks["post_run_cell"]:
+        ipython.events.register("post_run_cell", show_tracking_warnings)
     in_kernel = getattr(ipython, "kernel", None) is not None
     cleanup = ipython.input_transformers_cleanup
     if in_kernel and ipython.autoawait and await_distributed_cells not in cleanup:
@@ -67,8 +69,11 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop the cluster this extension started."""
     global _magics
+    from .ipython.magics import show_tracking_warnings
     from .ipython.transformer import await_distributed_cells
 
+    if show_tracking_warnings in ipython.events.callbacks["post_run_cell"]:
+        ipython.events.unregister("post_run_cell", show_tracking_warnings)
     if await_distributed_cells in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(await_distributed_cells)
     if _magics is not None:

@@ -69,6 +69,7 @@ class RankBackends:
     def __init__(self) -> None:
         self.key: BackendKey | None = None
         self.device: str | None = None
+        self.versions: dict[str, Any] = {}  # rank 0's Python, torch and Horovod
         self.first_done: float | None = None  # when a rank first ended the last cell
         self.resume_next = False  # Horovod may be down whatever the time (a script, a subset)
 
@@ -76,6 +77,7 @@ class RankBackends:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
         self.device = None
+        self.versions = {}
         self.first_done = None
         self.resume_next = False
 
@@ -138,6 +140,8 @@ class RankBackends:
             raise RankError(f"initialising {backend} failed: {message}") from None
         self.key = key
         self.device = ", ".join(sorted({d["device"] for d in described}))
+        first: dict[str, Any] = min(described, key=lambda d: d["rank"], default={})
+        self.versions = dict(first.get("versions") or {})
         return True
 
     @staticmethod

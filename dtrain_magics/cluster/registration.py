@@ -15,14 +15,23 @@ Report = Callable[[str], None]
 _OUTPUT_TAIL = 3000
 
 
-def launchers_stopped(ipp_cluster: Any) -> bool:
-    """True if the controller or mpiexec has exited.
+def launcher_exited(launcher: Any) -> bool:
+    """True once ``launcher``'s process (the controller, ``mpiexec``) has exited.
 
-    ipyparallel's launchers watch their process from a thread and change ``state`` to
-    ``"after"`` when it exits: reading that costs nothing on a warm cell's path.
+    ipyparallel's launchers wait on their process from a thread, which ends when it exits; the
+    thread then sets ``state`` to ``"after"`` through the event loop, which does not run while
+    a sync caller waits. Reading either costs nothing on a warm cell's path.
     """
+    if launcher.state == "after":
+        return True
+    waiter = getattr(launcher, "_wait_thread", None)
+    return launcher.state == "running" and waiter is not None and not waiter.is_alive()
+
+
+def launchers_stopped(ipp_cluster: Any) -> bool:
+    """True if the controller or mpiexec has exited."""
     return any(
-        launcher.state == "after"
+        launcher_exited(launcher)
         for launcher in [ipp_cluster.controller, *ipp_cluster.engines.values()]
     )
 

@@ -28,7 +28,7 @@ from .launchers.base import is_local_host
 from .listeners import StateListeners
 from .processes import kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe
-from .registration import launchers_stopped, wait_for_engines
+from .registration import launcher_exited, launchers_stopped, wait_for_engines
 
 Report = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class TrainingCluster:
         we connected to: its launcher is not ours to see)."""
         if self._cluster is None:
             return False
-        return all(s.state == "after" for s in self._cluster.engines.values())
+        return all(launcher_exited(s) for s in self._cluster.engines.values())
 
     def mpiexec_output_files(self) -> list[str]:
         """The files ``mpiexec`` writes its output to (none for a cluster we connected to)."""

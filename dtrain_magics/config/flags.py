@@ -50,6 +50,8 @@ def _argument(name: str, trait: TraitType[Any, Any]) -> argument:
         kwargs["type"] = str
     else:
         kwargs["type"] = _parser(trait)
+    if trait.metadata.get("const"):  # the flag alone means this value
+        kwargs.update(nargs="?", const=trait.metadata["const"])
     return argument(*names, **kwargs)
 
 

@@ -24,6 +24,7 @@ from .traits import (
     Seconds,
     Text,
     TextList,
+    Tracking,
     flag_of,
     setting,
 )
@@ -100,6 +101,18 @@ class DistributedSettings(Configurable):
         label="Rank env",
         placeholder="NAME=VALUE, one per line",
         metavar="NAME=VALUE",
+    )
+    mlflow = setting(
+        Tracking(
+            "",
+            help="Send each run to MLflow: --mlflow alone uses MLflow's default "
+            "(MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the notebook's directory); or "
+            "give a tracking URI; off by default.",
+        ),
+        label="MLflow",
+        placeholder="off, on, or a tracking URI",
+        metavar="URI",
+        const="on",
     )
     hostfile = setting(
         Text("", help="Open MPI hostfile (launcher mpi)."),

@@ -27,8 +27,13 @@ def setting(
     launcher: str = "",
     placeholder: str = "",
     metavar: str = "",
+    const: str = "",
 ) -> T:
-    """Tag ``trait`` as a setting (configurable) with the names the front ends show."""
+    """Tag ``trait`` as a setting (configurable) with the names the front ends show.
+
+    ``const`` is the value of the flag given alone (``--mlflow``); without one the flag takes a
+    value.
+    """
     return trait.tag(
         config=True,
         label=label,
@@ -37,6 +42,7 @@ def setting(
         launcher=launcher,
         placeholder=placeholder,
         metavar=metavar,
+        const=const,
     )
 
 
@@ -134,6 +140,25 @@ class Text(SettingTrait, Unicode[Any, Any]):
         if not isinstance(value, str):
             fail(self, f"must be text, got {value!r}.")
         return value.strip()
+
+
+class Tracking(Text):
+    """Where runs are tracked: off (``""``), ``"on"`` (the tracker's default store), or a URI."""
+
+    OFF = ("", "off", "none", "no", "false")
+    ON = ("on", "yes", "true", "default")
+
+    def validate(self, obj: Any, value: Any) -> str:
+        if value is None or isinstance(value, bool):
+            value = "on" if value else ""
+        text = super().validate(obj, value)
+        if text.lower() in self.OFF:
+            return ""
+        if text.lower() in self.ON:
+            return "on"
+        if any(c.isspace() for c in text):
+            fail(self, f"takes on, off or a tracking URI without blanks, got {text!r}.")
+        return text
 
 
 class TextList(SettingTrait, List[Any]):

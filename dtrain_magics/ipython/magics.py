@@ -9,7 +9,9 @@ import functools
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -21,6 +23,7 @@ from IPython.core.magic_arguments import (
     parse_argstring,
 )
 
+from .. import tracking
 from ..cluster.launchers import LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..cluster.where import ask_sync
@@ -99,8 +102,9 @@ class DistributedMagics(Magics):
         ``dtrain.log`` as charts, throughput, per-rank output, each rank's step split into
         computing and waiting in collectives, a "Where are the ranks?" button (the report also
         comes by itself after ``--where-after`` seconds without progress) and a Stop button;
-        afterwards
-        ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record.
+        afterwards ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record. With
+        ``--mlflow`` the kernel then sends the run to MLflow in the background
+        (``_dtrain.mlflow.wait()``).
 
         The line form, ``%distributed [flags] train.py [its arguments]``, runs an unchanged
         script on the ranks as ``mpiexec -n N python train.py ...`` would from the notebook's
@@ -137,15 +141,15 @@ class DistributedMagics(Magics):
             In [6]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
                ...: ...
         """
-        code, options, kwargs = self._run_arguments(line, cell)
-        with self._reporting():
+        code, options, kwargs, mlflow = self._run_arguments(line, cell)
+        with self._reporting(mlflow):
             self.runner.run(code, options, self._namespace(), **kwargs)
 
     async def distributed_async(self, line: str, cell: str | None = None) -> None:
         """``%%distributed`` (or ``%distributed`` with ``cell`` None) as awaited in a kernel, so
         the dashboard's Stop button stays live."""
-        code, options, kwargs = self._run_arguments(line, cell)
-        with self._reporting():
+        code, options, kwargs, mlflow = self._run_arguments(line, cell)
+        with self._reporting(mlflow):
             await self.runner.run_async(code, options, self._namespace(), **kwargs)
 
     async def distributed_line_async(self, line: str) -> None:
@@ -161,10 +165,12 @@ class DistributedMagics(Magics):
 
     def _run_arguments(
         self, line: str, cell: str | None
-    ) -> tuple[str | Script, RunOptions, dict[str, Any]]:
-        """The runner's code, options and keyword arguments (``UsageError`` if bad); the line
-        form (``cell`` None) runs a script."""
+    ) -> tuple[str | Script, RunOptions, dict[str, Any], str]:
+        """The runner's code, options and keyword arguments, and where the run is tracked
+        (``UsageError`` if bad); the line form (``cell`` None) runs a script."""
         settings, options, sources, widget = self.parse(line, script=cell is None)
+        if settings.mlflow and not tracking.available():
+            raise UsageError(tracking.INSTALL_HINT)
         args = self._parse_flags(line, cell is None)
         code: str | Script
         try:
@@ -184,10 +190,10 @@ class DistributedMagics(Magics):
         kwargs = {
             "view": view_factory(widget),
             "spec": spec,
-            "info": {"sources": sources},
+            "info": {"sources": sources, "flags": line.strip()},
             "notes": notes,
         }
-        return code, options, kwargs
+        return code, options, kwargs, settings.mlflow
 
     def _crowded(self, layout: Layout, spec: LaunchSpec) -> str | None:
         """A sentence, once per kernel, when a new local cluster would crowd the cores that
@@ -232,8 +238,10 @@ class DistributedMagics(Magics):
         return layout, spec, f"The cluster was restarted ({was} → {now}): {why}."
 
     @contextlib.contextmanager
-    def _reporting(self) -> Iterator[None]:
-        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens."""
+    def _reporting(self, mlflow: str = "") -> Iterator[None]:
+        """Turn the user's mistakes into ``UsageError``; bind ``_dtrain`` whatever happens, and
+        send the run to MLflow (in the background) if ``mlflow`` says where."""
+        before = last_run()
         try:
             yield
         except BadOptions as e:
@@ -248,6 +256,8 @@ class DistributedMagics(Magics):
             record = last_run()
             if record is not None:
                 self._namespace()["_dtrain"] = record
+            if mlflow and record is not None and record is not before:
+                record.mlflow = tracking.worker.submit(record, mlflow, Path.cwd())
 
     def parse(
         self, line: str, script: bool = False
@@ -349,3 +359,12 @@ class DistributedMagics(Magics):
         from ..ui.config_form import ConfigPanel
 
         return ConfigPanel(self.settings, self.cluster)
+
+
+def show_tracking_warnings(*_: Any) -> None:
+    """After each cell: one line for each run that could not be sent to MLflow since the last.
+
+    (The sending happens in the background; a cell that ended before it failed shows nothing.)
+    """
+    for warning in tracking.worker.take_warnings():
+        print(warning, file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .checkpoint import checkpoint, load_checkpoint
 from .rank_context import RankContext, current
+from .sharding import parameter_share
 from .subset import CollectiveNeedsEveryRank
 from .telemetry import current as _telemetry
 
@@ -26,6 +27,7 @@ __all__ = [
     "is_root",
     "load_checkpoint",
     "log",
+    "parameter_share",
     "progress",
 ]
 

@@ -74,7 +74,22 @@ def init_rank(
         "device": str(torch_device),
         "hostname": ctx.hostname,
         "pid": os.getpid(),
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str | None]:
+    """Python, torch and Horovod as this rank runs them (what a tracked run records)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        horovod: str | None = version("horovod")
+    except PackageNotFoundError:
+        horovod = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "horovod": horovod}
 
 
 def reset_rank() -> None:

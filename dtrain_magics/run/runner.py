@@ -163,6 +163,7 @@ class DistributedRunner:
             if values:
                 self.cluster.view(ranks).push(values)
             state.info["device"] = self.cluster.device or options.device
+            state.info["versions"] = self.cluster.backends.versions
             state.set_status("running")
             self.cluster.publish_state("busy", run_id)
             result = await self._execute(

@@ -97,6 +97,7 @@ class RunRecord:
     values: list[ValueSummary] = field(default_factory=list)
     """The value of the cell's last expression on each rank: ``{"ranks", "text"}``, ranks with
     the same value together."""
+    mlflow: Any = None  # with --mlflow: the run's export (``.wait()`` gives MLflow's run id)
 
     @property
     def metrics(self) -> list[MetricRow]:
