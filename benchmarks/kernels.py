@@ -7,9 +7,10 @@ to an in-memory notebook and executed one at a time.
 
 Timing a cell (``Cell``):
 
-- ``kernel_s``: from the kernel's ``status: busy`` to its ``status: idle`` for the request, as
-  nbclient records them (``cell.metadata.execution``, the kernel's own message timestamps). This
-  is the cell's cost in the kernel, free of this process's scheduling; ratios use it.
+- ``kernel_s``: from the kernel's first ``status: busy`` to its ``status: idle`` for the
+  request (the kernel's own message timestamps; nbclient's ``cell.metadata.execution`` keeps the
+  last busy, and a long cell re-publishes busy). This is the cell's cost in the kernel, free of
+  this process's scheduling; ratios use it.
 - ``client_s``: from sending the request to nbclient returning (idle and reply both seen), the
   round trip a front end waits for.
 
@@ -31,6 +32,7 @@ from typing import Any
 import nbformat
 import psutil
 from nbclient import NotebookClient
+from nbclient.client import timestamp
 
 _JSON = re.compile(r"@@BENCH@@(.*?)@@END@@", re.S)
 
@@ -58,9 +60,13 @@ class _CountingClient(NotebookClient):
         super().__init__(*args, **kwargs)
         self.counts: Counter[str] = Counter()
         self.count_bytes = 0
+        self.first_busy: str | None = None
 
     def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
         self.counts[msg["msg_type"]] += 1
+        state = msg["content"].get("execution_state") if msg["msg_type"] == "status" else None
+        if self.first_busy is None and state == "busy":
+            self.first_busy = timestamp(msg)
         self.count_bytes += len(json.dumps(msg["content"], default=str))
         return super().process_message(msg, cell, cell_index)
 
@@ -94,13 +100,16 @@ class BenchKernel:
         cell = nbformat.v4.new_code_cell(code)  # type: ignore[no-untyped-call]
         self.nb.cells.append(cell)
         self.client.counts, self.client.count_bytes = Counter(), 0
+        self.client.first_busy = None
         cpu0 = self._cpu()
         t0 = time.perf_counter()
         self.client.execute_cell(cell, len(self.nb.cells) - 1)
         client_s = time.perf_counter() - t0
         cpu_s = self._cpu() - cpu0
         marks = cell.metadata.get("execution", {})
-        kernel_s = _seconds(marks.get("iopub.status.busy"), marks.get("iopub.status.idle"))
+        # the first busy: a long cell re-publishes busy (nbclient's mark keeps the last one)
+        busy = self.client.first_busy or marks.get("iopub.status.busy")
+        kernel_s = _seconds(busy, marks.get("iopub.status.idle"))
         text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
         cell.outputs = []  # keep the notebook small over thousands of cells
         return Cell(
