@@ -81,6 +81,14 @@ class CollectiveClock:
             pending.clear()
         pending[handle] = (op, f"{op}.{name}" if name else f"{op}.noname.{handle}", detail)
 
+    def finished(self, started: float) -> None:
+        """The main thread's wait that began at ``started`` has ended (or raised)."""
+        ended = time.monotonic()
+        self.waiting = None
+        self.waited += ended - started
+        self.done += 1
+        self.last_done = ended
+
     def names_pending(self) -> list[str]:
         """The Horovod names of the collectives enqueued and not yet waited on."""
         return [name for _, name, _ in list(self.pending.values())]
@@ -142,11 +150,7 @@ def _wait_and_clear(original: Callable[[int], None]) -> Callable[[int], None]:
         try:
             original(handle)
         finally:
-            ended = monotonic()
-            clock.waiting = None
-            clock.waited += ended - started
-            clock.done += 1
-            clock.last_done = ended
+            clock.finished(started)
 
     return wait_and_clear
 
@@ -189,11 +193,7 @@ def _wrap_torch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
         try:
             return original(*args, **kwargs)
         finally:
-            ended = monotonic()
-            clock.waiting = None
-            clock.waited += ended - started
-            clock.done += 1
-            clock.last_done = ended
+            clock.finished(started)
 
     return blocking
 
