@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -10,6 +13,34 @@ from lab_server import chromium_page, lab_server, screenshot
 from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
+
+
+@contextlib.contextmanager
+def running_dashboard(tmp_path: Path, name: str, cell: str) -> Iterator[tuple[Any, Any]]:
+    """JupyterLab on a notebook of ``%load_ext`` and ``cell``, both run: (page, dashboard) once
+    the dashboard says running (a screenshot ``<name>-dashboard-missing.png`` if it never does)."""
+    nb = new_notebook(cells=[new_code_cell("%load_ext dtrain_magics"), new_code_cell(cell)])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    with lab_server(tmp_path) as server, chromium_page() as page:
+        page.goto(server.url(f"lab/tree/{name}.ipynb"))
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
+        page.locator(".jp-Cell").first.click()
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.press("Shift+Enter")
+        dashboard = page.locator(".dtrain-dashboard")
+        try:
+            dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
+        except Exception:
+            screenshot(page, f"{name}-dashboard-missing.png")
+            raise
+        yield page, dashboard
+
 
 CELL = """%%distributed --nodes 2
 import math, time
@@ -21,26 +52,7 @@ print(f"rank {rank} done")
 
 
 def test_dashboard_shows_progress_to_completion(tmp_path: Path) -> None:
-    nb = new_notebook(cells=[new_code_cell("%load_ext dtrain_magics"), new_code_cell(CELL)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nbformat.write(nb, tmp_path / "dashboard.ipynb")
-    with lab_server(tmp_path) as server, chromium_page() as page:
-        page.goto(server.url("lab/tree/dashboard.ipynb"))
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
-        page.locator(".jp-Cell").first.click()
-        page.keyboard.press("Shift+Enter")
-        page.keyboard.press("Shift+Enter")
-        dashboard = page.locator(".dtrain-dashboard")
-        try:
-            dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
-        except Exception:
-            screenshot(page, "dashboard-missing.png")
-            raise
+    with running_dashboard(tmp_path, "dashboard", CELL) as (page, dashboard):
         # both ranks have reported progress (their rates show)
         dashboard.get_by_text(" it/s").nth(1).wait_for(timeout=60_000)
         assert dashboard.locator(".widget-hprogress").count() == 2
@@ -70,26 +82,7 @@ total = hvd.allreduce(torch.ones(1), name="grad").item()
 
 
 def test_where_button_shows_each_rank_and_who_has_not_joined(tmp_path: Path) -> None:
-    nb = new_notebook(cells=[new_code_cell("%load_ext dtrain_magics"), new_code_cell(WHERE_CELL)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nbformat.write(nb, tmp_path / "where.ipynb")
-    with lab_server(tmp_path) as server, chromium_page() as page:
-        page.goto(server.url("lab/tree/where.ipynb"))
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
-        page.locator(".jp-Cell").first.click()
-        page.keyboard.press("Shift+Enter")
-        page.keyboard.press("Shift+Enter")
-        dashboard = page.locator(".dtrain-dashboard")
-        try:
-            dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
-        except Exception:
-            screenshot(page, "where-dashboard-missing.png")
-            raise
+    with running_dashboard(tmp_path, "where", WHERE_CELL) as (page, dashboard):
         dashboard.get_by_role("button", name="Where are the ranks?").click()
         where = dashboard.locator(".dtrain-where")
         try:
