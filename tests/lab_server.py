@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -44,6 +45,15 @@ class LabServer:
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}?token={self.token}"
+
+    def put_settings(self, values: dict[str, Any]) -> None:
+        """Save the extension's user settings through JupyterLab's settings API."""
+        body = json.dumps({"raw": json.dumps(values)}).encode()
+        request = urllib.request.Request(
+            self.url("lab/api/settings/dtrain-magics:plugin"), data=body, method="PUT"
+        )
+        request.add_header("Content-Type", "application/json")
+        urllib.request.urlopen(request, timeout=10).close()
 
 
 @contextmanager

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,15 +25,6 @@ for i in dtrain.progress(range(3000), desc="long"):
 SIDEBAR_TAB = "[data-id='dtrain-magics-sidebar']"
 
 
-def _put_settings(server: LabServer, values: dict[str, Any]) -> None:
-    body = json.dumps({"raw": json.dumps(values)}).encode()
-    request = urllib.request.Request(
-        server.url("lab/api/settings/dtrain-magics:plugin"), data=body, method="PUT"
-    )
-    request.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(request, timeout=10).close()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, Any]]:
     """JupyterLab with a notebook of two plain cells (no magic, no %load_ext) open in Chromium."""
@@ -50,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, A
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)"}
     nbformat.write(nb, root / "train.ipynb")
     with lab_server(root) as server, chromium_page() as page:
-        _put_settings(server, {"nodes": 2, "pollInterval": 500})
+        server.put_settings({"nodes": 2, "pollInterval": 500})
         page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base)
         page.goto(server.url("lab/tree/train.ipynb"))
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
@@ -180,7 +169,7 @@ def test_config_form_copies_its_magic_line(lab: tuple[LabServer, Any]) -> None:
 
 def test_insert_magic_setting_writes_the_line_into_the_cell(lab: tuple[LabServer, Any]) -> None:
     server, page = lab
-    _put_settings(server, {"nodes": 2, "pollInterval": 500, "insertMagic": True})
+    server.put_settings({"nodes": 2, "pollInterval": 500, "insertMagic": True})
     page.reload()  # JupyterLab reads settings changed outside the page when it loads
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
     _select(page, 0)

@@ -4,10 +4,8 @@ marker, the form updates as one types, and the sidebar names runs as a person ne
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,15 +27,6 @@ CELLS = [
 ]
 
 
-def _put_settings(server: LabServer, values: dict[str, Any]) -> None:
-    body = json.dumps({"raw": json.dumps(values)}).encode()
-    request = urllib.request.Request(
-        server.url("lab/api/settings/dtrain-magics:plugin"), data=body, method="PUT"
-    )
-    request.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(request, timeout=10).close()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, Any]]:
     root = tmp_path_factory.mktemp("lab")
@@ -45,7 +34,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, A
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)"}
     nbformat.write(nb, root / "runs.ipynb")
     with lab_server(root) as server, chromium_page() as page:
-        _put_settings(server, {"nodes": 0, "procsPerNode": 0, "pollInterval": 750})
+        server.put_settings({"nodes": 0, "procsPerNode": 0, "pollInterval": 750})
         page.goto(server.url("lab/tree/runs.ipynb"))
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
         news = page.get_by_text("Would you like to get notified")
