@@ -102,3 +102,39 @@ def test_where_button_shows_each_rank_and_who_has_not_joined(tmp_path: Path) -> 
         record = page.locator(".dtrain-record")
         record.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=120_000)
         assert record.locator(".dtrain-where").get_by_text("rank 1 has not joined").count() == 1
+
+
+RESTART_CELL = """%%distributed --nodes 2 --max-restarts 1
+import os, signal, time
+for i in dtrain.progress(range(40), desc="step"):
+    if i == 10 and rank == 1 and not os.path.exists(MARKER):
+        open(MARKER, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    dtrain.log(loss=1 / (i + 1))
+    time.sleep(0.05)
+"""
+
+
+def test_dashboard_shows_each_restart_and_its_cause(tmp_path: Path) -> None:
+    cell = RESTART_CELL.replace("MARKER", repr(str(tmp_path / "rank-1-lost-once")))
+    with running_dashboard(tmp_path, "restart", cell) as (page, dashboard):
+        restarts = dashboard.locator(".dtrain-restarts")
+        try:
+            restarts.get_by_text("restart 1 of 1").wait_for(timeout=60_000)
+        except Exception:
+            screenshot(page, "restart-missing.png")
+            raise
+        text = restarts.inner_text()
+        assert "rank 1 died (killed by SIGKILL)" in text, text
+        assert "the cell runs again on a restarted cluster" in text
+        dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
+        header = dashboard.locator(".dtrain-status").locator("..").inner_text()
+        assert "attempt 2 of 2" in header, header
+        dashboard.scroll_into_view_if_needed()
+        dashboard.screenshot(
+            path=str(screenshot(page, "restart-page.png").with_name("restart.png"))
+        )
+        record = page.locator(".dtrain-record")
+        record.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=120_000)
+        assert "rank 1 died (killed by SIGKILL)" in record.locator(".dtrain-restarts").inner_text()
+        assert "2 attempts" in record.inner_text()

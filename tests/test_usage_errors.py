@@ -25,6 +25,13 @@ pytestmark = pytest.mark.cluster
         ("--timeout -5", "--timeout must be a positive number of seconds, got -5.0."),
         ("--timeout soon", "--timeout must be a positive number of seconds, got 'soon'"),
         ("--push 1x", "--push takes comma-separated Python names, and '1x' is not one."),
+        ("--max-restarts -1", "--max-restarts must be a whole number from 0 up to 100, got -1."),
+        ("--max-restarts 101", "--max-restarts must be a whole number from 0 up to 100, got 101."),
+        ("--max-restarts x", "--max-restarts must be a whole number from 0 up to 100, got 'x'"),
+        (
+            "--check-replicas 2model",
+            "--check-replicas takes comma-separated Python names, and '2model' is not one.",
+        ),
         ("--gpus 2", "unrecognized arguments: --gpus 2"),
     ],
 )

@@ -23,9 +23,11 @@ class RunOptions:
     launcher: str = "local"
     timeout: float | None = None
     where_after: float | None = 30.0
+    max_restarts: int = 0
     push: tuple[str, ...] = ()
     pull: tuple[str, ...] = ()
     ranks: tuple[int, ...] | None = None  # --ranks: the ranks the cell runs on (None: every one)
+    check_replicas: tuple[str, ...] | None = None  # --check-replicas: () every model, or these
 
     @property
     def layout(self) -> Layout:
@@ -51,6 +53,7 @@ class RunOptions:
         push: tuple[str, ...] = (),
         pull: tuple[str, ...] = (),
         ranks: tuple[int, ...] | None = None,
+        check_replicas: tuple[str, ...] | None = None,
     ) -> RunOptions:
         return cls(
             nodes=settings.nodes,
@@ -60,9 +63,11 @@ class RunOptions:
             launcher=settings.launcher,
             timeout=settings.timeout,
             where_after=settings.where_after,
+            max_restarts=settings.max_restarts,
             push=push,
             pull=pull,
             ranks=ranks,
+            check_replicas=check_replicas,
         )
 
 

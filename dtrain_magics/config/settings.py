@@ -19,6 +19,7 @@ from ..errors import SettingError
 from .traits import (
     MAX_RANKS,
     Choice,
+    Count,
     EnvVars,
     PositiveInt,
     Seconds,
@@ -95,6 +96,16 @@ class DistributedSettings(Configurable):
         ),
         label="Where after (s)",
         placeholder="none",
+    )
+    max_restarts = setting(
+        Count(
+            0,
+            help="When a rank dies (killed, out of memory, segfault, lost node, preemption), "
+            "restart the cluster and run the cell again, up to this many times (default 0); "
+            "an exception raised by the cell is not retried.",
+        ),
+        label="Max restarts",
+        placeholder="0",
     )
     env = setting(
         EnvVars(help="NAME=VALUE environment variable for every rank (repeatable)."),

@@ -15,6 +15,7 @@ from traitlets import Dict, Enum, Float, Integer, List, TraitError, TraitType, U
 from ..errors import SettingError
 
 MAX_RANKS = 1024
+MAX_COUNT = 100
 T = TypeVar("T", bound=TraitType[Any, Any])
 
 
@@ -83,11 +84,16 @@ class SettingTrait:
 
 
 class PositiveInt(SettingTrait, Integer[Any, Any]):
-    """An integer from 1 to ``MAX_RANKS``."""
+    """An integer from ``lowest`` (1) to ``highest`` (``MAX_RANKS``)."""
+
+    lowest = 1
+    highest = MAX_RANKS
 
     def validate(self, obj: Any, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANKS:
-            fail(self, f"must be a positive integer up to {MAX_RANKS}, got {value!r}.")
+        low, high = self.lowest, self.highest
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            kind = "a positive integer" if low == 1 else f"a whole number from {low}"
+            fail(self, f"must be {kind} up to {high}, got {value!r}.")
         return int(value)
 
     def from_text(self, text: str) -> Any:
@@ -95,6 +101,13 @@ class PositiveInt(SettingTrait, Integer[Any, Any]):
             return int(text)
         except ValueError:
             return text  # the validation names it
+
+
+class Count(PositiveInt):
+    """A whole number from 0 to ``MAX_COUNT`` (how many times to do something again)."""
+
+    lowest = 0
+    highest = MAX_COUNT
 
 
 class Seconds(SettingTrait, Float[Any, Any]):

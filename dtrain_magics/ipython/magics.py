@@ -82,6 +82,15 @@ class DistributedMagics(Magics):
         "stay idle. A collective fails at once there: collectives need every rank.",
     )
     @argument(
+        "--check-replicas",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAMES",
+        help="After the cell, check that these models (comma-separated; alone: every "
+        "torch.nn.Module bound on the ranks) are the same on every rank.",
+    )
+    @argument(
         "--no-widget",
         action="store_true",
         help="Print labelled output and text summaries instead of the live dashboard.",
@@ -268,6 +277,8 @@ class DistributedMagics(Magics):
             flags = settings_from_args(args, self.settings.settings_class)
             push, pull = parse_names(args.push, "--push"), parse_names(args.pull, "--pull")
             ranks = parse_ranks(args.ranks)
+            check = args.check_replicas
+            replicas = None if check is None else parse_names(check, "--check-replicas")
             settings, sources = self.settings.resolve(flags)
         except BadOptions as e:
             raise UsageError(str(e)) from None
@@ -276,7 +287,7 @@ class DistributedMagics(Magics):
             for name, source in sorted(sources.items())
             if source != "flag"
         )
-        options = RunOptions.from_settings(settings, push, pull, ranks)
+        options = RunOptions.from_settings(settings, push, pull, ranks, replicas)
         return settings, options, described, not args.no_widget
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per kernel; lines repeat)

@@ -14,6 +14,8 @@ import os
 import tempfile
 from typing import Any
 
+from . import telemetry
+
 
 def _comm() -> Any:
     """MPI's world, for a collective (``CollectiveNeedsEveryRank`` in a cell on some ranks)."""
@@ -53,9 +55,12 @@ def save_atomic(obj: Any, path: str) -> None:
 def checkpoint(obj: Any, path: str) -> None:
     """Save ``obj`` (e.g. ``{"step", "model", "optimizer"}``) to ``path`` from rank 0.
 
-    Every rank must call it; it returns on all of them once the file is safely on disk.
+    Every rank must call it; it returns on all of them once the file is safely on disk. What
+    this rank logged before it goes to the notebook first, so a rank that dies after the
+    checkpoint loses none of the metrics the checkpoint covers.
     """
     comm = _comm()
+    telemetry.current().flush()
     error = None
     if comm.Get_rank() == 0:
         try:

@@ -49,6 +49,7 @@ class RunResult:
     wall_time: float
     failing_rank: int | None = None
     restarted: bool = False
+    restarts: int = 0  # attempts before this one that a dead rank ended (--max-restarts)
     pulled: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -64,6 +65,14 @@ def first_failure(outcomes: list[RankOutcome]) -> int | None:
     """The rank to blame: the first that raised, else the first that died."""
     failed = sorted((o for o in outcomes if o.failed), key=lambda o: (o.status != "error", o.rank))
     return failed[0].rank if failed else None
+
+
+def retryable(result: RunResult, restarts: int, max_restarts: int) -> bool:
+    """Whether ``--max-restarts`` runs the cell again: a rank died (not an exception of the
+    cell, a timeout or a stop) and fewer than ``max_restarts`` restarts were made."""
+    failing = result.failing
+    died = result.status == "failed" and failing is not None and failing.status == "died"
+    return died and restarts < max_restarts
 
 
 def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
@@ -126,6 +135,9 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
             else " The ranks did not stop, so the cluster was restarted; rank namespaces were "
             "reset."
         )
+    if result.restarts:
+        times = "once" if result.restarts == 1 else f"{result.restarts} times"
+        restart_note += f" The cell had been run again {times} after a rank died (--max-restarts)."
     if result.status == "interrupted":
         raise RunInterrupted(f"interrupted: every rank was stopped.{restart_note}")
     if result.status == "timed out":

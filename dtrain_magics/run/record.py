@@ -35,7 +35,7 @@ class RunRecorder:
         state = self.state
         if result is None:
             reason = "the run did not start (see the error below)"
-            state.finish("failed", failure=reason)
+            state.finish("failed", failure=reason, reason=reason)
         else:
             reason = exit_reason(result, timeout)
             failing = result.failing
@@ -44,6 +44,7 @@ class RunRecorder:
                 result.failing_rank,
                 failing.error if failing else "",
                 failing.traceback if failing else "",
+                reason,
             )
         self.save()
         store = state.store
@@ -60,6 +61,7 @@ class RunRecorder:
             failing_rank=state.failing_rank,
             log_paths=dict(store.log_paths) if store else {},
             values=state.values(),
+            attempts=list(state.attempts),
         )
         records.add(record)
         return record

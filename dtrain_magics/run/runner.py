@@ -8,31 +8,34 @@ to be refreshed, or a deadline passes: it does not poll.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import functools
 import logging
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from ..cluster.launchers import LaunchSpec, Layout, get_launcher
-from ..cluster.mpiexec_output import OutputFollower, cause_of_death
+from ..cluster.launchers import LaunchSpec, get_launcher
+from ..cluster.mpiexec_output import OutputFollower
 from ..cluster.training_cluster import Report, TrainingCluster, quiet
 from ..cluster.where import ask as ask_where
 from ..config.options import RunOptions, format_ranks
-from ..errors import BadOptions, RunInterrupted
+from ..errors import BadOptions
 from ..store import kernel_state
 from ..store.records import RunStore, new_run_id
 from .aio import Wakeup, run_sync
+from .death import read_cause_of_death
 from .outcome import (
     STATUS_OF_STOP,
     RunResult,
     Stop,
+    exit_reason,
     first_failure,
     raise_for_result,
+    retryable,
 )
 from .record import RunRecorder
+from .replicas import check_replicas_code
 from .script import Script
+from .starting import ensure_cluster
 from .state import RunState
 from .transfer import collect_push, pull
 from .view import RunView, ViewFactory, no_view
@@ -40,7 +43,6 @@ from .watch import RankWatch
 from .where import WhereWatch
 
 CELL_FILENAME = "<distributed cell>"
-START_TICK = 0.5  # seconds between refreshes of the view while the cluster starts
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +105,11 @@ class DistributedRunner:
         """
         script = code if isinstance(code, Script) else None
         if script is not None:
+            if options.check_replicas is not None:
+                raise BadOptions(
+                    "--check-replicas reads the cells' namespaces, and a script runs in a fresh "
+                    "one: call dtrain.check_replicas(model) in the script instead."
+                )
             if options.push or options.pull:
                 raise BadOptions(
                     "--push and --pull reach the cells' namespaces, and a script runs in a "
@@ -120,7 +127,7 @@ class DistributedRunner:
         size = options.layout.ranks
         subset = options.subset(size)
         if not get_launcher(spec.launcher).owns_processes:  # the running cluster decides
-            await self._ensure_cluster(options.layout, spec, report)
+            await ensure_cluster(self.cluster, options.layout, spec, report)
             size = len(self.cluster.engines)
             subset = options.subset(size)
         ranks = list(subset) if subset is not None else list(range(size))
@@ -137,6 +144,7 @@ class DistributedRunner:
                 "cell": code if script is None else f"%distributed {script.command}",
                 **({"script": script.command} if script is not None else {}),
                 **({"ranks": format_ranks(ranks), "size": size} if subset is not None else {}),
+                **({"max_restarts": options.max_restarts} if options.max_restarts else {}),
                 **kernel_state.identity(),
                 **(info or {}),
             },
@@ -158,19 +166,27 @@ class DistributedRunner:
                 self.cluster.publish_state("starting", run_id)
                 run_view.refresh(force=True)
 
-            await self._ensure_cluster(options.layout, spec, starting, run_view.refresh)
-            self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
-            if values:
-                self.cluster.view(ranks).push(values)
-            state.info["device"] = self.cluster.device or options.device
-            state.info["versions"] = self.cluster.backends.versions
-            state.set_status("running")
-            self.cluster.publish_state("busy", run_id)
-            result = await self._execute(
-                code, ranks, options.timeout, state, run_view, recorder, options.where_after
+            attempt = functools.partial(
+                self._attempt, code, ranks, values, options, state, run_view, recorder
             )
+            await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
+            result = await attempt()
+            while retryable(result, len(state.attempts), options.max_restarts):
+                if self._stop_requested:
+                    break
+                state.restart(exit_reason(result, options.timeout), result.failing_rank)
+                recorder.save()
+                run_view.refresh(force=True)
+                await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
+                result = await attempt()
+            result.restarts = len(state.attempts)
+            if result.restarted and not self.cluster.running:  # stopped for a retry not made
+                await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
             if script is not None:
                 self.cluster.backends.resume_next = True  # it may have shut Horovod down
+            if result.status == "succeeded" and options.check_replicas is not None:
+                checked = await self._check_replicas(ranks, options, state, run_view, recorder)
+                result = result if checked.status == "succeeded" else checked
             if result.status == "succeeded" and options.pull:
                 result.pulled = pull(self.cluster.rank_view(ranks[0]), options.pull, ranks[0])
                 namespace.update(result.pulled)
@@ -181,55 +197,51 @@ class DistributedRunner:
         raise_for_result(result, options.timeout)
         return result
 
-    async def _ensure_cluster(
+    async def _attempt(
         self,
-        layout: Layout,
-        spec: LaunchSpec,
-        report: Report,
-        tick: Callable[[], None] | None = None,
-    ) -> None:
-        """Start or resize the cluster in a worker thread the run awaits.
+        code: str,
+        ranks: list[int],
+        values: dict[str, Any],
+        options: RunOptions,
+        state: RunState,
+        view: RunView,
+        recorder: RunRecorder,
+    ) -> RunResult:
+        """Run the cell once on the started cluster: initialise the backend, push, execute."""
+        self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
+        if values:
+            self.cluster.view(ranks).push(values)
+        state.info["device"] = self.cluster.device or options.device
+        state.info["versions"] = self.cluster.backends.versions
+        state.set_status("running")
+        self.cluster.publish_state("busy", state.id)
+        retry = len(state.attempts) < options.max_restarts
+        return await self._execute(
+            code, ranks, options.timeout, state, view, recorder, options.where_after, retry
+        )
 
-        Awaiting keeps an interrupt deliverable during the start: it sets the cluster's
-        ``abort_start``, the start stops what it launched, and ``RunInterrupted`` is raised.
-        Progress messages reach ``report`` on this (the notebook's) thread; ``tick`` is called
-        every ``START_TICK`` seconds meanwhile (the view's elapsed time, the kernel's status).
-        """
-        if not self.cluster.needs_start(layout, spec):
-            return
-        loop = asyncio.get_running_loop()
-        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-
-        def forward(message: str) -> None:
-            loop.call_soon_threadsafe(report, message)
-
-        def start() -> None:
-            try:
-                done.set_result(self.cluster.ensure(layout, forward, spec))
-            except BaseException as e:  # re-raised in the notebook's thread
-                done.set_exception(e)
-
-        worker = threading.Thread(target=start, name="dtrain-start", daemon=True)
-        worker.start()
-        started = asyncio.wrap_future(done)
-        try:
-            while True:
-                # shielded: an interrupt must not cancel the start midway, but ask it to stop
-                finished, _ = await asyncio.wait({asyncio.shield(started)}, timeout=START_TICK)
-                if finished:
-                    started.result()
-                    return
-                if tick is not None:
-                    tick()
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            self.cluster.abort_start.set()
-            worker.join(timeout=60)
-            if self.cluster.running:  # it had finished starting before it saw the interrupt
-                self.cluster.stop(kill=True)
-            raise RunInterrupted(
-                "interrupted while the cluster was starting: it was stopped and none of its "
-                "processes are left; the next cell starts a new one."
-            ) from None
+    async def _check_replicas(
+        self,
+        ranks: list[int],
+        options: RunOptions,
+        state: RunState,
+        view: RunView,
+        recorder: RunRecorder,
+    ) -> RunResult:
+        """``--check-replicas``: compare the models on every rank after the cell (a failure
+        if they differ)."""
+        state.set_status("running", "checking that the replicas agree (--check-replicas)")
+        checked = await self._execute(
+            check_replicas_code(options.check_replicas or ()),
+            ranks,
+            options.timeout,
+            state,
+            view,
+            recorder,
+            options.where_after,
+        )
+        state.set_status("running")
+        return checked
 
     async def _execute(
         self,
@@ -240,9 +252,12 @@ class DistributedRunner:
         view: RunView,
         recorder: RunRecorder,
         where_after: float | None = None,
+        retry: bool = False,
     ) -> RunResult:
         """Execute ``code`` on ``ranks`` (on some of the ranks, if the state's info names them:
-        their collectives fail); on a failure, timeout or interrupt stop them all."""
+        their collectives fail); on a failure, timeout or interrupt stop them all. With
+        ``retry``, a cluster that lost a rank is stopped but not started again: the run
+        restarts it for its next attempt."""
         client = self.cluster.client
         backends = self.cluster.backends
         some = state.info.get("ranks")
@@ -288,8 +303,10 @@ class DistributedRunner:
                 state.set_status("stopping", f"{stop}: interrupting every rank")
                 view.refresh(force=True)
                 if watch.died:
-                    death = await self._cause_of_death(watch)
-                restarted = await self._stop_ranks(watch, wake, restart=bool(watch.died))
+                    death = await read_cause_of_death(self.cluster, watch)
+                died = bool(watch.died)
+                start_again = not (died and retry and not self._stop_requested)
+                restarted = await self._stop_ranks(watch, wake, died, start_again)
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
                 restarted = await self._stop_ranks(watch, wake)
             watch.drain()
@@ -332,32 +349,12 @@ class DistributedRunner:
                 wait = min(wait, deadline - now)
             await wake.wait(wait)
 
-    async def _cause_of_death(
-        self, watch: RankWatch, wait: float = 15.0, every: float = 0.1
-    ) -> tuple[int, str] | None:
-        """``(rank, cause)`` from mpiexec's report of the rank that died, if it makes one.
-
-        mpiexec writes the report as it aborts the job, then exits: wait for either, at most
-        ``wait`` seconds (a loaded machine can take several).
-        """
-        deadline = time.monotonic() + wait
-        exited = False
-        while True:
-            try:
-                death = cause_of_death(self.cluster.mpiexec_output())
-            except OSError:
-                log.debug("could not read mpiexec's output", exc_info=True)
-                return None
-            if death is not None or exited or time.monotonic() >= deadline:
-                return death
-            exited = self.cluster.engines_exited()  # one more read after it exits
-            watch.poll(interrupted=True)
-            await asyncio.sleep(every)  # mpiexec is writing its report right now
-
-    async def _stop_ranks(self, watch: RankWatch, wake: Wakeup, restart: bool = False) -> bool:
+    async def _stop_ranks(
+        self, watch: RankWatch, wake: Wakeup, restart: bool = False, start_again: bool = True
+    ) -> bool:
         """Interrupt every running rank, then reset the backend; restart the cluster if the
-        ranks do not come back, or at once with ``restart`` (a rank died: MPI aborts the job).
-        Returns True if the cluster was restarted."""
+        ranks do not come back, or at once with ``restart`` (a rank died: MPI aborts the job;
+        without ``start_again`` it is only stopped). Returns True if the cluster was stopped."""
         pending = watch.pending
         responsive = not restart
         if pending and responsive and self.cluster.running:
@@ -376,6 +373,6 @@ class DistributedRunner:
             return False
         layout = self.cluster.layout
         self.cluster.stop()
-        if layout is not None:
+        if layout is not None and start_again:
             self.cluster.start(layout)
         return True

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.records import RunStore
-from ..store.schema import RankOutput, RankStatus, RankSummary, RunStatus, RunSummary, ValueSummary
+from ..store.schema import (
+    AttemptSummary,
+    RankOutput,
+    RankStatus,
+    RankSummary,
+    RunStatus,
+    RunSummary,
+    ValueSummary,
+)
 from .series import MetricSeries
 from .straggler import StepSplit, StepTimes, Straggler, find_straggler
 from .where import WhereReport, report_lines
@@ -57,6 +65,8 @@ class RunState:
         self.status: RunStatus = "starting cluster"
         self.message = ""
         self.notes: list[str] = []  # sentences the run's final output shows (a restart, ...)
+        self.attempts: list[AttemptSummary] = []  # the attempts that ended (--max-restarts)
+        self.max_restarts = int(info.get("max_restarts") or 0)
         self.started = time.time()
         self.ended: float | None = None
         # every rank of the cluster, or the ranks a cell on some of them runs on
@@ -86,6 +96,28 @@ class RunState:
     def add_note(self, note: str) -> None:
         """A sentence for the run's final output."""
         self.notes.append(note)
+        self.version += 1
+
+    def restart(self, cause: str, failing_rank: int | None) -> None:
+        """The attempt running now ended with ``cause`` and the cell runs again on a restarted
+        cluster: every rank runs anew; metrics, output and progress carry on."""
+        self._end_attempt("failed", cause, failing_rank)
+        for r in self.ranks:
+            r.status, r.error = "running", ""
+        self.straggler = None
+        self.set_status("starting cluster", f"restart {len(self.attempts)}: {cause}")
+
+    def _end_attempt(self, status: RunStatus, cause: str, failing_rank: int | None) -> None:
+        started = self.attempts[-1]["ended"] if self.attempts else self.started
+        attempt: AttemptSummary = {
+            "attempt": len(self.attempts) + 1,
+            "started": started,
+            "ended": time.time(),
+            "status": status,
+            "cause": cause,
+            "failing_rank": failing_rank,
+        }
+        self.attempts.append(attempt)
         self.version += 1
 
     def add_output(self, rank: int, text: str, stream: str = "stdout") -> None:
@@ -181,8 +213,10 @@ class RunState:
         failing_rank: int | None = None,
         failure: str = "",
         traceback: str = "",
+        reason: str = "",
     ) -> None:
-        self.ended = time.time()
+        self._end_attempt(status, reason or failure, failing_rank)
+        self.ended = self.attempts[-1]["ended"]
         self.failing_rank, self.failure, self.traceback = failing_rank, failure, traceback
         self.set_status(status)
 
@@ -270,6 +304,7 @@ class RunState:
                 else None
             ),
             "notes": self.notes,
+            "attempts": self.attempts,
             "values": self.values(),
             "ranks": [self._rank_summary(r) for r in self.ranks],
             "log_paths": {

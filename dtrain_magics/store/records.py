@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .paths import runs_dir, write_json_atomic
-from .schema import MetricRow, RankSummary, RunStatus, RunSummary, ValueSummary
+from .schema import AttemptSummary, MetricRow, RankSummary, RunStatus, RunSummary, ValueSummary
 
 
 def new_run_id() -> str:
@@ -97,6 +97,9 @@ class RunRecord:
     values: list[ValueSummary] = field(default_factory=list)
     """The value of the cell's last expression on each rank: ``{"ranks", "text"}``, ranks with
     the same value together."""
+    attempts: list[AttemptSummary] = field(default_factory=list)
+    """Every attempt (``--max-restarts``): ``{"attempt", "started", "ended", "status", "cause",
+    "failing_rank"}``, the last one this run's own end."""
     mlflow: Any = None  # with --mlflow: the run's export (``.wait()`` gives MLflow's run id)
 
     @property

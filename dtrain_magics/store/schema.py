@@ -63,6 +63,17 @@ class ValueSummary(TypedDict):
     text: str
 
 
+class AttemptSummary(TypedDict):
+    """One attempt of a run (``--max-restarts``): the cell run once on a started cluster."""
+
+    attempt: int  # 1, 2, ...
+    started: float
+    ended: float
+    status: RunStatus
+    cause: str  # why it ended: "every rank finished", "rank 1 died (killed by signal 9)"
+    failing_rank: int | None
+
+
 class RunSummary(TypedDict):
     """``run.json``: a run's summary, rewritten while it runs and once at its end."""
 
@@ -84,6 +95,7 @@ class RunSummary(TypedDict):
     where: dict[str, Any] | None  # the last "where are the ranks?" report
     straggler: dict[str, Any] | None  # {"rank", "share"}: the rank the others wait for
     notes: list[str]
+    attempts: list[AttemptSummary]  # every attempt that ended, in order (one without restarts)
     values: list[ValueSummary]
     ranks: list[RankSummary]
     log_paths: dict[str, str]

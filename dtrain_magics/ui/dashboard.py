@@ -12,7 +12,7 @@ from collections.abc import Callable
 from html import escape
 
 from ..run.state import RunState
-from .headline import bar_text, charts_html, header_html, where_html
+from .headline import bar_text, charts_html, header_html, restarts_html, where_html
 
 PROGRESS_EVERY = 0.5
 CHARTS_EVERY = 1.0
@@ -41,6 +41,7 @@ class WidgetDashboard:
         self.bar_texts = [w.HTML() for _ in state.ranks]
         self.charts = w.HTML()
         self.where = w.HTML()
+        self.restarts = w.HTML()
         self.settings = w.HTML()
         self.logs = w.HTML()
         self.stop_button = w.Button(
@@ -59,6 +60,7 @@ class WidgetDashboard:
             [
                 w.HBox([self.header, self.where_button, self.stop_button]),
                 self.where,
+                self.restarts,
                 self.settings,
                 *rows,
                 self.charts,
@@ -92,6 +94,7 @@ class WidgetDashboard:
         state = self.state
         self.header.value = header_html(state)
         self.where.value = where_html(state)
+        self.restarts.value = restarts_html(state)
         straggler = state.straggler_rank
         sources = state.info.get("sources")
         if sources:

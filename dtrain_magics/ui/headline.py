@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -43,6 +44,10 @@ def headline(state: RunState) -> str:
         info.get("script", ""),
         duration(state.elapsed),
     ]
+    if state.attempts and not state.finished:
+        parts.append(f"attempt {len(state.attempts) + 1} of {state.max_restarts + 1}")
+    elif len(state.attempts) > 1:
+        parts.append(f"{len(state.attempts)} attempts")
     eta = state.eta()
     if eta is not None and not state.finished:
         parts.append(f"ETA {duration(eta)}")
@@ -111,6 +116,32 @@ def where_html(state: RunState) -> str:
         '<div class="dtrain-where" style="font-family:monospace;font-size:90%;'
         'background:#fff8e1;padding:4px;margin:2px 0">'
         f"<b>{escape(title)}</b>{items}</div>"
+    )
+
+
+def restart_lines(state: RunState) -> list[str]:
+    """One line per restart (``--max-restarts``): when, after how long, and why."""
+    lines = []
+    restarts = state.attempts if not state.finished else state.attempts[:-1]
+    for a in restarts:
+        when = time.strftime("%H:%M:%S", time.localtime(a["ended"]))
+        lines.append(
+            f"restart {a['attempt']} of {state.max_restarts} at {when}: attempt {a['attempt']} "
+            f"ended after {duration(a['ended'] - a['started'])}, {a['cause']}; the cell runs "
+            "again on a restarted cluster"
+        )
+    return lines
+
+
+def restarts_html(state: RunState) -> str:
+    """The restarts so far (``.dtrain-restarts``), empty without one."""
+    lines = restart_lines(state)
+    if not lines:
+        return ""
+    items = "".join(f'<div class="dtrain-restart">{escape(line)}</div>' for line in lines)
+    return (
+        '<div class="dtrain-restarts" style="font-size:90%;background:#fff3e0;padding:4px;'
+        f'margin:2px 0">{items}</div>'
     )
 
 

@@ -10,7 +10,16 @@ import re
 from html import escape, unescape
 
 from ..run.state import RankState, RunState
-from .headline import bar_text, charts_html, header_html, headline, html_line, where_html
+from .headline import (
+    bar_text,
+    charts_html,
+    header_html,
+    headline,
+    html_line,
+    restart_lines,
+    restarts_html,
+    where_html,
+)
 
 LAST_LINES = 10
 _TAG = re.compile(r"<[^>]+>")
@@ -43,7 +52,7 @@ def _rank_row(r: RankState, straggler: int | None) -> str:
 
 def record_html(state: RunState) -> str:
     """The run's record as HTML: header, per-rank bars, charts, failure, where the logs are."""
-    parts = [f"<div>{header_html(state)}</div>", where_html(state)]
+    parts = [f"<div>{header_html(state)}</div>", where_html(state), restarts_html(state)]
     straggler = state.straggler_rank
     sources = state.info.get("sources")
     if sources:
@@ -77,6 +86,7 @@ def record_text(state: RunState) -> str:
     """The run's record as plain text (consoles, ``nbconvert --to script``, screen readers)."""
     lines = [f"[dtrain] {headline(state)}", *(f"[dtrain] {note}" for note in state.notes)]
     lines += [f"[dtrain] {line}" for line in state.where_lines()]
+    lines += [f"[dtrain] {line}" for line in restart_lines(state)]
     straggler = state.straggler_rank
     for r in state.ranks:
         if r.n or r.total or r.status != "ok":

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..run.state import RunState
 from ..run.straggler import split_text
-from .headline import headline
+from .headline import headline, restart_lines
 from .rank_lines import LinePrinter
 from .rank_values import show_values
 
@@ -23,6 +23,7 @@ class TextView:
         self._printed_at = time.monotonic()
         self._message = ""
         self._where: object = None
+        self._restarts = 0
 
     def next_refresh(self, now: float) -> float | None:
         if self.state.finished:
@@ -41,6 +42,10 @@ class TextView:
             self._where = state.where
             for line in state.where_lines():
                 print(f"[dtrain] {line}", flush=True)
+        restarts = restart_lines(state)
+        for line in restarts[self._restarts :]:
+            print(f"[dtrain] {line}", flush=True)
+        self._restarts = len(restarts)
         if state.status == "starting cluster" and state.message != self._message:
             self._message = state.message
             print(state.message, flush=True)

@@ -1,0 +1,37 @@
+"""Which rank died, and how: read from mpiexec's report while MPI aborts the job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..cluster.mpiexec_output import cause_of_death
+from ..cluster.training_cluster import TrainingCluster
+from .watch import RankWatch
+
+log = logging.getLogger(__name__)
+
+
+async def read_cause_of_death(
+    cluster: TrainingCluster, watch: RankWatch, wait: float = 15.0, every: float = 0.1
+) -> tuple[int, str] | None:
+    """``(rank, cause)`` from mpiexec's report of the rank that died, if it makes one.
+
+    mpiexec writes the report as it aborts the job, then exits: wait for either, at most
+    ``wait`` seconds (a loaded machine can take several), taking the ranks' last output
+    meanwhile.
+    """
+    deadline = time.monotonic() + wait
+    exited = False
+    while True:
+        try:
+            death = cause_of_death(cluster.mpiexec_output())
+        except OSError:
+            log.debug("could not read mpiexec's output", exc_info=True)
+            return None
+        if death is not None or exited or time.monotonic() >= deadline:
+            return death
+        exited = cluster.engines_exited()  # one more read after it exits
+        watch.poll(interrupted=True)
+        await asyncio.sleep(every)  # mpiexec is writing its report right now

@@ -1,0 +1,69 @@
+"""``--max-restarts`` logic without a cluster: which results are retried, the attempts a run
+keeps, and the lines the views show."""
+
+from __future__ import annotations
+
+from dtrain_magics.run.outcome import RankOutcome, RunResult, raise_for_result, retryable
+from dtrain_magics.run.state import RunState
+from dtrain_magics.ui.headline import headline, restart_lines, restarts_html
+from dtrain_magics.ui.record_html import record_html, record_text
+
+
+def _result(status: str, rank_status: str) -> RunResult:
+    outcomes = [RankOutcome(0, "interrupted"), RankOutcome(1, rank_status, "killed by SIGKILL")]  # type: ignore[arg-type]
+    return RunResult(status, outcomes, 1.0, failing_rank=1)  # type: ignore[arg-type]
+
+
+def test_only_a_dead_rank_is_retried_while_restarts_are_left() -> None:
+    assert retryable(_result("failed", "died"), 0, 2)
+    assert retryable(_result("failed", "died"), 1, 2)
+    assert not retryable(_result("failed", "died"), 2, 2)  # used up
+    assert not retryable(_result("failed", "died"), 0, 0)  # not asked for
+    assert not retryable(_result("failed", "error"), 0, 2)  # the cell raised
+    assert not retryable(_result("timed out", "interrupted"), 0, 2)
+    assert not retryable(_result("interrupted", "interrupted"), 0, 2)
+    assert not retryable(RunResult("succeeded", [RankOutcome(0, "ok")], 1.0), 0, 2)
+
+
+def test_every_attempt_is_kept_and_shown() -> None:
+    state = RunState("run", 2, {"max_restarts": 2, "backend": "horovod"})
+    state.set_status("running")
+    state.restart("rank 1 died (killed by SIGKILL)", 1)
+    assert state.status == "starting cluster"
+    assert [r.status for r in state.ranks] == ["running", "running"]
+    assert "attempt 2 of 3" in headline(state)
+    (line,) = restart_lines(state)
+    assert line.startswith("restart 1 of 2 at ")
+    assert "attempt 1 ended after 0 s, rank 1 died (killed by SIGKILL)" in line
+    assert 'class="dtrain-restart"' in restarts_html(state)
+    state.set_status("running")
+    state.finish("succeeded", reason="every rank finished")
+    summary = state.summary()
+    assert [(a["attempt"], a["status"], a["cause"]) for a in summary["attempts"]] == [
+        (1, "failed", "rank 1 died (killed by SIGKILL)"),
+        (2, "succeeded", "every rank finished"),
+    ]
+    assert summary["attempts"][1]["started"] == summary["attempts"][0]["ended"]
+    assert "2 attempts" in headline(state)
+    assert len(restart_lines(state)) == 1  # the last attempt is the run's own end
+    assert "restart 1 of 2" in record_html(state) and "restart 1 of 2" in record_text(state)
+
+
+def test_a_run_without_restarts_has_one_attempt_and_shows_none() -> None:
+    state = RunState("run", 2, {})
+    state.finish("succeeded", reason="every rank finished")
+    assert len(state.summary()["attempts"]) == 1
+    assert restart_lines(state) == [] and restarts_html(state) == ""
+    assert "attempt" not in headline(state)
+
+
+def test_the_error_says_the_cell_ran_again() -> None:
+    result = _result("failed", "died")
+    result.restarted, result.restarts = True, 2
+    try:
+        raise_for_result(result, None)
+    except Exception as e:
+        assert str(e).startswith("rank 1 died (killed by SIGKILL).")
+        assert "The cell had been run again 2 times after a rank died (--max-restarts)." in str(e)
+    else:
+        raise AssertionError("no error")
