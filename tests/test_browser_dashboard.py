@@ -130,6 +130,8 @@ def test_dashboard_shows_each_restart_and_its_cause(tmp_path: Path) -> None:
         dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
         header = dashboard.locator(".dtrain-status").locator("..").inner_text()
         assert "attempt 2 of 2" in header, header
+        # the bars the death turned red run again
+        dashboard.locator(".progress-bar-danger").first.wait_for(state="detached", timeout=10_000)
         dashboard.scroll_into_view_if_needed()
         dashboard.screenshot(
             path=str(screenshot(page, "restart-page.png").with_name("restart.png"))

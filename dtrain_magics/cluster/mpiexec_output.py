@@ -15,10 +15,13 @@ default) prints from C++ to the process's stderr, which ``mpiexec`` writes to it
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
-from typing import Any
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 _SIGNALLED = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)(?: \(([^)]*)\))?"
@@ -89,21 +92,42 @@ def read_tail(ipp_cluster: Any, tail: int = 20_000) -> str:
 
 
 class OutputFollower:
-    """Reads what ``mpiexec``'s output files gained since the last read."""
+    """Reads what ``mpiexec``'s output files gain, from files held open since it was made.
 
-    def __init__(self, paths: list[str]) -> None:
-        self._offsets = {p: _size(p) for p in paths}
+    Held open, a file stays readable after another process removes it (ipyparallel's server
+    extension in JupyterLab reads and removes an engine set's output file once mpiexec exits,
+    which is when mpiexec has just printed its report of a dead rank).
+    """
+
+    def __init__(self, paths: list[str], tail: int = 20_000) -> None:
+        self._files: list[IO[bytes]] = []
+        for path in paths:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 (held open until close)
+            except OSError:
+                continue
+            f.seek(0, os.SEEK_END)
+            self._files.append(f)
+        self._tail = tail
+        self.text = ""  # the last ``tail`` characters read
 
     def new_text(self) -> str:
+        """What the files gained since the last call."""
         parts = []
-        for path, offset in self._offsets.items():
-            size = _size(path)
-            if size > offset:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    parts.append(f.read(size - offset).decode("utf-8", "replace"))
-                self._offsets[path] = size
-        return "".join(parts)
+        for f in self._files:
+            try:
+                parts.append(f.read().decode("utf-8", "replace"))
+            except (OSError, ValueError):  # closed
+                log.debug("could not read mpiexec's output", exc_info=True)
+        new = "".join(parts)
+        if new:
+            self.text = (self.text + new)[-self._tail :]
+        return new
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files = []
 
 
 def _size(path: str) -> int:

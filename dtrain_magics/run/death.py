@@ -20,13 +20,17 @@ async def read_cause_of_death(
 
     mpiexec writes the report as it aborts the job, then exits: wait for either, at most
     ``wait`` seconds (a loaded machine can take several), taking the ranks' last output
-    meanwhile.
+    meanwhile. Read from the watch's held-open files, else from the cluster's engine sets.
     """
     deadline = time.monotonic() + wait
     exited = False
     while True:
         try:
-            death = cause_of_death(cluster.mpiexec_output())
+            death = None
+            if watch.mpiexec is not None:
+                watch.mpiexec.new_text()
+                death = cause_of_death(watch.mpiexec.text)
+            death = death or cause_of_death(cluster.mpiexec_output())
         except OSError:
             log.debug("could not read mpiexec's output", exc_info=True)
             return None

@@ -269,13 +269,13 @@ class DistributedRunner:
             where_after,
             lambda: state.active_at,
         )
+        mpiexec = OutputFollower(self.cluster.mpiexec_output_files())  # held open from here
         try:
             started = time.monotonic()
             if some:
                 backends.hold(self.cluster.view(), started)
             metadata = backends.cell_metadata(started, some)
             ars = dict(zip(ranks, client.execute_on(engines, code, metadata), strict=True))
-            mpiexec = OutputFollower(self.cluster.mpiexec_output_files())
             others = [r for r in range(len(self.cluster.engines)) if r not in ars]
 
             def end_wait(notice: dict[str, Any]) -> None:
@@ -320,6 +320,7 @@ class DistributedRunner:
             result.failing_rank = death[0] if death is not None else first_failure(outcomes)
             return result
         finally:
+            mpiexec.close()
             wake.close()
             self._wake = self._where = None
             state.ask_where = None

@@ -111,6 +111,8 @@ class WidgetDashboard:
                 bar.bar_style = "danger"
             elif r.status == "interrupted":
                 bar.bar_style = "warning"
+            else:  # running (again, after a restart)
+                bar.bar_style = "info"
         if force or now - self._charts_at >= CHARTS_EVERY:
             self._charts_at = now
             self.charts.value = charts_html(state)
