@@ -3,7 +3,13 @@ keeps, and the lines the views show."""
 
 from __future__ import annotations
 
+import pytest
+
+from dtrain_magics.cluster import TrainingCluster
+from dtrain_magics.config.options import RunOptions
+from dtrain_magics.errors import BadOptions
 from dtrain_magics.run.outcome import RankOutcome, RunResult, raise_for_result, retryable
+from dtrain_magics.run.runner import DistributedRunner
 from dtrain_magics.run.state import RunState
 from dtrain_magics.ui.headline import headline, restart_lines, restarts_html
 from dtrain_magics.ui.record_html import record_html, record_text
@@ -67,3 +73,10 @@ def test_the_error_says_the_cell_ran_again() -> None:
         assert "The cell had been run again 2 times after a rank died (--max-restarts)." in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_a_cluster_started_elsewhere_cannot_be_restarted() -> None:
+    runner = DistributedRunner(TrainingCluster())
+    with pytest.raises(BadOptions, match="use --max-restarts 0 with it"):
+        runner.run("x = 1", RunOptions(launcher="profile", max_restarts=1), {})
+    assert not runner.cluster.running

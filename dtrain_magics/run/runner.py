@@ -127,6 +127,11 @@ class DistributedRunner:
         size = options.layout.ranks
         subset = options.subset(size)
         if not get_launcher(spec.launcher).owns_processes:  # the running cluster decides
+            if options.max_restarts:
+                raise BadOptions(
+                    f"--max-restarts restarts a cluster started here, and the {spec.launcher} "
+                    "launcher connects to one started elsewhere: use --max-restarts 0 with it."
+                )
             await ensure_cluster(self.cluster, options.layout, spec, report)
             size = len(self.cluster.engines)
             subset = options.subset(size)
