@@ -1,10 +1,10 @@
 """Run the benchmark suites and report: ``python -m benchmarks [--quick] [--only a,b] ...``.
 
 Suites: latency (warm cell), cold (first cell with cluster start), throughput (training),
-allreduce (bandwidth by size), scaling (1, 2, 4 ranks), soak (100,000 logged steps). Each one
-measures dtrain-magics and its peers side by side in this run, through real Jupyter kernels with
-a widget-storing front end. A suite that fails is reported and the others still run; the exit
-status is then 1.
+allreduce (bandwidth by size), scaling (1, 2, 4 ranks), soak (100,000 logged steps), replicas
+(``dtrain.check_replicas`` on a 100M-parameter model). Each one measures dtrain-magics and its
+peers side by side in this run, through real Jupyter kernels with a widget-storing front end. A
+suite that fails is reported and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..report import Report
-from . import allreduce, cold, latency, scaling, soak, throughput
+from . import allreduce, cold, latency, replicas, scaling, soak, throughput
 
 Suite = Callable[[Context, Report], None]
 
@@ -17,4 +17,5 @@ SUITES: dict[str, Suite] = {
     "allreduce": allreduce.run,
     "scaling": scaling.run,
     "soak": soak.run,
+    "replicas": replicas.run,
 }

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .checkpoint import checkpoint, load_checkpoint
 from .rank_context import RankContext, current
+from .replicas import ReplicasDiffer, check_replicas
 from .sharding import parameter_share
 from .subset import CollectiveNeedsEveryRank
 from .telemetry import current as _telemetry
@@ -20,7 +21,9 @@ T = TypeVar("T")
 __all__ = [
     "CollectiveNeedsEveryRank",
     "RankContext",
+    "ReplicasDiffer",
     "barrier",
+    "check_replicas",
     "checkpoint",
     "context",
     "current",

@@ -8,6 +8,10 @@ never join. A guard thread sleeps on the pipe that Python's C-level signal handl
 nothing. If the main thread is still inside Horovod's wait a moment after SIGINT, the guard
 shuts Horovod down: the pending collective then ends with an error, the main thread is back in
 Python and raises the ``KeyboardInterrupt``. The runner then initialises Horovod again.
+
+``ignore_after_cell`` closes the other side: a SIGINT that arrives once the cell's code has
+ended (its own error was already on its way when another rank's reached the notebook) is
+ignored instead of breaking the engine's reply.
 """
 
 from __future__ import annotations
@@ -78,6 +82,25 @@ class InterruptGuard:
         if horovod_wait(self.main) is waiting:  # the same wait, still blocked
             self.stuck_ended += 1
             self.on_stuck()
+
+
+def _late_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT after the cell's code has ended: meant for the cell, too late for it; ignored."""
+
+
+def _cell_ended() -> None:
+    """``post_execute``, first of the hooks: the cell's code is over, so a SIGINT sent to stop
+    it (another rank failed at the same moment) must not abort the hooks or the reply. The
+    kernel puts its own handler back when the request ends, and its default one before the
+    next."""
+    signal.signal(signal.SIGINT, _late_interrupt)
+
+
+def ignore_after_cell(shell: object) -> None:
+    """Have this rank ignore SIGINT from the end of each cell's code (idempotent)."""
+    hooks = shell.events.callbacks["post_execute"]  # type: ignore[attr-defined]
+    if _cell_ended not in hooks:
+        hooks.insert(0, _cell_ended)
 
 
 def install() -> InterruptGuard:

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Any
 
-from . import collectives, idle, subset, where
+from . import collectives, idle, interrupts, subset, where
 from . import rank_context as _context
 from .backends import Backend, make_backend
 from .compat import check_backend_device
@@ -36,6 +36,7 @@ def init_rank(
     ns: dict[str, Any] = shell.user_ns if shell is not None else {}
     if shell is not None:
         install(shell)
+        interrupts.ignore_after_cell(shell)
         subset.install(shell)
         where.install(shell)
         if backend == "horovod":

@@ -57,8 +57,9 @@ class RunResult:
         return next((o for o in self.ranks if o.rank == self.failing_rank), None)
 
 
-PHRASED = ("ScriptExit", "CollectiveNeedsEveryRank")
-"""Rank errors (``rank/script.py``, ``rank/subset.py``) whose message says what the rank did."""
+PHRASED = ("ScriptExit", "CollectiveNeedsEveryRank", "ReplicasDiffer", "NothingToCheck")
+"""Rank errors (``rank/script.py``, ``rank/subset.py``, ``rank/replicas.py``) whose message says
+what the rank did."""
 
 
 def first_failure(outcomes: list[RankOutcome]) -> int | None:

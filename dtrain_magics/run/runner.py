@@ -43,6 +43,7 @@ from .watch import RankWatch
 from .where import WhereWatch
 
 CELL_FILENAME = "<distributed cell>"
+SETTLE = 0.25  # seconds the other ranks get to report after one fails, before the interrupt
 log = logging.getLogger(__name__)
 
 
@@ -311,6 +312,9 @@ class DistributedRunner:
                     death = await read_cause_of_death(self.cluster, watch)
                 died = bool(watch.died)
                 start_again = not (died and retry and not self._stop_requested)
+                if stop == "failed" and not died:  # the others may be failing too, just now
+                    settle = time.monotonic() + SETTLE
+                    await self._watch(watch, wake, settle, stop_on_failure=False)
                 restarted = await self._stop_ranks(watch, wake, died, start_again)
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
                 restarted = await self._stop_ranks(watch, wake)
