@@ -10,6 +10,7 @@ def check_replicas_code(names: tuple[str, ...]) -> str:
     rank's namespace when ``names`` is empty) across ranks; it raises ``ReplicasDiffer`` on
     every rank if they differ. The trailing semicolon keeps its value out of the cell's."""
     return (
+        "# --check-replicas: every rank compares its models with the other ranks'\n"
         f"__import__({CHECK_MODULE!r}, fromlist=['check_namespace'])"
         f".check_namespace(globals(), {tuple(names)!r});"
     )
