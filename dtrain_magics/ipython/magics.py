@@ -113,7 +113,9 @@ class DistributedMagics(Magics):
         comes by itself after ``--where-after`` seconds without progress) and a Stop button;
         afterwards ``_dtrain`` (also ``dtrain_magics.last_run()``) holds the run's record. With
         ``--mlflow`` the kernel then sends the run to MLflow in the background
-        (``_dtrain.mlflow.wait()``).
+        (``_dtrain.mlflow.wait()``). ``--max-restarts N`` restarts the cluster and runs the cell
+        again when a rank dies (not when the cell raises); ``--check-replicas`` then checks that
+        every rank holds the same models.
 
         The line form, ``%distributed [flags] train.py [its arguments]``, runs an unchanged
         script on the ranks as ``mpiexec -n N python train.py ...`` would from the notebook's
@@ -149,6 +151,9 @@ class DistributedMagics(Magics):
 
             In [6]: %%distributed --launcher slurm --nodes 2 --procs-per-node 4 --partition gpu
                ...: ...
+
+            In [7]: %%distributed --nodes 2 --max-restarts 2 --check-replicas model
+               ...: saved = dtrain.load_checkpoint("run.pt")  # a dead rank: run again, resume
         """
         code, options, kwargs, mlflow = self._run_arguments(line, cell)
         with self._reporting(mlflow):
