@@ -12,7 +12,6 @@ A kernel crash loses nothing that reached the notebook: lines are flushed as the
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 from collections.abc import Iterable
@@ -42,26 +41,31 @@ class RunStore:
         self._names: dict[str, str] = {}
 
     def append_points(self, rank: int, points: list[tuple[int, str, float, float]]) -> None:
-        """Append ``rank``'s ``(step, name, value, time)`` points to ``metrics.jsonl``."""
+        """Append ``rank``'s ``(step, name, value, time)`` points to ``metrics.jsonl``.
+
+        Each line is formatted directly, in one loop: this runs for every point a rank logs,
+        in the notebook's kernel, whose CPU the ranks share on small machines (``json.dumps``
+        per point cost about twice as much).
+        """
         if self._metrics is None:
             self._metrics = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-        self._metrics.write("".join(self._metric_line(rank, *p) for p in points))
+        names = self._names
+        lines = []
+        for step, name, value, when in points:
+            quoted = names.get(name)
+            if quoted is None:
+                quoted = names[name] = json.dumps(name)
+            value, when = float(value), float(when)
+            if value - value or when - when:  # inf or nan (nan - nan is nan): JSON's spelling
+                row = {"step": step, "rank": rank, "name": name, "value": value, "time": when}
+                lines.append(json.dumps(row) + "\n")
+                continue
+            lines.append(
+                f'{{"step": {int(step)}, "rank": {rank}, "name": {quoted}, '
+                f'"value": {value!r}, "time": {when!r}}}\n'
+            )
+        self._metrics.write("".join(lines))
         self._metrics.flush()
-
-    def _metric_line(self, rank: int, step: int, name: str, value: float, when: float) -> str:
-        """One JSON line, formatted directly (``json.dumps`` per point costs the notebook CPU
-        that the ranks share on small machines)."""
-        quoted = self._names.get(name)
-        if quoted is None:
-            quoted = self._names[name] = json.dumps(name)
-        value, when = float(value), float(when)
-        if not (math.isfinite(value) and math.isfinite(when)):
-            row = {"step": step, "rank": rank, "name": name, "value": value, "time": when}
-            return json.dumps(row) + "\n"
-        return (
-            f'{{"step": {int(step)}, "rank": {rank}, "name": {quoted}, '
-            f'"value": {value!r}, "time": {when!r}}}\n'
-        )
 
     def append_log(self, rank: int, text: str) -> None:
         log = self._logs.get(rank)
