@@ -246,7 +246,7 @@ assert result["test_accuracy"] >= 0.9"""),
 - Use `--backend torch` for NCCL-based DDP."""),
 ]
 
-TRAIN_WITH_CHECKPOINTS = """%%distributed --nodes 2 --max-restarts 2 --push CHECKPOINT,EPOCHS,crash_at_epoch --pull resumed_from,history,state
+TRAIN_WITH_CHECKPOINTS = """%%distributed --nodes 2 --max-restarts 2 --check-replicas model --push CHECKPOINT,EPOCHS,crash_at_epoch --pull resumed_from,history,state
 import os, signal
 import torch
 import torch.nn.functional as F
@@ -322,7 +322,9 @@ CHECKPOINT"""),
 Watch the dashboard: at epoch 4 the header says the run is starting its cluster again, a
 line says which attempt ended, after how long and why (rank 1 killed by SIGKILL), and the
 progress bars carry on from epoch 4. Rank namespaces start empty on the new cluster, so
-everything the cell needs is in the cell or pushed with `--push` (sent again on each attempt)."""),
+everything the cell needs is in the cell or pushed with `--push` (sent again on each attempt).
+`--check-replicas model` then checks that both ranks ended with the same weights (a checksum
+of every parameter and buffer, compared across ranks)."""),
     new_code_cell(TRAIN_WITH_CHECKPOINTS),
     new_code_cell("""for attempt in _dtrain.attempts:
     print(f"attempt {attempt['attempt']}: {attempt['status']}, {attempt['cause']}")

@@ -39,7 +39,7 @@ def log(step: int | None = None, **scalars: Any) -> None:
     """Record scalar metrics (loss, accuracy, lr, samples, ...) for this rank.
 
     ``step`` defaults to a per-rank counter that starts at 0 in each cell. Cheap: points are
-    buffered and sent to the notebook's dashboard at most twice a second.
+    buffered and sent to the notebook's dashboard at most once a second.
     """
     _telemetry().log(step, **scalars)
 

@@ -2,7 +2,8 @@
 
 Built from ``HTML``, ``FloatProgress`` and ``Button`` so it renders in JupyterLab,
 Notebook 7, VS Code and Colab without extra front-end code. Refreshed from the kernel's main
-thread, throttled: progress a few times a second, charts at most twice a second.
+thread, throttled: progress and the header once a second, charts every 2 seconds (a chart's SVG
+is most of what the dashboard sends, and of the kernel's CPU while a run logs).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from html import escape
 from ..run.state import RunState
 from .headline import bar_text, charts_html, header_html, restarts_html, where_html
 
-PROGRESS_EVERY = 0.5
-CHARTS_EVERY = 1.0
+PROGRESS_EVERY = 1.0
+CHARTS_EVERY = 2.0
 ELAPSED_EVERY = 1.0  # the header's elapsed time ticks while nothing else changes
 
 
