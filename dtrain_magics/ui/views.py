@@ -78,6 +78,7 @@ class DeferredDashboard:
     def close(self) -> None:
         from IPython.display import display
 
+        self.busy.close()
         self.lines.print_new(force=True)
         bundle = record_bundle(self.state)
         if self.dashboard is None:
