@@ -15,6 +15,15 @@ from nbformat.v4 import new_code_cell, new_notebook
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
 
+def wait_or_screenshot(page: Any, locator: Any, timeout: int, name: str) -> None:
+    """Wait for ``locator``; if it never comes, keep a screenshot ``name`` of the page."""
+    try:
+        locator.wait_for(timeout=timeout)
+    except Exception:
+        screenshot(page, name)
+        raise
+
+
 @contextlib.contextmanager
 def running_dashboard(tmp_path: Path, name: str, cell: str) -> Iterator[tuple[Any, Any]]:
     """JupyterLab on a notebook of ``%load_ext`` and ``cell``, both run: (page, dashboard) once
@@ -34,11 +43,8 @@ def running_dashboard(tmp_path: Path, name: str, cell: str) -> Iterator[tuple[An
         page.keyboard.press("Shift+Enter")
         page.keyboard.press("Shift+Enter")
         dashboard = page.locator(".dtrain-dashboard")
-        try:
-            dashboard.locator(".dtrain-status").filter(has_text="running").wait_for(timeout=120_000)
-        except Exception:
-            screenshot(page, f"{name}-dashboard-missing.png")
-            raise
+        running = dashboard.locator(".dtrain-status").filter(has_text="running")
+        wait_or_screenshot(page, running, 120_000, f"{name}-dashboard-missing.png")
         yield page, dashboard
 
 
@@ -85,11 +91,9 @@ def test_where_button_shows_each_rank_and_who_has_not_joined(tmp_path: Path) -> 
     with running_dashboard(tmp_path, "where", WHERE_CELL) as (page, dashboard):
         dashboard.get_by_role("button", name="Where are the ranks?").click()
         where = dashboard.locator(".dtrain-where")
-        try:
-            where.get_by_text("rank 1 has not joined").wait_for(timeout=30_000)
-        except Exception:
-            screenshot(page, "where-report-missing.png")
-            raise
+        wait_or_screenshot(
+            page, where.get_by_text("rank 1 has not joined"), 30_000, "where-report-missing.png"
+        )
         rank0 = where.locator(".dtrain-where-rank[data-rank='0']").inner_text()
         rank1 = where.locator(".dtrain-where-rank[data-rank='1']").inner_text()
         assert "cell line 4: total = hvd.allreduce(" in rank0
@@ -119,11 +123,8 @@ def test_dashboard_shows_each_restart_and_its_cause(tmp_path: Path) -> None:
     cell = RESTART_CELL.replace("MARKER", repr(str(tmp_path / "rank-1-lost-once")))
     with running_dashboard(tmp_path, "restart", cell) as (page, dashboard):
         restarts = dashboard.locator(".dtrain-restarts")
-        try:
-            restarts.get_by_text("restart 1 of 1").wait_for(timeout=60_000)
-        except Exception:
-            screenshot(page, "restart-missing.png")
-            raise
+        first = restarts.get_by_text("restart 1 of 1")
+        wait_or_screenshot(page, first, 60_000, "restart-missing.png")
         text = restarts.inner_text()
         assert "rank 1 died (killed by SIGKILL)" in text, text
         assert "the cell runs again on a restarted cluster" in text
