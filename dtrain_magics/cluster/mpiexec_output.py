@@ -128,10 +128,3 @@ class OutputFollower:
         for f in self._files:
             f.close()
         self._files = []
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

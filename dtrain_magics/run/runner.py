@@ -308,9 +308,9 @@ class DistributedRunner:
             if stop is not None:
                 state.set_status("stopping", f"{stop}: interrupting every rank")
                 view.refresh(force=True)
-                if watch.died:
-                    death = await read_cause_of_death(self.cluster, watch)
                 died = bool(watch.died)
+                if died:
+                    death = await read_cause_of_death(self.cluster, watch)
                 start_again = not (died and retry and not self._stop_requested)
                 if stop == "failed" and not died:  # the others may be failing too, just now
                     settle = time.monotonic() + SETTLE

@@ -66,7 +66,6 @@ class RunState:
         self.message = ""
         self.notes: list[str] = []  # sentences the run's final output shows (a restart, ...)
         self.attempts: list[AttemptSummary] = []  # the attempts that ended (--max-restarts)
-        self.max_restarts = int(info.get("max_restarts") or 0)
         self.started = time.time()
         self.ended: float | None = None
         # every rank of the cluster, or the ranks a cell on some of them runs on
@@ -97,6 +96,11 @@ class RunState:
         """A sentence for the run's final output."""
         self.notes.append(note)
         self.version += 1
+
+    @property
+    def max_restarts(self) -> int:
+        """``--max-restarts`` of this run (0 without it)."""
+        return int(self.info.get("max_restarts") or 0)
 
     def restart(self, cause: str, failing_rank: int | None) -> None:
         """The attempt running now ended with ``cause`` and the cell runs again on a restarted
