@@ -1,8 +1,11 @@
-"""Through a real Jupyter kernel: the stop button, %dtrain, no orphans after the kernel exits."""
+"""Through a real Jupyter kernel: the stop button, %dtrain, no orphans after the kernel exits, and
+the kernel stays Busy for a cell while it answers other requests."""
 
 from __future__ import annotations
 
+import queue
 import time
+from typing import Any
 
 import pytest
 from helpers import ALLREDUCE_LOOP, alive
@@ -62,3 +65,38 @@ def test_kernel_shutdown_leaves_no_cluster_processes() -> None:
     while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(pids)
+
+
+def test_control_requests_during_a_cell_leave_the_kernel_busy_for_it(
+    kernel: KernelSession,
+) -> None:
+    """The kernel answers control requests (ipywidgets asks for a subshell so) while a cell
+    awaits its ranks, and publishes ``idle`` for each; JupyterLab would show the kernel Idle, so
+    ``busy`` for the cell must follow at once, not with the dashboard's next re-publish (every
+    0.5 s: three requests all followed within 0.1 s by chance is under 1 %)."""
+    assert kernel.run("%load_ext dtrain_magics").status == "ok"
+    cell = kernel.submit(
+        "%%distributed --nodes 2\nimport time\nprint('started', flush=True)\ntime.sleep(3)"
+    )
+    assert kernel.collect(cell, timeout=120, until="[rank 1] started").status == "running"
+    requests = []
+    for _ in range(3):
+        requests.append(kernel.kc.session.msg("kernel_info_request"))
+        kernel.kc.control_channel.send(requests[-1])
+        time.sleep(0.17)
+    statuses: list[tuple[str, str, Any]] = []  # (state, parent's msg_id, date), as published
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(s[:2] == ("idle", cell) for s in statuses):
+        try:
+            msg: dict[str, Any] = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["msg_type"] == "status":
+            parent = msg["parent_header"].get("msg_id", "")
+            statuses.append((msg["content"]["execution_state"], parent, msg["header"]["date"]))
+    assert statuses[-1][:2] == ("idle", cell), statuses
+    for request in requests:
+        answered = [s[:2] for s in statuses].index(("idle", request["header"]["msg_id"]))
+        state, parent, date = statuses[answered + 1]
+        assert (state, parent) == ("busy", cell), statuses
+        assert (date - statuses[answered][2]).total_seconds() < 0.1, statuses

@@ -1,10 +1,11 @@
 """Keeping JupyterLab's kernel indicator on "Busy" while a run awaits its ranks.
 
 A ``%%distributed`` cell is awaited, so the kernel handles other requests meanwhile; when the
-front end sends one (ipywidgets asks for a subshell when the first widget of a kernel appears),
-the kernel publishes ``idle`` for it, and JupyterLab shows the kernel Idle although the cell
-runs. While the dashboard is up, every such ``idle`` is followed at once by ``busy`` for the
-cell's own request, and the dashboard re-publishes ``busy`` at most twice a second besides.
+front end sends one (ipywidgets asks for a subshell, on the control channel, when the first
+widget of a kernel appears), the kernel publishes ``idle`` for it, and JupyterLab shows the kernel
+Idle although the cell runs. While the run lasts, every such ``idle``, on the shell or the control
+channel, is followed at once by ``busy`` for the cell's own request, and the dashboard
+re-publishes ``busy`` at most twice a second besides.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class BusyStatus:
 
         def publish(status: str, channel: str, parent: Any = None) -> None:
             original(status, channel, parent)
-            if status == "idle" and channel == "shell":
+            if status == "idle" and channel in ("shell", "control"):
                 other = parent or kernel.get_parent(channel)
                 if _msg_id(other) != _msg_id(ours):
                     original("busy", "shell", ours)
