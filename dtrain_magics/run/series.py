@@ -7,7 +7,10 @@ most ``MAX_BUCKETS`` entries, however long the run. The run's files keep every p
 
 from __future__ import annotations
 
-MAX_BUCKETS = 4096
+# A chart draws each bucket (``ui/charts.py`` draws at most 150 points): between 75 and 150 of
+# them, each with the mean, min and max of its steps. 4096 buckets cost a sort of all of them per
+# chart and merges of thousands, for points a chart then skipped.
+MAX_BUCKETS = 150
 
 
 class MetricSeries:

@@ -150,15 +150,18 @@ class RunState:
             self.straggler = find_straggler(splits)
         points = payload.get("points") or []
         self.dropped += int(payload.get("dropped") or 0)
-        latest = self.latest
-        for step, name, value, _ in points:
-            series = self.series.get(name)
+        by_name = self.series
+        last: dict[str, float] = {}  # each name's last value in this message
+        for step, name, value, _ in points:  # for every point: kept to a dict lookup and add
+            series = by_name.get(name)
             if series is None:
-                series = self.series[name] = MetricSeries()
+                series = by_name[name] = MetricSeries()
             series.add(step, value)
-            latest.setdefault(name, {})[rank] = value
-            if name in ("samples", "batch_size"):
-                state.samples += value
+            last[name] = value
+        for name, value in last.items():
+            self.latest.setdefault(name, {})[rank] = value
+        if "samples" in last or "batch_size" in last:
+            state.samples += sum(p[2] for p in points if p[1] in ("samples", "batch_size"))
         if points:
             state.steps = max(state.steps, max(p[0] for p in points) + 1)
             if state.first_time is None:
