@@ -1,5 +1,5 @@
-"""Through a real Jupyter kernel: the stop button, %dtrain, no orphans after the kernel exits, and
-the kernel stays Busy for a cell while it answers other requests."""
+"""Through a real Jupyter kernel: the stop button, %dtrain, no torch in the notebook, no orphans
+after the kernel exits, and the kernel stays Busy for a cell while it answers other requests."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     )
     assert reply.status == "ok", reply.text
     assert "[rank 0] sum 2.0" in reply.text and "[rank 1] sum 2.0" in reply.text
+    # nothing the ranks send back makes the notebook import torch (1.5 s and its memory)
+    reply = kernel.run("import sys\nprint('torch in the kernel:', 'torch' in sys.modules)")
+    assert "torch in the kernel: False" in reply.text
 
     reply = kernel.run("%dtrain status")
     assert "running, 2 ranks" in reply.text and "2/2 engines registered" in reply.text

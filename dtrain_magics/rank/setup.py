@@ -80,7 +80,9 @@ def init_rank(
 
 
 def _versions() -> dict[str, str | None]:
-    """Python, torch and Horovod as this rank runs them (what a tracked run records)."""
+    """Python, torch and Horovod as this rank runs them (what a tracked run records), as plain
+    strings: ``torch.__version__`` is a ``TorchVersion``, and unpickling one in the notebook's
+    kernel imports torch there (1.5 s of the first cell, and its memory, for nothing)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -90,7 +92,11 @@ def _versions() -> dict[str, str | None]:
         horovod: str | None = version("horovod")
     except PackageNotFoundError:
         horovod = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "horovod": horovod}
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "horovod": horovod,
+    }
 
 
 def reset_rank() -> None:

@@ -72,7 +72,7 @@ class RankWatch:
                 except Exception:
                     log.debug("rank %d's output did not complete", r, exc_info=True)
                 self._pump(r)
-                self.state.set_outputs(r, _outputs(ar.metadata))
+                self.state.set_outputs(r, _outputs(_metadata(ar)))
                 outcome = self.outcomes[r] = self._outcome(r, outcome_of(r, ar, interrupted))
                 self.first_done = self.first_done or time.monotonic()
                 self.state.finish_rank(r, outcome.status, outcome.error)
@@ -143,9 +143,7 @@ class RankWatch:
             self.state.add_stall(rank)
 
     def _pump(self, r: int) -> None:
-        # the metadata dict the client's receiving thread fills in, as it is (``ar.metadata``
-        # parses its dates on every access, ``ar[key]`` also waits on the result's events)
-        metadata = self.ars[r].metadata
+        metadata = _metadata(self.ars[r])
         for name in ("stdout", "stderr"):
             text = metadata.get(name) or ""
             seen = self._seen[(r, name)]
@@ -163,6 +161,14 @@ class RankWatch:
                 break
             self._seq[r] += 1
             self.state.add_telemetry(r, payload)
+
+
+def _metadata(ar: Any) -> dict[str, Any]:
+    """The metadata dict the client's receiving thread fills in, as it is: ``ar.metadata`` first
+    parses its four dates with dateutil (0.1 ms each, 0.8 ms of a warm 2-rank cell), which
+    nothing here reads; ``ar[key]`` also waits on the result's events."""
+    raw = getattr(ar, "_metadata", None)
+    return raw[0] if raw else ar.metadata  # type: ignore[no-any-return]
 
 
 def _outputs(metadata: Any) -> list[RankOutput]:
