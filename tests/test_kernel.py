@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -96,10 +97,16 @@ def test_control_requests_during_a_cell_leave_the_kernel_busy_for_it(
             continue
         if msg["msg_type"] == "status":
             parent = msg["parent_header"].get("msg_id", "")
-            statuses.append((msg["content"]["execution_state"], parent, msg["header"]["date"]))
+            statuses.append((msg["content"]["execution_state"], parent, _date(msg["header"])))
     assert statuses[-1][:2] == ("idle", cell), statuses
     for request in requests:
         answered = [s[:2] for s in statuses].index(("idle", request["header"]["msg_id"]))
         state, parent, date = statuses[answered + 1]
         assert (state, parent) == ("busy", cell), statuses
         assert (date - statuses[answered][2]).total_seconds() < 0.1, statuses
+
+
+def _date(header: dict[str, Any]) -> datetime:
+    """A message's date: jupyter_client parses it, or leaves the ISO 8601 text."""
+    date = header["date"]
+    return date if isinstance(date, datetime) else datetime.fromisoformat(date)

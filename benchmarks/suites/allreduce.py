@@ -6,6 +6,8 @@ allreduce of float32 tensors of each size on 2 ranks, through ``%%distributed`` 
 ``mpiexec -n 2 python``, alternating. Bandwidth is bus bandwidth (bytes × 2(n−1)/n per second,
 which is the bytes per second for 2 ranks), reported as a fraction of this machine's
 memory-copy bandwidth: one process copying a 64 MB tensor into another (``workloads.MEMCPY``).
+Each size's time is the fastest of three timed blocks of repeats, in both arms: on a small shared
+machine a block that the scheduler interrupts only ever takes longer.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ RANKS = 2
 def run(ctx: Context, report: Report) -> None:
     sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
     budget = (16 << 20) if ctx.quick else (256 << 20)
-    rounds = 1 if ctx.quick else min(ctx.pairs, 3)
+    rounds = 1 if ctx.quick else min(ctx.pairs, 5)
     memcpy = _memcpy(ctx, sorted({*sizes, REFERENCE}))
     reference = memcpy[str(REFERENCE)]
     raw: dict[str, object] = {"memcpy_gb_s": memcpy, "sizes": sizes}
