@@ -107,6 +107,9 @@ def test_control_requests_during_a_cell_leave_the_kernel_busy_for_it(
 
 
 def _date(header: dict[str, Any]) -> datetime:
-    """A message's date: jupyter_client parses it, or leaves the ISO 8601 text."""
+    """A message's date: jupyter_client parses it, or leaves the ISO 8601 text (Python 3.10's
+    ``fromisoformat`` does not read a trailing ``Z``)."""
     date = header["date"]
-    return date if isinstance(date, datetime) else datetime.fromisoformat(date)
+    return (
+        date if isinstance(date, datetime) else datetime.fromisoformat(date.replace("Z", "+00:00"))
+    )

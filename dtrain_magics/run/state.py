@@ -24,6 +24,8 @@ from .series import MetricSeries
 from .straggler import StepSplit, StepTimes, Straggler, find_straggler
 from .where import WhereReport, report_lines
 
+SAMPLE_COUNTS = ("samples", "batch_size")  # logged sample counts: they feed samples/s
+
 OUTPUT_LINES = 200  # lines of output kept per rank for display; the log file has everything
 
 
@@ -160,8 +162,8 @@ class RunState:
             last[name] = value
         for name, value in last.items():
             self.latest.setdefault(name, {})[rank] = value
-        if "samples" in last or "batch_size" in last:
-            state.samples += sum(p[2] for p in points if p[1] in ("samples", "batch_size"))
+        if any(name in last for name in SAMPLE_COUNTS):
+            state.samples += sum(p[2] for p in points if p[1] in SAMPLE_COUNTS)
         if points:
             state.steps = max(state.steps, max(p[0] for p in points) + 1)
             if state.first_time is None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from ..run.state import RankState, RunState
+from ..run.state import SAMPLE_COUNTS, RankState, RunState
 from ..run.straggler import split_text
 from .charts import svg_chart
 
@@ -82,7 +82,7 @@ def charts_html(state: RunState) -> str:
     return "".join(
         svg_chart(name, state.chart_series(name))
         for name in sorted(state.series)
-        if name not in ("samples", "batch_size")
+        if name not in SAMPLE_COUNTS
     )
 
 
