@@ -29,6 +29,17 @@ def test_summaries_pair_the_arms() -> None:
         summarize([])
 
 
+def test_allreduce_noise_is_how_far_mpiexec_against_itself_strays_either_way() -> None:
+    from benchmarks.stats import summarize_ratio
+    from benchmarks.suites.allreduce import noise
+
+    steady = summarize_ratio([1.0, 1.01, 0.99, 1.0], [1.0] * 4)
+    assert noise(steady) < 1.02
+    faster = summarize_ratio([1.2, 1.3, 1.4, 1.5], [1.0] * 4)  # the second run faster
+    slower = summarize_ratio([1 / 1.2, 1 / 1.3, 1 / 1.4, 1 / 1.5], [1.0] * 4)
+    assert noise(faster) == faster["q3"] and abs(noise(slower) - 1 / slower["q1"]) < 1e-12
+
+
 def test_unknown_suite_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "nonsense"],
