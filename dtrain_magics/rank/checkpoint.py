@@ -2,15 +2,18 @@
 
 ``checkpoint`` writes on rank 0 only (a temporary file in the target's directory, fsync,
 ``os.replace``, fsync of the directory), so a crash at any moment leaves either the old file or
-the new one, never a torn one; the other ranks wait for it and raise if it failed.
-``load_checkpoint`` reads on rank 0 and broadcasts the bytes over MPI, so every rank resumes
-from the same state. Both use mpi4py's ``COMM_WORLD`` and work with either backend.
+the new one, never a torn one; the other ranks wait for it and raise if it failed. A process
+killed mid-write (MPI aborting the job after another rank died) leaves its temporary file; the
+file names its host and process, and the next save or load on that host removes it once that
+process is gone. ``load_checkpoint`` reads on rank 0 and broadcasts the bytes over MPI, so every
+rank resumes from the same state. Both use mpi4py's ``COMM_WORLD`` and work with either backend.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 import tempfile
 from typing import Any
 
@@ -27,6 +30,49 @@ def _comm() -> Any:
     return MPI.COMM_WORLD
 
 
+def _temp_prefix(path: str) -> str:
+    """The start of the names of ``path``'s temporary files: ``.NAME.``."""
+    return f".{os.path.basename(path)}."
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temporary files of ``path`` left by writers on this host that no longer run.
+
+    A temporary file is named ``.NAME.HOST-PID.RANDOM.tmp``; files of other hosts (a shared
+    file system), of live processes and of any other shape are left alone. Returns the removed.
+    """
+    path = os.path.abspath(path)
+    directory, prefix, host = os.path.dirname(path), _temp_prefix(path), socket.gethostname()
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        writer, _, _random = name[len(prefix) : -len(".tmp")].rpartition(".")
+        writer_host, _, pid = writer.rpartition("-")
+        if writer_host != host or not pid.isdigit() or _is_alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        removed.append(name)
+    return removed
+
+
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save(obj)`` to ``path`` atomically and durably (this process only)."""
     import torch
@@ -34,7 +80,9 @@ def save_atomic(obj: Any, path: str) -> None:
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    remove_stale_temps(path)
+    prefix = f"{_temp_prefix(path)}{socket.gethostname()}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -81,6 +129,8 @@ def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = T
 
     comm = _comm()
     message: tuple[str, Any] = ("missing", None)
+    if comm.Get_rank() == 0:
+        remove_stale_temps(path)
     if comm.Get_rank() == 0 and os.path.exists(path):
         try:
             with open(path, "rb") as f:
