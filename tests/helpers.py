@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -26,6 +27,13 @@ def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
     while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     return alive(pids)
+
+
+def exited_pid() -> int:
+    """The process ID of a process that has run and exited (a writer that is surely gone)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def rank_values(cluster: Any, name: str) -> list[Any]:

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import exited_pid
 
 from dtrain_magics.rank.checkpoint import remove_stale_temps, save_atomic
 
 
-def _exited_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_only_temporaries_of_exited_writers_on_this_host_are_removed(tmp_path: Path) -> None:
     host = socket.gethostname()
-    dead, live = _exited_pid(), os.getpid()
+    dead, live = exited_pid(), os.getpid()
     names = {
         "dead": f".model.pt.{host}-{dead}.k2j_x9.tmp",
         "live": f".model.pt.{host}-{live}.abc123.tmp",
@@ -39,7 +33,7 @@ def test_a_save_removes_a_dead_writers_temporary_and_leaves_only_the_checkpoint(
     tmp_path: Path,
 ) -> None:
     torch = pytest.importorskip("torch")
-    stale = tmp_path / f".model.pt.{socket.gethostname()}-{_exited_pid()}.abc123.tmp"
+    stale = tmp_path / f".model.pt.{socket.gethostname()}-{exited_pid()}.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
     save_atomic({"step": 5}, str(tmp_path / "model.pt"))
     assert os.listdir(tmp_path) == ["model.pt"]

@@ -11,14 +11,13 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from helpers import ALLREDUCE_LOOP, rank_values, wait_gone
+from helpers import ALLREDUCE_LOOP, exited_pid, rank_values, wait_gone
 from IPython.core.error import UsageError
 from kernel_session import KernelSession, printed_pids
 
@@ -195,9 +194,7 @@ def test_checkpoint_survives_an_interrupted_run_and_training_resumes(
     assert set(saved) == {"step", "model", "optimizer"}
     # rank 0 may have been killed mid-write (MPI ends the job) and left its temporary file; one
     # more, from a writer that has surely exited, makes the clean-up below certain to be tested
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = f".model.pt.{socket.gethostname()}-{dead.pid}.abc123.tmp"
+    stale = f".model.pt.{socket.gethostname()}-{exited_pid()}.abc123.tmp"
     (tmp_path / "ckpt" / stale).write_bytes(b"x")
 
     run(CKPT_TRAIN.format(path=path, end=saved["step"] + 3))

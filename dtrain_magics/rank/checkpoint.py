@@ -35,22 +35,14 @@ def _temp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}."
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temps(path: str) -> list[str]:
     """Remove the temporary files of ``path`` left by writers on this host that no longer run.
 
     A temporary file is named ``.NAME.HOST-PID.RANDOM.tmp``; files of other hosts (a shared
     file system), of live processes and of any other shape are left alone. Returns the removed.
     """
+    import psutil
+
     path = os.path.abspath(path)
     directory, prefix, host = os.path.dirname(path), _temp_prefix(path), socket.gethostname()
     removed: list[str] = []
@@ -63,7 +55,7 @@ def remove_stale_temps(path: str) -> list[str]:
             continue
         writer, _, _random = name[len(prefix) : -len(".tmp")].rpartition(".")
         writer_host, _, pid = writer.rpartition("-")
-        if writer_host != host or not pid.isdigit() or _is_alive(int(pid)):
+        if writer_host != host or not pid.isdigit() or psutil.pid_exists(int(pid)):
             continue
         try:
             os.unlink(os.path.join(directory, name))
@@ -131,12 +123,12 @@ def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = T
     message: tuple[str, Any] = ("missing", None)
     if comm.Get_rank() == 0:
         remove_stale_temps(path)
-    if comm.Get_rank() == 0 and os.path.exists(path):
-        try:
-            with open(path, "rb") as f:
-                message = ("ok", f.read())
-        except OSError as e:
-            message = ("error", f"{type(e).__name__}: {e}")
+        if os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    message = ("ok", f.read())
+            except OSError as e:
+                message = ("error", f"{type(e).__name__}: {e}")
     kind, payload = comm.bcast(message, root=0)
     if kind == "missing":
         return None
