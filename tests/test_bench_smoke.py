@@ -44,6 +44,18 @@ def test_allreduce_noise_is_how_far_mpiexec_lands_from_itself() -> None:
     assert noise(steady, bimodal) > 2
 
 
+def test_throughput_rounds_keep_the_compared_arms_side_by_side() -> None:
+    from benchmarks.suites.throughput import DIRECT, MAGIC, MPIEXEC, ORDERS
+
+    arms = set(ORDERS[0])
+    for place in range(len(arms)):  # every arm takes every place once
+        assert {order[place] for order in ORDERS} == arms
+    for order in ORDERS:
+        assert abs(order.index(MAGIC) - order.index(DIRECT)) == 1
+    assert sum(order.index(MAGIC) < order.index(DIRECT) for order in ORDERS) == len(ORDERS) // 2
+    assert sum(abs(order.index(MAGIC) - order.index(MPIEXEC)) == 1 for order in ORDERS) >= 2
+
+
 def test_unknown_suite_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "nonsense"],

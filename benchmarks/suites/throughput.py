@@ -1,8 +1,7 @@
 """Training throughput: the same Horovod loop under the magic, through ipyparallel, and mpiexec.
 
 The loop (``workloads.TRAIN``: a small MLP, ``hvd.DistributedOptimizer``, ``loss.item()`` every
-step) times itself on the ranks after a warm-up. Arms, alternated round by round in a rotating
-order:
+step) times itself on the ranks after a warm-up. Arms, each once a round:
 
 - ``magic``: ``%%distributed`` with the dashboard, ``dtrain.progress`` around the loop and
   ``dtrain.log(loss=..., samples=...)`` every step;
@@ -11,6 +10,10 @@ order:
   the same engines, where the magic has initialised Horovod;
 - ``mpiexec``: ``mpiexec -n 2 python`` running the same code, with the rank environment the
   project gives its ranks, while the cluster sits idle.
+
+A round runs every arm once. The two arms each target compares run next to each other in every
+round, in turns first and second (``ORDERS``), since this machine's speed drifts by a few per
+cent over tens of seconds and a pair measured far apart would measure that drift.
 
 Also measured: the kernel process's CPU while each cell runs (% of one core), and what each
 telemetry message costs the steps around it (the measure of the former
@@ -36,6 +39,14 @@ DIRECT = "view.execute (same engines)"
 MPIEXEC = "mpiexec -n 2 python train.py"
 
 Run = tuple[Cell | None, list[dict[str, Any]]]
+# Four rounds' orders: the magic is next to the direct arm in every round and next to mpiexec in
+# every other one; each arm takes each place once.
+ORDERS = (
+    (MAGIC, DIRECT, PLAIN, MPIEXEC),
+    (DIRECT, MAGIC, MPIEXEC, PLAIN),
+    (MPIEXEC, PLAIN, DIRECT, MAGIC),
+    (PLAIN, MPIEXEC, MAGIC, DIRECT),
+)
 VIEW = "import dtrain_magics\n_bench_view = dtrain_magics._magics.cluster.view()"
 
 
@@ -55,8 +66,15 @@ def magic(
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
 
 
-def direct(kernel: BenchKernel, steps: int, warmup: int) -> tuple[Cell, list[dict[str, Any]]]:
-    """The loop sent through ipyparallel to the magic's engines."""
+def direct(
+    kernel: BenchKernel, ctx: Context, steps: int, warmup: int
+) -> tuple[Cell, list[dict[str, Any]]]:
+    """The loop sent through ipyparallel to the magic's engines.
+
+    A trivial ``%%distributed`` cell goes first: the ranks suspend Horovod seconds after a cell
+    (``rank/idle.py``) and a magic cell, not ``view.execute``, resumes it.
+    """
+    kernel.run(f"{ctx.magic_line(2, '--no-widget')}\npass")
     code = f"_bench_result = bench_train({steps}, {warmup}, log=False)"
     cell = kernel.run(f"_ = _bench_view.execute({code!r}, block=True)")
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
@@ -97,17 +115,16 @@ def run(ctx: Context, report: Report) -> None:
         setup(kernel, ctx, 2)
         magic(kernel, ctx, 2, 50, 5, True)  # warm-up of every path
         magic(kernel, ctx, 2, 50, 5, False)
-        direct(kernel, 50, 5)
+        direct(kernel, ctx, 50, 5)
         for r in range(rounds):
             runs: dict[str, Any] = {}
             arms: dict[str, Callable[[], Run]] = {
                 MAGIC: lambda: magic(kernel, ctx, 2, steps, warmup, True),
                 PLAIN: lambda: magic(kernel, ctx, 2, steps, warmup, False),
-                DIRECT: lambda: direct(kernel, steps, warmup),
+                DIRECT: lambda: direct(kernel, ctx, steps, warmup),
                 MPIEXEC: lambda: (None, mpiexec(ctx, 2, steps, warmup)),
             }
-            names = list(arms)
-            for name in names[r % 4 :] + names[: r % 4]:
+            for name in ORDERS[r % len(ORDERS)]:
                 cell, results = arms[name]()
                 runs[name] = results
                 rate[name].append(steps_per_s(results))
