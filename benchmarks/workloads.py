@@ -89,7 +89,10 @@ import torch as _bench_torch
 
 def bench_allreduce(sizes, budget_bytes, backend):
     """Seconds per in-place allreduce of ``size`` bytes, for each size: the fastest of seven
-    timed blocks of repeats (at least one each), after two warm-up calls."""
+    timed blocks of repeats (at least one each), after two warm-up calls. The blocks go round
+    the sizes (block 1 of every size, then block 2, ...), so each size's seven blocks are spread
+    over the whole run: a slow phase of a shared machine (seconds long) spoils a few blocks of
+    every size rather than every block of one size."""
     torch = _bench_torch
     perf = _bench_time.perf_counter
     cuda = device.type == "cuda"
@@ -104,33 +107,34 @@ def bench_allreduce(sizes, budget_bytes, backend):
         else:
             dist.barrier()
 
-    seconds = {}
+    def once(tensor, name):
+        if backend == "horovod":
+            hvd.allreduce_(tensor, op=hvd.Sum, name=name)
+        else:
+            dist.all_reduce(tensor)
+
+    tensors = {
+        size: torch.zeros(max(1, size // 4), dtype=torch.float32, device=device) for size in sizes
+    }
+    blocks = {}
     for size in sizes:
-        tensor = torch.zeros(max(1, size // 4), dtype=torch.float32, device=device)
-
-        def once():
-            if backend == "horovod":
-                hvd.allreduce_(tensor, op=hvd.Sum, name=f"bench.{size}")
-            else:
-                dist.all_reduce(tensor)
-
         reps = int(min(7 * 40, max(7, budget_bytes // size)))
+        blocks[size] = [reps // 7] * 6 + [reps - 6 * (reps // 7)]
         for _ in range(2):
-            once()
-        # the best of 7 blocks: a scheduler hiccup only ever adds time, and on a small virtual
-        # machine gloo's small-message latency swings between blocks (0.5-3 ms per call)
-        blocks = []
-        for block in [reps // 7] * 6 + [reps - 6 * (reps // 7)]:
+            once(tensors[size], f"bench.{size}")
+    best = {size: float("inf") for size in sizes}
+    for b in range(7):
+        for size in sizes:
+            tensor, name, calls = tensors[size], f"bench.{size}", blocks[size][b]
             sync()
             barrier()
             started = perf()
-            for _ in range(block):
-                once()
+            for _ in range(calls):
+                once(tensor, name)
             sync()
-            blocks.append((perf() - started) / block)
-        seconds[str(size)] = min(blocks)
-        del tensor
-    return {"seconds": seconds}
+            best[size] = min(best[size], (perf() - started) / calls)
+    del tensors
+    return {"seconds": {str(size): best[size] for size in sizes}}
 '''
 
 # What a cold job does: start, initialise Horovod, one allreduce.

@@ -6,8 +6,11 @@ allreduce of float32 tensors of each size on 2 ranks, through ``%%distributed`` 
 ``mpiexec -n 2 python``, alternating. Bandwidth is bus bandwidth (bytes × 2(n−1)/n per second,
 which is the bytes per second for 2 ranks), reported as a fraction of this machine's
 memory-copy bandwidth: one process copying a 64 MB tensor into another (``workloads.MEMCPY``).
-Each size's time is the fastest of seven timed blocks of repeats, in both arms: on a small shared
-machine a block that the scheduler interrupts only ever takes longer.
+Each size's time is the fastest of seven timed blocks of repeats, in both arms, and the blocks
+go round the sizes, so each size's blocks are spread over the whole run: on a small shared
+machine a block that the scheduler interrupts only ever takes longer, and a slow phase of a
+second or two (4 MB here runs at 1.3 or 3.6 GB/s by phase) spoils a few blocks of every size
+rather than every block of one.
 
 Each round also runs ``mpiexec`` a second time: the ratio of ``mpiexec`` to itself shows how far
 two runs of the same thing differ on this machine at each size (on a small virtual machine,
