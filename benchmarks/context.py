@@ -59,9 +59,9 @@ class Context:
         return env
 
     @contextmanager
-    def kernel(self) -> Iterator[BenchKernel]:
-        """A fresh kernel, shut down afterwards."""
-        kernel = BenchKernel(self.env(), str(self.repo))
+    def kernel(self, timeout: float = 600.0) -> Iterator[BenchKernel]:
+        """A fresh kernel whose cells may take ``timeout`` seconds each, shut down afterwards."""
+        kernel = BenchKernel(self.env(), str(self.repo), timeout)
         try:
             yield kernel
         finally:

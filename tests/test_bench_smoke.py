@@ -56,6 +56,38 @@ def test_throughput_rounds_keep_the_compared_arms_side_by_side() -> None:
     assert sum(abs(order.index(MAGIC) - order.index(MPIEXEC)) == 1 for order in ORDERS) >= 2
 
 
+def test_latency_reports_a_peer_that_hung_with_the_pairs_it_gave() -> None:
+    from benchmarks.kernels import Cell
+    from benchmarks.report import Report
+    from benchmarks.suites.latency import _report
+
+    def cells(*ms: float) -> list[Cell]:
+        return [Cell(m / 1000, m / 1000, 0.0) for m in ms]
+
+    times = {
+        "%%distributed (dashboard)": cells(10, 10, 10, 10),
+        "%%distributed --no-widget": cells(9, 9, 9, 9),
+        "%%px (same engines)": cells(8, 8, 8, 8),
+        "accelerate notebook_launcher": cells(100, 200),  # hung in round 3
+        "nbdistributed %%distributed": [],  # hung in the warm-up
+    }
+    gave_up = {
+        "accelerate notebook_launcher": "round 3: CellTimeoutError: no reply",
+        "nbdistributed %%distributed": "warm-up: CellTimeoutError: no reply",
+    }
+    report = Report({}, {})
+    _report(report, times, [], gave_up)
+    accelerate = [r for r in report.rows if r.peer == "accelerate notebook_launcher"]
+    assert [r.ratio["n"] for r in accelerate if r.ratio] == [2]  # the rounds it ran, paired
+    assert accelerate[0].ratio and accelerate[0].ratio["median"] == (0.1 + 0.05) / 2
+    left_out = {r.peer: r.peer_value for r in report.rows if r.peer_value.startswith("left out")}
+    assert left_out == {
+        "accelerate notebook_launcher": "left out after 2 pairs",
+        "nbdistributed %%distributed": "left out after 0 pairs",
+    }
+    assert any("round 3: CellTimeoutError" in note for note in report.notes)
+
+
 def test_unknown_suite_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "nonsense"],

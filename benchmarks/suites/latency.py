@@ -11,7 +11,9 @@ Arms, each a real cell in a real kernel with a widget front end:
   initialises ``torch.distributed`` (gloo) in them on every call, in its own kernel.
 
 All kernels stay up side by side, so every round runs every arm once, in a shuffled order; a
-peer's ratio uses the rounds' pairs. Peers that are not installed are reported as such.
+peer's ratio uses the rounds' pairs. Peers that are not installed are reported as such; a peer
+whose cell fails or gets no reply in ``PEER_TIMEOUT`` seconds (accelerate's launcher has been
+seen to wait for ever on its workers) is left out of the rounds after, and the table says so.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..stats import summarize, summarize_ratio
 
 OURS = "%%distributed"
 TRIVIAL = "x = rank"
+PEER_TIMEOUT = 120.0  # seconds; the peers' cells take a fifth of a second
 
 ATTACH_PX = """
 import dtrain_magics
@@ -101,24 +104,41 @@ def run(ctx: Context, report: Report) -> None:
         if acc is not None:
             acc.run(ACCEL_SETUP)
             arms["accelerate notebook_launcher"] = lambda: acc.run(ACCEL_CELL)
-        for arm in arms.values():  # warm-up: first calls import and connect
-            arm()
-            arm()
-        rng = random.Random(1)
+        peers = {name for name in arms if name.startswith(("nbdistributed", "accelerate"))}
+        gave_up: dict[str, str] = {}
         times: dict[str, list[Cell]] = {name: [] for name in arms}
-        for _ in range(rounds):
+
+        def attempt(name: str, round_: str) -> Cell | None:
+            """Run one arm; a peer that fails or hangs is noted and left out from then on."""
+            if name in gave_up:
+                return None
+            try:
+                return arms[name]()
+            except Exception as e:
+                if name not in peers:
+                    raise
+                gave_up[name] = f"{round_}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                return None
+
+        for name in arms:  # warm-up: first calls import and connect
+            attempt(name, "warm-up")
+            attempt(name, "warm-up")
+        rng = random.Random(1)
+        for r in range(rounds):
             order = list(arms)
             rng.shuffle(order)
             for name in order:
-                times[name].append(arms[name]())
+                cell = attempt(name, f"round {r + 1}")
+                if cell is not None:
+                    times[name].append(cell)
         ours.run("%dtrain stop")
-    _report(report, times, missing)
+    _report(report, times, missing, gave_up)
 
 
 def _peer_kernel(
     ctx: Context, stack: ExitStack, module: str, missing: list[str]
 ) -> BenchKernel | None:
-    kernel = stack.enter_context(ctx.kernel())
+    kernel = stack.enter_context(ctx.kernel(PEER_TIMEOUT))
     if kernel.eval(f"__import__('importlib.util').util.find_spec('{module}') is not None"):
         return kernel
     missing.append(module)
@@ -138,7 +158,9 @@ def _stop_nbdistributed(kernel: BenchKernel, pids: list[int]) -> None:
                     worker.kill()
 
 
-def _report(report: Report, times: dict[str, list[Cell]], missing: list[str]) -> None:
+def _report(
+    report: Report, times: dict[str, list[Cell]], missing: list[str], gave_up: dict[str, str]
+) -> None:
     ms = {name: [c.kernel_s * 1000 for c in cells] for name, cells in times.items()}
     client_ms = {name: [c.client_s * 1000 for c in cells] for name, cells in times.items()}
     report.raw["latency"] = {"kernel_ms": ms, "client_ms": client_ms}
@@ -158,6 +180,8 @@ def _report(report: Report, times: dict[str, list[Cell]], missing: list[str]) ->
     plain = f"{OURS} --no-widget"
     pairs = [(widget, p) for p in ms if not p.startswith(OURS)] + [(plain, "%%px (same engines)")]
     for ours_name, peer in pairs:
+        if not ms[peer]:  # gave up before its first timed round
+            continue
         ratio = summarize_ratio(ms[ours_name], ms[peer])
         limit = targets.get(peer) if ours_name == widget else None
         report.rows.append(
@@ -174,6 +198,12 @@ def _report(report: Report, times: dict[str, list[Cell]], missing: list[str]) ->
         )
     for module in missing:
         report.rows.append(Row("latency", "warm cell (ms)", "", module, "not installed"))
+    for peer, why in gave_up.items():
+        pairs_done = len(ms[peer])
+        report.rows.append(
+            Row("latency", "warm cell (ms)", "", peer, f"left out after {pairs_done} pairs")
+        )
+        report.notes.append(f"Latency: {peer} was left out after {pairs_done} pairs ({why}).")
     report.notes.append(
         "Latency: a cell's time is the kernel's busy→idle span for it (nbclient's recorded "
         "message timestamps); the client round trip is in the JSON. %%px and apply_sync run on "
