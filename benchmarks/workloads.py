@@ -113,19 +113,18 @@ def bench_allreduce(sizes, budget_bytes, backend):
         else:
             dist.all_reduce(tensor)
 
-    tensors = {
-        size: torch.zeros(max(1, size // 4), dtype=torch.float32, device=device) for size in sizes
-    }
-    blocks = {}
+    runs = {}  # size: (tensor, Horovod name, calls in each of the 7 blocks)
     for size in sizes:
+        name = f"bench.{size}"
+        tensor = torch.zeros(max(1, size // 4), dtype=torch.float32, device=device)
         reps = int(min(7 * 40, max(7, budget_bytes // size)))
-        blocks[size] = [reps // 7] * 6 + [reps - 6 * (reps // 7)]
+        runs[size] = (tensor, name, [reps // 7] * 6 + [reps - 6 * (reps // 7)])
         for _ in range(2):
-            once(tensors[size], f"bench.{size}")
+            once(tensor, name)
     best = {size: float("inf") for size in sizes}
     for b in range(7):
-        for size in sizes:
-            tensor, name, calls = tensors[size], f"bench.{size}", blocks[size][b]
+        for size, (tensor, name, blocks) in runs.items():
+            calls = blocks[b]
             sync()
             barrier()
             started = perf()
@@ -133,7 +132,7 @@ def bench_allreduce(sizes, budget_bytes, backend):
                 once(tensor, name)
             sync()
             best[size] = min(best[size], (perf() - started) / calls)
-    del tensors
+    del runs, tensor
     return {"seconds": {str(size): best[size] for size in sizes}}
 '''
 

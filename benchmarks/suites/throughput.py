@@ -11,9 +11,9 @@ step) times itself on the ranks after a warm-up. Arms, each once a round:
 - ``mpiexec``: ``mpiexec -n 2 python`` running the same code, with the rank environment the
   project gives its ranks, while the cluster sits idle.
 
-A round runs every arm once. The two arms each target compares run next to each other in every
-round, in turns first and second (``ORDERS``), since this machine's speed drifts by a few per
-cent over tens of seconds and a pair measured far apart would measure that drift.
+The two arms each target compares run next to each other in every round, in turns first and
+second (``ORDERS``), since this machine's speed drifts by a few per cent over tens of seconds
+and a pair measured far apart would measure that drift.
 
 Also measured: the kernel process's CPU while each cell runs (% of one core), and what each
 telemetry message costs the steps around it (the measure of the former
