@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from html import escape
+from typing import Any
 
 from ..run.state import RunState
 from .headline import bar_text, charts_html, header_html, restarts_html, where_html
@@ -27,39 +28,60 @@ class WidgetDashboard:
         import ipywidgets as w
 
         self.state = state
+        # Widgets of a kind share one layout and one style model: each model is a comm the
+        # front end opens, and private ones would more than double the dashboard's first
+        # message burst (44 comms instead of 24), which lands on the ranks' cores mid-run.
         self.header = w.HTML()
-        self.bars = [
-            w.FloatProgress(
+
+        def html() -> Any:
+            return w.HTML(layout=self.header.layout, style=self.header.style)
+
+        bar_layout = w.Layout(width="45%")
+        self.bars: list[Any] = []
+        for r in state.ranks:
+            shared = {"style": self.bars[0].style} if self.bars else {}
+            bar = w.FloatProgress(
                 value=0,
                 min=0,
                 max=1,
                 description=f"rank {r.rank}",
                 bar_style="info",
-                layout=w.Layout(width="45%"),
+                layout=bar_layout,
+                **shared,
             )
-            for r in state.ranks
-        ]
-        self.bar_texts = [w.HTML() for _ in state.ranks]
-        self.charts = w.HTML()
-        self.where = w.HTML()
-        self.restarts = w.HTML()
-        self.settings = w.HTML()
-        self.logs = w.HTML()
+            self.bars.append(bar)
+        self.bar_texts = [html() for _ in state.ranks]
+        self.charts = html()
+        self.where = html()
+        self.restarts = html()
+        self.settings = html()
+        self.logs = html()
+        button_layout, button_style = w.Layout(width="auto"), w.ButtonStyle()
         self.stop_button = w.Button(
-            description="Stop", icon="stop", button_style="danger", tooltip="Interrupt every rank"
+            description="Stop",
+            icon="stop",
+            button_style="danger",
+            tooltip="Interrupt every rank",
+            layout=button_layout,
+            style=button_style,
         )
         self.stop_button.on_click(lambda _: on_stop())
         self.where_button = w.Button(
             description="Where are the ranks?",
             icon="search",
             tooltip="Show each rank's line of code and the collective it waits in",
-            layout=w.Layout(width="auto"),
+            layout=button_layout,
+            style=button_style,
         )
         self.where_button.on_click(lambda _: self._ask_where())
-        rows = [w.HBox([bar, text]) for bar, text in zip(self.bars, self.bar_texts, strict=True)]
+        row_layout = w.Layout()
+        rows = [
+            w.HBox([bar, text], layout=row_layout)
+            for bar, text in zip(self.bars, self.bar_texts, strict=True)
+        ]
         self.widget = w.VBox(
             [
-                w.HBox([self.header, self.where_button, self.stop_button]),
+                w.HBox([self.header, self.where_button, self.stop_button], layout=row_layout),
                 self.where,
                 self.restarts,
                 self.settings,
