@@ -29,7 +29,7 @@ class WidgetDashboard:
 
         self.state = state
         # Widgets of a kind share one layout and one style model: each model is a comm the
-        # front end opens, and private ones would more than double the dashboard's first
+        # front end opens, and private ones would nearly double the dashboard's first
         # message burst (44 comms instead of 24), which lands on the ranks' cores mid-run.
         self.header = w.HTML()
 
