@@ -156,6 +156,27 @@ def test_stop_button_interrupts_and_next_cell_works(kernel: KernelSession) -> No
     assert "['interrupted', 'succeeded']" in reply.text
 
 
+def test_a_finished_dashboard_leaves_no_widget_models_open(kernel: KernelSession) -> None:
+    # every model the dashboard opened (its widgets, and the layouts and styles they share) is
+    # closed when the run's record takes its place: none piles up in the kernel or front end
+    count = (
+        "import ipywidgets.widgets.widget as _w\n"
+        "print('OPEN', sorted(type(m).__name__ for m in _w._instances.values()))"
+    )
+    kernel.run("%load_ext dtrain_magics")
+    before = kernel.run(count).text
+    reply = kernel.run(
+        "%%distributed --nodes 2\nimport time\n"
+        "for i in dtrain.progress(range(20)):\n"
+        "    dtrain.log(loss=float(i))\n    time.sleep(0.05)\n",
+        timeout=180,
+    )
+    assert reply.status == "ok", reply.text
+    shown = [o for o in reply.outputs if "application/vnd.jupyter.widget-view+json" in o["data"]]
+    assert shown, "the 1 s run should have shown the live dashboard"
+    assert kernel.run(count).text == before == "OPEN []\n"
+
+
 def test_text_fallback_prints_summaries(ip: Any, cluster: Any, capsys: Any) -> None:
     ip.run_cell_magic(
         "distributed",

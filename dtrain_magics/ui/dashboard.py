@@ -145,9 +145,15 @@ class WidgetDashboard:
             )
 
     def close(self) -> None:
-        """Close every widget of the dashboard (its place is taken by the run's record)."""
-        stack = [self.widget]
+        """Close every widget of the dashboard, and the layout and style models they share: the
+        run's record takes its place, and a saved notebook keeps none of them."""
+        stack, parts = [self.widget], {}
         while stack:
             widget = stack.pop()
             stack.extend(getattr(widget, "children", ()))
+            for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+                if part is not None:
+                    parts[part.model_id] = part
             widget.close()
+        for part in parts.values():
+            part.close()
