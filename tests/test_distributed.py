@@ -179,3 +179,25 @@ def test_device_cuda_without_gpu_is_one_sentence(run: Any, cluster: Any) -> None
         run("pass", "--nodes 2 --device cuda")
     run("ok = True")
     assert rank_values(cluster, "ok") == [True, True]
+
+
+MPI_UP = "import sys\nmpi_up = 'mpi4py.MPI' in sys.modules"
+
+
+def test_torch_ranks_run_without_mpi_until_a_helper_or_horovod_starts_it(magics: Any) -> None:
+    """A fresh cluster's ranks run ``torch.distributed`` as under ``mpiexec -n 2 python``: MPI
+    starts only with an MPI helper or Horovod; engine ids are the ranks all the same."""
+    line = "--nodes 2 --backend torch --no-widget"
+    magics.distributed(line, f"import torch\nt = torch.ones(1)\ndist.all_reduce(t)\n{MPI_UP}")
+    cluster = magics.cluster
+    assert [(e.rank, e.engine_id) for e in cluster.engines] == [(0, 0), (1, 1)]
+    assert rank_values(cluster, "mpi_up") == [False, False]
+    assert [t.item() for t in rank_values(cluster, "t")] == [2.0, 2.0]
+    magics.distributed(line, f"dtrain.barrier()\n{MPI_UP}")
+    assert rank_values(cluster, "mpi_up") == [True, True]
+    magics.distributed(line, "dist.all_reduce(t)")  # MPI up: gloo still works
+    assert [t.item() for t in rank_values(cluster, "t")] == [4.0, 4.0]
+    magics.distributed(
+        "--nodes 2 --no-widget", "total = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()"
+    )
+    assert rank_values(cluster, "total") == [2.0, 2.0]

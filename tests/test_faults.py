@@ -83,6 +83,27 @@ def test_rank_dying_in_allreduce_is_named_and_cluster_restarted(
     assert_next_cell_works(run, cluster)
 
 
+def test_a_rank_dying_in_a_gloo_allreduce_without_mpi_is_named(magics: Any) -> None:
+    """The torch backend's ranks leave MPI down (``rank/world.py``): ``mpiexec`` still ends
+    the job when one dies, and the cell names it."""
+    line = "--nodes 2 --backend torch --no-widget"
+    magics.distributed(line, "import sys\nmpi_up = 'mpi4py.MPI' in sys.modules")
+    assert rank_values(magics.cluster, "mpi_up") == [False, False]
+    die = DIE_IN_ALLREDUCE.replace("hvd.allreduce(", "dist.all_reduce(")
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        magics.distributed(line, die.format(fault="os.kill(os.getpid(), signal.SIGKILL)"))
+    took = time.monotonic() - started
+    assert str(info.value).startswith("rank 1 died (killed by SIGKILL")
+    assert "the cluster was restarted" in str(info.value)
+    assert took < BOUND
+    record("rank 1 killed by SIGKILL in a gloo allreduce, MPI down (cell fails)", took)
+    magics.distributed(
+        line, "import torch\nt = torch.ones(1)\ndist.all_reduce(t)\ntotal = t.item()"
+    )
+    assert rank_values(magics.cluster, "total") == [2.0, 2.0]
+
+
 def test_exception_while_others_in_collective_is_timed(run: Any, cluster: Any) -> None:
     code = (
         "import torch\nif rank == 1:\n    raise ValueError('boom')\nhvd.allreduce(torch.ones(1))\n"

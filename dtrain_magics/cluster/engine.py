@@ -3,6 +3,11 @@
 Engines start at the same time as the controller and find its connection file when it appears;
 importing torch and Horovod (seconds on a small machine) happens meanwhile, instead of in the
 first cell's initialisation of the ranks.
+
+ipyparallel's MPI launchers start engines with ``--mpi``, which initialises MPI at once to
+take the MPI rank as the engine id. Where ``mpiexec`` put the rank into the environment, the
+engine takes its id from there and leaves MPI down until Horovod or a helper needs it
+(``dtrain_magics.rank.world``).
 """
 
 from __future__ import annotations
@@ -29,12 +34,22 @@ def preload() -> None:
             log.debug("could not import %s before the engine started", name, exc_info=True)
 
 
+def arguments(argv: list[str]) -> list[str]:
+    """ipengine's arguments: ``--mpi`` replaced by the rank from the environment, if there."""
+    from ..rank.world import from_environment
+
+    here = from_environment()
+    if here is None or "--mpi" not in argv:
+        return argv
+    return [a for a in argv if a != "--mpi"] + [f"--IPEngine.id={here.rank}"]
+
+
 def main() -> None:
     """Import the training stack, then run ipyparallel's engine."""
     preload()
     from ipyparallel.engine.app import main as ipengine
 
-    ipengine()
+    ipengine(arguments(sys.argv[1:]))
 
 
 if __name__ == "__main__":

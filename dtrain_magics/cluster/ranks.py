@@ -28,13 +28,13 @@ class RankEngine:
 
 
 def _describe_rank() -> dict[str, Any]:
-    """Runs on an engine: its MPI rank and process facts."""
+    """Runs on an engine: its rank and process facts."""
     import os
     import socket
 
-    from mpi4py import MPI
+    from dtrain_magics.rank.world import place
 
-    return {"rank": MPI.COMM_WORLD.Get_rank(), "pid": os.getpid(), "host": socket.gethostname()}
+    return {"rank": place().rank, "pid": os.getpid(), "host": socket.gethostname()}
 
 
 def describe(client: Any) -> list[RankEngine]:
@@ -128,8 +128,11 @@ class RankBackends:
 
         backend, device, procs_per_node = key
         self.forget()
-        ar = view.apply_async(init_rank, backend, device, procs_per_node, simulate_nodes)
         try:
+            rendezvous = _rendezvous(view, timeout) if backend == "torch" else None
+            ar = view.apply_async(
+                init_rank, backend, device, procs_per_node, simulate_nodes, rendezvous
+            )
             described = ar.get(timeout=timeout)
         except TimeoutError:
             raise
@@ -167,8 +170,18 @@ class RankBackends:
         from ..rank.setup import reset_rank
 
         try:
-            view.apply_async(reset_rank).get(timeout=timeout)
+            torch = self.key is not None and self.key[0] == "torch"
+            rendezvous = _rendezvous(view, timeout) if torch else None
+            view.apply_async(reset_rank, rendezvous).get(timeout=timeout)
             return True
         except Exception:
             log.debug("resetting the backend failed", exc_info=True)
             return False
+
+
+def _rendezvous(view: Any, timeout: float) -> str:
+    """A new address on rank 0 for ``torch.distributed``'s rendezvous: the ranks run no MPI
+    to agree on one themselves (``rank/world.py``)."""
+    from ..rank.backends import offer_rendezvous, rendezvous_address
+
+    return rendezvous_address(view.apply_async(offer_rendezvous).get(timeout=timeout))

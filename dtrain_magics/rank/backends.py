@@ -11,6 +11,9 @@ import socket
 from typing import Any, ClassVar, Protocol
 
 from .devices import resolve_device
+from .world import place
+
+LOOPBACK = "127.0.0.1"
 
 
 class Backend(Protocol):
@@ -21,8 +24,9 @@ class Backend(Protocol):
     def init(self) -> tuple[int, int, dict[str, Any]]:
         """Initialise; return (rank, size, names to bind in the rank's namespace)."""
 
-    def reset(self) -> None:
-        """Bring the backend back to a clean state after an aborted collective."""
+    def reset(self, rendezvous: str | None) -> None:
+        """Bring the backend back to a clean state after an aborted collective (``rendezvous``:
+        a new address for the torch backend's, from ``offer_rendezvous``)."""
 
     def shutdown(self) -> None:
         """Tear the backend down."""
@@ -36,6 +40,11 @@ class HorovodBackend:
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import horovod.torch as hvd
 
+        # MPI starts here, through mpi4py, and stays up: Horovod finalises an MPI that it
+        # started itself when it shuts down (suspended when idle, reset after an abort), and
+        # MPI cannot start twice in one process
+        from mpi4py import MPI  # noqa: F401
+
         from . import collectives, interrupts
 
         interrupts.install()
@@ -44,7 +53,7 @@ class HorovodBackend:
             hvd.init()
         return hvd.rank(), hvd.size(), {"hvd": hvd}
 
-    def reset(self) -> None:
+    def reset(self, rendezvous: str | None = None) -> None:
         import horovod.torch as hvd
 
         hvd.shutdown()
@@ -57,52 +66,47 @@ class HorovodBackend:
 
 
 class TorchBackend:
-    """``torch.distributed``: gloo on CPU, nccl on CUDA, rendezvous over MPI; binds ``dist``."""
+    """``torch.distributed``: gloo on CPU, nccl on CUDA; binds ``dist``. MPI stays down, as
+    under ``mpiexec -n N python train.py``: the rendezvous address comes from rank 0 through
+    the notebook (``offer_rendezvous``)."""
 
     name: ClassVar[str] = "torch"
-    device: str = "cpu"
+
+    def __init__(self, device: str = "cpu", rendezvous: str | None = None) -> None:
+        self.device = device
+        self.rendezvous = rendezvous
 
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import torch.distributed as dist
-        from mpi4py import MPI
 
         from . import collectives
 
         collectives.install_torch()
-        comm = MPI.COMM_WORLD
-        rank, size = comm.Get_rank(), comm.Get_size()
+        here = place()
         if not dist.is_initialized():
-            self._init_process_group(comm, rank, size)
-        return rank, size, {"dist": dist}
+            self._init_process_group(here.rank, here.size)
+        return here.rank, here.size, {"dist": dist}
 
-    def _init_process_group(self, comm: Any, rank: int, size: int) -> None:
+    def _init_process_group(self, rank: int, size: int) -> None:
         import torch.distributed as dist
 
-        hosts = comm.allgather(socket.gethostname())
-        one_host = len(set(hosts)) == 1
-        if one_host:
+        if self.rendezvous is None:
+            raise RuntimeError("the torch backend was given no rendezvous address")
+        if self.rendezvous.startswith(f"tcp://{LOOPBACK}:"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        address = None
-        if rank == 0:
-            host = "127.0.0.1" if one_host else socket.gethostbyname(socket.gethostname())
-            with socket.socket() as s:
-                s.bind((host, 0))
-                address = f"tcp://{host}:{s.getsockname()[1]}"
-        address = comm.bcast(address, root=0)
         dist.init_process_group(
             "nccl" if self.device == "cuda" else "gloo",
-            init_method=address,
+            init_method=self.rendezvous,
             rank=rank,
             world_size=size,
             timeout=datetime.timedelta(minutes=10),
         )
 
-    def reset(self) -> None:
+    def reset(self, rendezvous: str | None = None) -> None:
         self.shutdown()
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
-        self._init_process_group(comm, comm.Get_rank(), comm.Get_size())
+        self.rendezvous = rendezvous or self.rendezvous
+        here = place()
+        self._init_process_group(here.rank, here.size)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -111,15 +115,43 @@ class TorchBackend:
             dist.destroy_process_group()
 
 
+def offer_rendezvous() -> dict[str, Any]:
+    """Runs on every rank before the torch backend starts: this rank's host, and on rank 0 an
+    address and a port free now, for ``rendezvous_address`` in the notebook."""
+    here = place()
+    host = socket.gethostname()
+    offer: dict[str, Any] = {"rank": here.rank, "host": host}
+    if here.rank == 0:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            offer["port"] = s.getsockname()[1]
+        try:
+            offer["ip"] = socket.gethostbyname(host)
+        except OSError:  # a name only other hosts know: fine while every rank is here
+            offer["ip"] = None
+    return offer
+
+
+def rendezvous_address(offers: list[dict[str, Any]]) -> str:
+    """``tcp://host:port`` on rank 0 from every rank's ``offer_rendezvous``: loopback when all
+    ranks share one host."""
+    first = next(o for o in offers if o["rank"] == 0)
+    if len({o["host"] for o in offers}) == 1:
+        return f"tcp://{LOOPBACK}:{first['port']}"
+    if first["ip"] is None:
+        raise RuntimeError(f"rank 0's host name {first['host']!r} does not resolve to an address")
+    return f"tcp://{first['ip']}:{first['port']}"
+
+
 BACKENDS: dict[str, type[Backend]] = {"horovod": HorovodBackend, "torch": TorchBackend}
 
 
-def make_backend(name: str, device: Any) -> Backend:
-    """Instantiate the backend called ``name`` for ``device`` (a torch.device)."""
-    backend = BACKENDS[name]()
-    if isinstance(backend, TorchBackend):
-        backend.device = device.type
-    return backend
+def make_backend(name: str, device: Any, rendezvous: str | None = None) -> Backend:
+    """Instantiate the backend called ``name`` for ``device`` (a torch.device); ``rendezvous``
+    is the torch backend's (``rendezvous_address``)."""
+    if name == TorchBackend.name:
+        return TorchBackend(device.type, rendezvous)
+    return BACKENDS[name]()
 
 
 __all__ = [
@@ -128,5 +160,7 @@ __all__ = [
     "HorovodBackend",
     "TorchBackend",
     "make_backend",
+    "offer_rendezvous",
+    "rendezvous_address",
     "resolve_device",
 ]

@@ -6,17 +6,6 @@ import os
 from typing import Any
 
 
-def host_local_rank() -> tuple[int, int]:
-    """This process's index among the MPI ranks on its host, and how many share the host."""
-    from mpi4py import MPI
-
-    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return local.Get_rank(), local.Get_size()
-    finally:
-        local.Free()
-
-
 def resolve_device(requested: str, host_rank: int, rank: int) -> Any:
     """Turn ``auto``/``cpu``/``cuda`` into a ``torch.device``, pinning one GPU per local rank.
 

@@ -10,20 +10,26 @@ from . import collectives, idle, interrupts, subset, where
 from . import rank_context as _context
 from .backends import Backend, make_backend
 from .compat import check_backend_device
-from .devices import host_local_rank, resolve_device
+from .devices import resolve_device
+from .world import place
 
 _backend: Backend | None = None
 _bound: set[str] = set()
 
 
 def init_rank(
-    backend: str, device: str, procs_per_node: int, simulate_nodes: bool
+    backend: str,
+    device: str,
+    procs_per_node: int,
+    simulate_nodes: bool,
+    rendezvous: str | None = None,
 ) -> dict[str, Any]:
     """Initialise ``backend`` on this rank and bind ``hvd``/``dist``, ``rank``, ``local_rank``,
     ``size``, ``device`` and ``dtrain`` in the rank's namespace.
 
     ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
-    local cluster whose ranks all share this host. Returns a picklable summary of the rank.
+    local cluster whose ranks all share this host; ``rendezvous`` is the torch backend's
+    address on rank 0 (``backends.rendezvous_address``). Returns a picklable summary.
     """
     global _backend
     from IPython import get_ipython
@@ -46,15 +52,15 @@ def init_rank(
         for name in _bound:
             ns.pop(name, None)
 
-    host_rank, host_size = host_local_rank()
-    torch_device = resolve_device(device, host_rank, _mpi_rank())
+    here = place()
+    torch_device = resolve_device(device, here.host_rank, here.rank)
     check_backend_device(backend, torch_device)
-    _backend = make_backend(backend, torch_device)
+    _backend = make_backend(backend, torch_device, rendezvous)
     rank, size, names = _backend.init()
     if simulate_nodes:
         local_rank, local_size = rank % procs_per_node, procs_per_node
     else:
-        local_rank, local_size = host_rank, host_size
+        local_rank, local_size = here.host_rank, here.host_size
     ctx = _context.RankContext(
         rank=rank,
         size=size,
@@ -99,11 +105,12 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def reset_rank() -> None:
-    """Reset the backend after a failed or interrupted cell (aborted collectives)."""
+def reset_rank(rendezvous: str | None = None) -> None:
+    """Reset the backend after a failed or interrupted cell (aborted collectives);
+    ``rendezvous``: a new address for the torch backend's."""
     collectives.forget_pending()
     if _backend is not None:
-        _backend.reset()
+        _backend.reset(rendezvous)
 
 
 def abandon_rank() -> None:
@@ -120,9 +127,3 @@ def shutdown_rank() -> None:
         _backend.shutdown()
         _backend = None
     _context.set_current(None)
-
-
-def _mpi_rank() -> int:
-    from mpi4py import MPI
-
-    return int(MPI.COMM_WORLD.Get_rank())

@@ -316,6 +316,8 @@ class DistributedRunner:
                     settle = time.monotonic() + SETTLE
                     await self._watch(watch, wake, settle, stop_on_failure=False)
                 restarted = await self._stop_ranks(watch, wake, died, start_again)
+                if not died and watch.died:  # a rank's error came first (gloo: "reset by peer")
+                    death = await read_cause_of_death(self.cluster, watch)
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
                 restarted = await self._stop_ranks(watch, wake)
             watch.drain()
