@@ -18,7 +18,7 @@ gloo's latency-bound sizes swing by 2× from run to run). A size meets the targe
 median ratio is at least 0.95, or at least 1 / how far ``mpiexec`` lands from itself (``noise``:
 the quartiles of its paired ratios around 1, and of all its rounds around their median): then
 the magic is as close to ``mpiexec`` as ``mpiexec`` is to itself.
-It takes twice the pairs of the other suites (16 with ``--pairs 8``): with 8, a size whose
+It takes twice ``--pairs`` (16 with ``--pairs 8``), as ``throughput`` does: with 8, a size whose
 ratio sits a few per cent from its line fell on either side of it from run to run.
 """
 
