@@ -12,6 +12,11 @@ machine a block that the scheduler interrupts only ever takes longer, and a slow
 second or two (4 MB here runs at 1.3 or 3.6 GB/s by phase) spoils a few blocks of every size
 rather than every block of one.
 
+Each round also sends the same call through ipyparallel straight to the magic's engines
+(``view.execute``, after a trivial magic cell that starts Horovod again if the ranks had suspended
+it): the ratio of the magic to that arm, shown from 16 MB up, is what the magic itself costs,
+and that of that arm to ``mpiexec`` what running in the cluster's engines costs.
+
 Each round also runs ``mpiexec`` a second time: the ratio of ``mpiexec`` to itself shows how far
 two runs of the same thing differ on this machine at each size (on a small virtual machine,
 gloo's latency-bound sizes swing by 2× from run to run). A size meets the target if the magic's
@@ -41,7 +46,9 @@ REFERENCE = 64 << 20
 # single calls, so one slow call on this shared machine does not decide the size's figure
 BUDGET = 1 << 30
 RANKS = 2
-ARMS = ("magic", "mpiexec", "mpiexec_again")
+ARMS = ("magic", "direct", "mpiexec", "mpiexec_again")
+DIRECT_FROM = 16 << 20  # the sizes bound by memory bandwidth, where a cost would show
+VIEW = "dtrain_magics._magics.cluster.view()"
 
 
 def run(ctx: Context, report: Report) -> None:
@@ -62,9 +69,11 @@ def run(ctx: Context, report: Report) -> None:
                 arm: {str(s): [] for s in sizes} for arm in ARMS
             }
             for r in range(rounds):
-                for arm in ARMS[r % 3 :] + ARMS[: r % 3]:
+                for arm in ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]:
                     if arm == "magic":
                         seconds = _magic(kernel, line, call.format(backend=backend))
+                    elif arm == "direct":
+                        seconds = _direct(kernel, line, call.format(backend=backend))
                     else:
                         seconds = _mpiexec(ctx, sizes, budget, backend)
                     for size, t in seconds.items():
@@ -87,8 +96,14 @@ def size_gb(size: int) -> float:
 
 def _magic(kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
     kernel.run(f"{line}\n_bench_result = {call}")
-    results = kernel.eval("dtrain_magics._magics.cluster.view().pull('_bench_result')")
-    return _slowest(results)
+    return _slowest(kernel.eval(f"{VIEW}.pull('_bench_result')"))
+
+
+def _direct(kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
+    """The call through ``view.execute`` to the magic's engines (Horovod started first)."""
+    kernel.run(f"{line}\npass")
+    kernel.run(f"_ = {VIEW}.execute({'_bench_result = ' + call!r}, block=True)")
+    return _slowest(kernel.eval(f"{VIEW}.pull('_bench_result')"))
 
 
 def _mpiexec(ctx: Context, sizes: list[int], budget: int, backend: str) -> dict[str, float]:
@@ -119,7 +134,7 @@ def _rows(
     arms: dict[str, dict[str, list[float]]],
     reference: float,
 ) -> None:
-    ours, peer, again = (arms[arm] for arm in ARMS)
+    ours, direct, peer, again = (arms[arm] for arm in ARMS)
     for size in sizes:
         key = str(size)
         a, b = summarize(ours[key])["median"], summarize(peer[key])["median"]
@@ -138,6 +153,21 @@ def _rows(
                 f"≥ {floor:.2f} (mpiexec vs itself {format_ratio(itself)}; "
                 f"its rounds ×{spread:.2f})",
                 ratio["median"] >= floor,
+            )
+        )
+    for size in (s for s in sizes if s >= DIRECT_FROM):
+        key = str(size)
+        a, d = summarize(ours[key])["median"], summarize(direct[key])["median"]
+        engines = format_ratio(summarize_ratio(direct[key], peer[key]))
+        report.rows.append(
+            Row(
+                "allreduce",
+                f"{backend} {_label(size)} (GB/s)",
+                f"{a:.3g}",
+                "view.execute (same engines)",
+                f"{d:.3g}",
+                summarize_ratio(ours[key], direct[key]),
+                f"informative (view.execute vs mpiexec -n 2: {engines})",
             )
         )
 
