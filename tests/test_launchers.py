@@ -83,6 +83,17 @@ def test_remote_hostfile_listens_for_remote_engines(tmp_path: Path) -> None:
     assert {"OMPI_ALLOW_RUN_AS_ROOT", "IPP_CLUSTER_ID"} <= set(args)
 
 
+def test_ranks_get_malloc_on_huge_pages_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert launchers.malloc_tunables("") == "glibc.malloc.hugetlb=1"
+    kept = "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert launchers.malloc_tunables("glibc.malloc.arena_max=2") == kept
+    assert launchers.malloc_tunables("glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=2")
+    assert launchers.rank_environment(Layout(1, 2))["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=2"
+
+
 def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     options = SlurmOptions(
         partition="gpu",
@@ -118,14 +129,18 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
 
 @ipp.interactive
 def _allreduce() -> dict[str, Any]:
-    """Runs on an engine: Horovod's rank, size and the sum of rank+1 over all ranks."""
+    """Runs on an engine: Horovod's rank, size, the sum of rank+1 over all ranks and the
+    rank's ``GLIBC_TUNABLES``."""
+    import os
+
     import horovod.torch as hvd
     import torch
 
     hvd.init()
     rank = hvd.rank()
     total = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum)
-    return {"rank": rank, "size": hvd.size(), "sum": float(total.item())}
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return {"rank": rank, "size": hvd.size(), "sum": float(total.item()), "tunables": tunables}
 
 
 @ipp.interactive
@@ -171,6 +186,7 @@ def _check_horovod(client: Any) -> None:
     results = sorted(client[:].apply_sync(_allreduce), key=lambda r: r["rank"])
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["size"] == 2 and r["sum"] == 3.0 for r in results), results
+    assert all(launchers.MALLOC_HUGE_PAGES in r["tunables"].split(":") for r in results), results
 
 
 def _stop(cluster: Any, client: Any) -> None:
