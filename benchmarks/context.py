@@ -3,9 +3,10 @@
 Kernels and ``mpiexec`` jobs get one environment: this venv's ``bin`` first on ``PATH``, and a
 scratch ``IPYTHONDIR``, ``DTRAIN_RUNS_DIR`` and ``JUPYTER_CONFIG_DIR`` so a benchmark neither
 reads the user's saved settings nor leaves records among theirs. ``mpiexec`` jobs also get the
-environment the project gives its own ranks (``rank_environment``: ``OMP_NUM_THREADS`` and the
-MPI transport), the same mapping options (oversubscription allowed, no binding) and the venv's
-``mpiexec``, so that they compare like for like with the ranks under the magic.
+environment the project gives its own ranks (``rank_environment``: ``OMP_NUM_THREADS``, the
+MPI transport and malloc on huge pages), the same mapping options (oversubscription allowed, no
+binding) and the venv's ``mpiexec``, so that they compare like for like with the ranks under
+the magic.
 """
 
 from __future__ import annotations

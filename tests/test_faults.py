@@ -213,7 +213,7 @@ def test_checkpoint_survives_an_interrupted_run_and_training_resumes(
     saved = torch.load(path, weights_only=True)
     assert saved["step"] >= 10 and saved["step"] % 5 == 0  # saved before or after the kill
     assert set(saved) == {"step", "model", "optimizer"}
-    # rank 0 may have been killed mid-write (MPI ends the job) and left its temporary file; one
+    # rank 0 may have been killed mid-write (mpiexec ends the job) and left its temporary file; one
     # more, from a writer that has surely exited, makes the clean-up below certain to be tested
     stale = f".model.pt.{socket.gethostname()}-{exited_pid()}.abc123.tmp"
     (tmp_path / "ckpt" / stale).write_bytes(b"x")

@@ -194,8 +194,8 @@ def _rows(
     )
     report.notes.append(
         "Throughput: the mpiexec arm gets the project's rank environment "
-        "(rank_environment(Layout(2, 1)): OMP_NUM_THREADS, MPI transport) and the same "
-        "mpiexec mapping (--map-by :OVERSUBSCRIBE --bind-to none), like for like. A telemetry "
-        "message's cost is the time the 6 steps from it took beyond the median step of the "
-        "direct arm of the same round."
+        "(rank_environment(Layout(2, 1)): OMP_NUM_THREADS, MPI transport, GLIBC_TUNABLES) and "
+        "the same mpiexec mapping (--map-by :OVERSUBSCRIBE --bind-to none), like for like. A "
+        "telemetry message's cost is the time the 6 steps from it took beyond the median step "
+        "of the direct arm of the same round."
     )

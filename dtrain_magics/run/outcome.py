@@ -130,7 +130,7 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
     restart_note = ""
     if result.restarted:
         restart_note = (
-            " MPI ends the whole job when one rank dies, so the cluster was restarted; "
+            " mpiexec ends the whole job when one rank dies, so the cluster was restarted; "
             "rank namespaces were reset."
             if failing is not None and failing.status == "died"
             else " The ranks did not stop, so the cluster was restarted; rank namespaces were "
