@@ -26,8 +26,9 @@ from typing import Any
 
 from dtrain_magics.cluster.launchers import Layout, find_mpiexec, rank_environment
 
-from .kernels import BenchKernel
+from .kernels import BenchKernel, Cell
 
+ENGINES = "dtrain_magics._magics.cluster.view()"  # the magic's own engines, in a bench kernel
 MAP_ARGS = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
 
 
@@ -71,6 +72,15 @@ class Context:
     def magic_line(self, ranks: int = 2, *flags: str) -> str:
         """``%%distributed --nodes N --device D [flags]``."""
         return " ".join(["%%distributed", f"--nodes {ranks}", f"--device {self.device}", *flags])
+
+    def execute_direct(self, kernel: BenchKernel, line: str, code: str) -> Cell:
+        """``code`` sent through ipyparallel (``view.execute``) to the magic's engines.
+
+        A trivial cell under the magic ``line`` goes first: the ranks suspend Horovod seconds
+        after a cell (``rank/idle.py``) and a magic cell, not ``view.execute``, resumes it.
+        """
+        kernel.run(f"{line}\npass")
+        return kernel.run(f"_ = {ENGINES}.execute({code!r}, block=True)")
 
     # -- mpiexec -----------------------------------------------------------------------------
 

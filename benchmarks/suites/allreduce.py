@@ -33,7 +33,7 @@ import json
 import subprocess
 import sys
 
-from ..context import Context
+from ..context import ENGINES, Context
 from ..kernels import BenchKernel
 from ..report import Report, Row
 from ..stats import RatioSummary, format_ratio, summarize, summarize_ratio
@@ -48,7 +48,6 @@ BUDGET = 1 << 30
 RANKS = 2
 ARMS = ("magic", "direct", "mpiexec", "mpiexec_again")
 DIRECT_FROM = 16 << 20  # the sizes bound by memory bandwidth, where a cost would show
-VIEW = "dtrain_magics._magics.cluster.view()"
 
 
 def run(ctx: Context, report: Report) -> None:
@@ -73,7 +72,7 @@ def run(ctx: Context, report: Report) -> None:
                     if arm == "magic":
                         seconds = _magic(kernel, line, call.format(backend=backend))
                     elif arm == "direct":
-                        seconds = _direct(kernel, line, call.format(backend=backend))
+                        seconds = _direct(ctx, kernel, line, call.format(backend=backend))
                     else:
                         seconds = _mpiexec(ctx, sizes, budget, backend)
                     for size, t in seconds.items():
@@ -96,14 +95,13 @@ def size_gb(size: int) -> float:
 
 def _magic(kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
     kernel.run(f"{line}\n_bench_result = {call}")
-    return _slowest(kernel.eval(f"{VIEW}.pull('_bench_result')"))
+    return _slowest(kernel.eval(f"{ENGINES}.pull('_bench_result')"))
 
 
-def _direct(kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
-    """The call through ``view.execute`` to the magic's engines (Horovod started first)."""
-    kernel.run(f"{line}\npass")
-    kernel.run(f"_ = {VIEW}.execute({'_bench_result = ' + call!r}, block=True)")
-    return _slowest(kernel.eval(f"{VIEW}.pull('_bench_result')"))
+def _direct(ctx: Context, kernel: BenchKernel, line: str, call: str) -> dict[str, float]:
+    """The call through ``view.execute`` to the magic's engines (``Context.execute_direct``)."""
+    ctx.execute_direct(kernel, line, f"_bench_result = {call}")
+    return _slowest(kernel.eval(f"{ENGINES}.pull('_bench_result')"))
 
 
 def _mpiexec(ctx: Context, sizes: list[int], budget: int, backend: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from ..context import Context
+from ..context import ENGINES, Context
 from ..kernels import BenchKernel, Cell
 from ..report import Report, Row
 from ..stats import summarize, summarize_ratio
@@ -47,7 +47,7 @@ ORDERS = (
     (MPIEXEC, PLAIN, DIRECT, MAGIC),
     (PLAIN, MPIEXEC, MAGIC, DIRECT),
 )
-VIEW = "import dtrain_magics\n_bench_view = dtrain_magics._magics.cluster.view()"
+VIEW = f"import dtrain_magics\n_bench_view = {ENGINES}"
 
 
 def setup(kernel: BenchKernel, ctx: Context, ranks: int) -> None:
@@ -69,14 +69,9 @@ def magic(
 def direct(
     kernel: BenchKernel, ctx: Context, steps: int, warmup: int
 ) -> tuple[Cell, list[dict[str, Any]]]:
-    """The loop sent through ipyparallel to the magic's engines.
-
-    A trivial ``%%distributed`` cell goes first: the ranks suspend Horovod seconds after a cell
-    (``rank/idle.py``) and a magic cell, not ``view.execute``, resumes it.
-    """
-    kernel.run(f"{ctx.magic_line(2, '--no-widget')}\npass")
+    """The loop sent through ipyparallel to the magic's engines (``Context.execute_direct``)."""
     code = f"_bench_result = bench_train({steps}, {warmup}, log=False)"
-    cell = kernel.run(f"_ = _bench_view.execute({code!r}, block=True)")
+    cell = ctx.execute_direct(kernel, ctx.magic_line(2, "--no-widget"), code)
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
 
 
