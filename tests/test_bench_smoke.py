@@ -44,6 +44,45 @@ def test_allreduce_noise_is_how_far_mpiexec_lands_from_itself() -> None:
     assert noise(steady, bimodal) > 2
 
 
+def test_allreduce_rounds_are_a_williams_square() -> None:
+    from benchmarks.suites.allreduce import ARMS, ORDERS
+
+    for place in range(len(ARMS)):  # every arm takes every place once
+        assert sorted(order[place] for order in ORDERS) == sorted(ARMS)
+    follows = [(order[i], order[i + 1]) for order in ORDERS for i in range(len(order) - 1)]
+    # every arm follows every other arm exactly once: none always runs after an mpiexec job
+    assert sorted(follows) == sorted((a, b) for a in ARMS for b in ARMS if a != b)
+
+
+def test_allreduce_blocks_spread_every_call_of_a_size_over_the_run() -> None:
+    """The workload's schedule, run with a stand-in ``dist`` that only counts (pure logic)."""
+    import torch
+
+    from benchmarks.workloads import ALLREDUCE
+
+    calls: list[int] = []  # bytes of each allreduce, and 0 for each block's barrier
+
+    class Counting:
+        @staticmethod
+        def all_reduce(tensor: torch.Tensor) -> None:
+            calls.append(tensor.numel() * 4)
+
+        @staticmethod
+        def barrier() -> None:
+            calls.append(0)
+
+    ns = {"dist": Counting, "device": torch.device("cpu")}
+    exec(ALLREDUCE, ns)
+    seconds = ns["bench_allreduce"]([1024, 4096], 7 * 4096, "torch")["seconds"]
+    assert set(seconds) == {"1024", "4096"} and all(t > 0 for t in seconds.values())
+    assert calls.count(1024) == 2 + 28 and calls.count(4096) == 2 + 7  # warm-up, then the budget
+    blocks = [calls[i + 1] for i, c in enumerate(calls) if c == 0]  # each block's size
+    assert blocks.count(1024) == 21 and blocks.count(4096) == 7
+    # the size with fewer blocks than turns has them spread over the run, not at its start
+    turns = [blocks[: i + 1].count(1024) for i, b in enumerate(blocks) if b == 4096]
+    assert turns[0] <= 3 and turns[-1] >= 19
+
+
 def test_throughput_rounds_keep_the_compared_arms_side_by_side() -> None:
     from benchmarks.suites.throughput import DIRECT, MAGIC, MPIEXEC, ORDERS
 
