@@ -117,23 +117,28 @@ def bench_allreduce(sizes, budget_bytes, backend, most_blocks=21):
         else:
             dist.all_reduce(tensor)
 
-    runs = {}  # size: (tensor, Horovod name, calls in each of its blocks)
+    runs = {}  # size: (tensor, Horovod name, {turn: calls of the block timed then})
     for size in sizes:
         name = f"bench.{size}"
         tensor = torch.zeros(max(1, size // 4), dtype=torch.float32, device=device)
         reps = int(min(7 * 40, max(7, budget_bytes // size)))
         n = min(most_blocks, reps)
-        runs[size] = (tensor, name, [reps // n] * (n - 1) + [reps - (n - 1) * (reps // n)])
+        blocks = [reps // n] * (n - 1) + [reps - (n - 1) * (reps // n)]
+        # fewer blocks than turns: each block in the last turn of its share, spread over the run
+        schedule = {
+            turn: blocks[turn * n // most_blocks]
+            for turn in range(most_blocks)
+            if (turn + 1) * n // most_blocks != turn * n // most_blocks
+        }
+        runs[size] = (tensor, name, schedule)
         for _ in range(2):
             once(tensor, name)
     best = {size: float("inf") for size in sizes}
     for turn in range(most_blocks):
-        for size, (tensor, name, blocks) in runs.items():
-            n = len(blocks)  # fewer blocks than turns: spread over the turns
-            b = turn * n // most_blocks
-            if (turn + 1) * n // most_blocks == b:
+        for size, (tensor, name, schedule) in runs.items():
+            calls = schedule.get(turn)
+            if calls is None:
                 continue
-            calls = blocks[b]
             sync()
             barrier()
             started = perf()
