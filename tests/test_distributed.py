@@ -21,6 +21,15 @@ def test_names_bound_on_every_rank(run: Any, cluster: Any) -> None:
     assert rank_values(cluster, "info") == [(0, 0, 2, "cpu", 0, 2, 0), (1, 0, 2, "cpu", 1, 2, 1)]
 
 
+def test_warm_cells_add_nothing_to_the_engines_log(run: Any, cluster: Any) -> None:
+    run("pass")
+    before = cluster.mpiexec_output()
+    assert "Completed registration" in before  # the engines' start-up lines stay
+    for _ in range(3):
+        run("pass")
+    assert cluster.mpiexec_output() == before  # not a line per request
+
+
 def test_horovod_allreduce_sum(run: Any, cluster: Any) -> None:
     run(
         "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0, 10.0]), op=hvd.Sum).tolist()"

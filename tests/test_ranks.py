@@ -97,15 +97,23 @@ def test_a_torch_distributed_collective_on_some_ranks_fails_at_once(run: Any, cl
     _works_on_every_rank(run, cluster)
 
 
+def _horovod_up(cluster: Any) -> list[bool]:
+    """Whether Horovod is running on each rank, asked outside a cell (no hooks run)."""
+    asked = "__import__('horovod.torch').torch.is_initialized()"
+    return list(cluster.view().apply_sync(eval, asked))
+
+
 def test_horovod_suspended_while_idle_is_up_for_a_cell_on_some_ranks(
     run: Any, cluster: Any
 ) -> None:
     run("pass")
     time.sleep(SUSPEND_AFTER + 1.5)  # every rank suspends Horovod
+    assert _horovod_up(cluster) == [False, False]
     run("who = hvd.rank(), hvd.size()", "--ranks 1")
     assert cluster.rank_view(1).pull("who") == (1, 2)
     run("pass", "--ranks 0")  # at once after it
     _works_on_every_rank(run, cluster)
+    assert _horovod_up(cluster) == [True, True]
 
 
 def test_push_reaches_the_ranks_and_pull_reads_the_first(ip: Any, run: Any, cluster: Any) -> None:

@@ -105,3 +105,33 @@ def test_progress_and_log_work_outside_an_engine() -> None:
     telemetry = Telemetry()
     assert list(telemetry.progress(range(3))) == [0, 1, 2]
     telemetry.log(loss=1.0)
+
+
+def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None:
+    import threading
+    import time
+
+    from dtrain_magics.rank.idle import Suspender
+
+    calls: list[float] = []
+    acted = threading.Event()
+
+    def action() -> None:
+        calls.append(time.monotonic())
+        acted.set()
+
+    suspender = Suspender(action)
+    suspender.arm(0.3)
+    suspender.cancel()  # a cell began: no suspension
+    assert not acted.wait(0.6)
+    start = time.monotonic()
+    suspender.arm(0.05)  # the thread waits with no deadline: arming must wake it
+    assert acted.wait(5)
+    assert len(calls) == 1 and calls[0] - start >= 0.05
+    acted.clear()
+    start = time.monotonic()
+    suspender.arm(0.4)
+    time.sleep(0.2)
+    suspender.arm(0.4)  # another cell ended: the deadline moves on
+    assert acted.wait(5)
+    assert len(calls) == 2 and calls[1] - start >= 0.55

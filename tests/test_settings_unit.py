@@ -133,3 +133,21 @@ def test_ipython_config_is_the_lowest_layer(tmp_path: Path) -> None:
     assert (settings.nodes, settings.backend) == (4, "horovod")
     assert sources == {"nodes": "config file", "backend": "flag"}
     assert settings.parent is store.parent  # a real Configurable under the shell
+
+
+def test_the_same_flags_over_the_same_layers_reuse_their_settings(tmp_path: Path) -> None:
+    shell = Configurable(config=Config({"DistributedSettings": {"backend": "torch"}}))
+    store = SettingsStore(parent=shell)
+    first, sources = store.resolve({"nodes": 2})
+    again, sources_again = store.resolve({"nodes": 2})
+    assert again is first and sources_again == sources
+    assert store.resolve({"nodes": 3})[0].nodes == 3
+    store.apply({"backend": "horovod"})  # the form
+    assert store.resolve({"nodes": 2})[0].backend == "horovod"
+    store.file_values = load_file(save_file({"procs_per_node": 2}, tmp_path / "c.json"))
+    assert store.resolve({"nodes": 2})[0].procs_per_node == 2
+    shell.config = Config({"DistributedSettings": {"nodes": 4}})  # %config in the notebook
+    store.reset()
+    settings, sources = store.resolve({})
+    assert (settings.nodes, settings.backend) == (4, "horovod")
+    assert sources["nodes"] == "IPython config"

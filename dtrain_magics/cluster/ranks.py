@@ -8,6 +8,7 @@ collective happen here, on every engine at once, with a timeout; the rank-side w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,16 @@ class RankBackends:
         idle = self.first_done is not None and now - self.first_done >= RESUME_AFTER
         return idle or self.resume_next
 
-    def prepare(self, view: Any, key: BackendKey, simulate_nodes: bool, timeout: float) -> bool:
-        """Initialise ``key``'s backend on every rank of ``view`` unless done; True if it was.
+    def prepare(
+        self,
+        view: Callable[[], Any],
+        key: BackendKey,
+        simulate_nodes: bool,
+        timeout: float,
+        own_engines: bool = False,
+    ) -> bool:
+        """Initialise ``key``'s backend on every rank of ``view()`` unless done; True if it was.
+        ``own_engines``: the engines were started here (``rank.setup.init_rank``).
 
         Raises ``BadOptions`` for a device the ranks lack, ``RankError`` otherwise; a timeout
         is reported as a ``TimeoutError`` for the cluster to act on.
@@ -128,10 +137,11 @@ class RankBackends:
 
         backend, device, procs_per_node = key
         self.forget()
+        ranks = view()
         try:
-            rendezvous = _rendezvous(view, timeout) if backend == "torch" else None
-            ar = view.apply_async(
-                init_rank, backend, device, procs_per_node, simulate_nodes, rendezvous
+            rendezvous = _rendezvous(ranks, timeout) if backend == "torch" else None
+            ar = ranks.apply_async(
+                init_rank, backend, device, procs_per_node, simulate_nodes, rendezvous, own_engines
             )
             described = ar.get(timeout=timeout)
         except TimeoutError:

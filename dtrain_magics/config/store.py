@@ -19,6 +19,7 @@ from .settings import DistributedSettings
 
 CONFIG_FILE = "dtrain_magics_config.json"
 SECTION = "DistributedSettings"
+RESOLVED_KEPT = 64  # the flag lines of one notebook's cells, with room to spare
 
 
 def config_path() -> Path:
@@ -71,6 +72,7 @@ class SettingsStore:
         self.file_values: dict[str, Any] = {}
         self.applied: dict[str, Any] = {}
         self.version = 0  # counts changes of the form's and the file's values
+        self._resolved: dict[str, tuple[DistributedSettings, dict[str, str]]] = {}
 
     def load(self, path: Path | None = None) -> None:
         self.file_values = load_file(path, self.settings_class)
@@ -110,15 +112,27 @@ class SettingsStore:
         self.version += 1
 
     def resolve(self, flags: dict[str, Any]) -> tuple[DistributedSettings, dict[str, str]]:
-        """Settings for one cell and the source of each value that is not the default."""
-        settings = self._make({**self.file_values, **self.applied, **flags}).check()
+        """Settings for one cell and the source of each value that is not the default.
+
+        The same flags over the same layers give the same settings: a cell run again reuses
+        them rather than building and validating a configurable each time (callers treat them
+        as read-only)."""
+        ipython = self._ipython_values()
         layers = (
             ("flag", flags),
             ("form", self.applied),
             ("config file", self.file_values),
-            ("IPython config", self._ipython_values()),
+            ("IPython config", ipython),
         )
+        key = repr([sorted(values.items()) for _, values in layers])
+        known = self._resolved.get(key)
+        if known is not None:
+            return known[0], dict(known[1])
+        settings = self._make({**self.file_values, **self.applied, **flags}).check()
         sources = {}
         for source, values in reversed(layers):
             sources.update(dict.fromkeys(values, source))
-        return settings, sources
+        if len(self._resolved) >= RESOLVED_KEPT:
+            self._resolved.clear()
+        self._resolved[key] = (settings, sources)
+        return settings, dict(sources)

@@ -10,11 +10,18 @@ a few milliseconds, and the same on every rank whatever each one's state). Cells
 cost nothing. A cell on a subset of the ranks does not ask (``hvd.init`` needs every rank):
 before it, the runner calls ``hold`` on every rank instead, which keeps Horovod up on the ranks
 that stay idle through it, restarting it first where needed.
+
+One thread per rank waits for the deadline: a cell's end only moves it. Starting a timer thread
+per cell held each cell's reply up by most of a millisecond on a busy machine (``Thread.start``
+waits until the new thread runs).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from . import collectives
@@ -25,7 +32,7 @@ RESUME = "dtrain_resume"
 """The key in an execute request's metadata that asks this rank to restart Horovod."""
 
 _lock = threading.Lock()
-_timer: threading.Timer | None = None
+log = logging.getLogger(__name__)
 
 
 def _suspend() -> None:
@@ -37,19 +44,63 @@ def _suspend() -> None:
         collectives.forget_pending()  # Horovod's handles start again after the restart
 
 
+class Suspender:
+    """Calls ``action`` on its own thread once a deadline set by ``arm`` passes.
+
+    ``arm`` and ``cancel`` only move the deadline under a lock; the thread, started by the first
+    ``arm``, sleeps until the deadline and is woken only when it has none to sleep until.
+    """
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self._cond = threading.Condition()
+        self._due: float | None = None
+        self._waiting_for_ever = False  # the thread has no deadline: a new one must wake it
+        self._thread: threading.Thread | None = None
+
+    def arm(self, after: float) -> None:
+        """Call the action ``after`` seconds from now, unless armed again or cancelled."""
+        with self._cond:
+            self._due = time.monotonic() + after
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dtrain-idle", daemon=True)
+                self._thread.start()
+            elif self._waiting_for_ever:
+                self._cond.notify()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._due = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                due = self._due
+                self._waiting_for_ever = due is None
+                left = None if due is None else due - time.monotonic()
+                if left is None or left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._due = None
+                self._cond.release()
+                try:
+                    self.action()
+                except Exception:  # the rank goes on with Horovod up
+                    log.debug("suspending Horovod failed", exc_info=True)
+                finally:
+                    self._cond.acquire()
+
+
+_suspender = Suspender(_suspend)
+
+
 def _after_cell() -> None:
     """``post_execute``: suspend Horovod unless another cell comes soon."""
-    global _timer
-    _timer = threading.Timer(SUSPEND_AFTER, _suspend)
-    _timer.daemon = True
-    _timer.start()
+    _suspender.arm(SUSPEND_AFTER)
 
 
 def _cancel() -> None:
-    global _timer
-    if _timer is not None:
-        _timer.cancel()
-        _timer = None
+    _suspender.cancel()
 
 
 def _restart() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -23,13 +24,16 @@ def init_rank(
     procs_per_node: int,
     simulate_nodes: bool,
     rendezvous: str | None = None,
+    own_engine: bool = False,
 ) -> dict[str, Any]:
     """Initialise ``backend`` on this rank and bind ``hvd``/``dist``, ``rank``, ``local_rank``,
     ``size``, ``device`` and ``dtrain`` in the rank's namespace.
 
     ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
     local cluster whose ranks all share this host; ``rendezvous`` is the torch backend's
-    address on rank 0 (``backends.rendezvous_address``). Returns a picklable summary.
+    address on rank 0 (``backends.rendezvous_address``). ``own_engine``: the magic started
+    this engine, so its log is the magic's to tune (``quiet_requests``). Returns a picklable
+    summary.
     """
     global _backend
     from IPython import get_ipython
@@ -47,6 +51,8 @@ def init_rank(
         where.install(shell)
         if backend == "horovod":
             idle.install(shell)
+        if own_engine:
+            quiet_requests(shell)
     if _backend is not None and _backend.name != backend:
         shutdown_rank()
         for name in _bound:
@@ -83,6 +89,19 @@ def init_rank(
         "pid": os.getpid(),
         "versions": _versions(),
     }
+
+
+def quiet_requests(shell: Any) -> None:
+    """Keep only warnings and errors in the engine's log from now on.
+
+    ipyparallel's engine logs a line for every request it handles ("Handling execute_request:
+    ...") to its stderr, which ``mpiexec`` copies into its output file: a millisecond of every
+    warm cell on a small machine, and a file that grows with every cell. Its start-up lines,
+    written by now, stay.
+    """
+    log = getattr(getattr(shell, "kernel", None), "log", None)
+    if log is not None and log.getEffectiveLevel() < logging.WARNING:
+        log.setLevel(logging.WARNING)
 
 
 def _versions() -> dict[str, str | None]:
