@@ -3,6 +3,8 @@ transformer of the line form, and the rank helpers outside an engine."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -108,9 +110,6 @@ def test_progress_and_log_work_outside_an_engine() -> None:
 
 
 def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None:
-    import threading
-    import time
-
     from dtrain_magics.rank.idle import Suspender
 
     calls: list[float] = []
@@ -119,6 +118,8 @@ def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None
     def action() -> None:
         calls.append(time.monotonic())
         acted.set()
+        if len(calls) == 1:
+            raise RuntimeError("the first suspension fails")  # logged; the thread goes on
 
     suspender = Suspender(action)
     suspender.arm(0.3)
@@ -135,3 +136,10 @@ def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None
     suspender.arm(0.4)  # another cell ended: the deadline moves on
     assert acted.wait(5)
     assert len(calls) == 2 and calls[1] - start >= 0.55
+    acted.clear()
+    start = time.monotonic()
+    suspender.arm(30)
+    time.sleep(0.1)  # the thread sleeps towards the far deadline
+    suspender.arm(0.05)  # a sooner one must wake it
+    assert acted.wait(5)
+    assert len(calls) == 3 and calls[2] - start < 5

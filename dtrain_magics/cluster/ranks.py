@@ -119,13 +119,15 @@ class RankBackends:
 
     def prepare(
         self,
-        view: Callable[[], Any],
+        make_view: Callable[[], Any],
         key: BackendKey,
         simulate_nodes: bool,
         timeout: float,
         own_engines: bool = False,
     ) -> bool:
-        """Initialise ``key``'s backend on every rank of ``view()`` unless done; True if it was.
+        """Initialise ``key``'s backend on every rank of ``make_view()`` unless done; True if it
+        was.
+
         ``own_engines``: the engines were started here (``rank.setup.init_rank``).
 
         Raises ``BadOptions`` for a device the ranks lack, ``RankError`` otherwise; a timeout
@@ -137,7 +139,7 @@ class RankBackends:
 
         backend, device, procs_per_node = key
         self.forget()
-        ranks = view()
+        ranks = make_view()
         try:
             rendezvous = _rendezvous(ranks, timeout) if backend == "torch" else None
             ar = ranks.apply_async(

@@ -329,8 +329,8 @@ class TrainingCluster:
         """Initialise the backend ``key`` on every rank, unless done; on a timeout the cluster
         is stopped (the next cell starts a new one)."""
         try:
-            own = get_launcher(self.launcher).owns_processes
-            self.backends.prepare(self.view, key, self.launcher == "local", timeout, own)
+            local = self.launcher == "local"
+            self.backends.prepare(self.view, key, local, timeout, self.owns_processes)
         except TimeoutError:
             self.stop()
             raise ClusterStartError(

@@ -19,6 +19,7 @@ waits until the new thread runs).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -48,27 +49,28 @@ class Suspender:
     """Calls ``action`` on its own thread once a deadline set by ``arm`` passes.
 
     ``arm`` and ``cancel`` only move the deadline under a lock; the thread, started by the first
-    ``arm``, sleeps until the deadline and is woken only when it has none to sleep until.
+    ``arm``, sleeps until the deadline and is woken only when a new one comes sooner.
     """
 
     def __init__(self, action: Callable[[], None]) -> None:
         self.action = action
         self._cond = threading.Condition()
         self._due: float | None = None
-        self._waiting_for_ever = False  # the thread has no deadline: a new one must wake it
+        self._sleeping_until = math.inf  # the thread's wake-up: an earlier deadline must wake it
         self._thread: threading.Thread | None = None
 
     def arm(self, after: float) -> None:
         """Call the action ``after`` seconds from now, unless armed again or cancelled."""
         with self._cond:
-            self._due = time.monotonic() + after
-            if self._thread is None:
+            due = self._due = time.monotonic() + after
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="dtrain-idle", daemon=True)
                 self._thread.start()
-            elif self._waiting_for_ever:
+            elif due < self._sleeping_until:
                 self._cond.notify()
 
     def cancel(self) -> None:
+        """Call the action only if ``arm`` is called again."""
         with self._cond:
             self._due = None
 
@@ -76,17 +78,18 @@ class Suspender:
         with self._cond:
             while True:
                 due = self._due
-                self._waiting_for_ever = due is None
-                left = None if due is None else due - time.monotonic()
-                if left is None or left > 0:
-                    self._cond.wait(left)
+                now = time.monotonic()
+                if due is None or due > now:
+                    self._sleeping_until = math.inf if due is None else due
+                    self._cond.wait(None if due is None else due - now)
                     continue
                 self._due = None
+                self._sleeping_until = math.inf
                 self._cond.release()
                 try:
                     self.action()
-                except Exception:  # the rank goes on with Horovod up
-                    log.debug("suspending Horovod failed", exc_info=True)
+                except Exception:  # keep the thread for the next deadline; say what failed
+                    log.warning("suspending Horovod while idle failed", exc_info=True)
                 finally:
                     self._cond.acquire()
 

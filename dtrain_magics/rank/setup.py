@@ -31,9 +31,10 @@ def init_rank(
 
     ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
     local cluster whose ranks all share this host; ``rendezvous`` is the torch backend's
-    address on rank 0 (``backends.rendezvous_address``). ``own_engine``: the magic started
-    this engine, so its log is the magic's to tune (``quiet_requests``). Returns a picklable
-    summary.
+    address on rank 0 (``backends.rendezvous_address``); ``own_engine``: the magic started
+    this engine, so its log is the magic's to tune (``quiet_requests``).
+
+    Returns a picklable summary.
     """
     global _backend
     from IPython import get_ipython
