@@ -143,3 +143,19 @@ def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None
     suspender.arm(0.05)  # a sooner one must wake it
     assert acted.wait(5)
     assert len(calls) == 3 and calls[2] - start < 5
+
+
+def test_a_cell_that_begins_as_the_idle_deadline_passes_keeps_horovod_up(monkeypatch: Any) -> None:
+    from dtrain_magics.rank import collectives, idle
+
+    forgotten: list[bool] = []
+    monkeypatch.setattr(collectives, "forget_pending", lambda: forgotten.append(True))
+    monkeypatch.setattr(idle, "_suspender", idle.Suspender(lambda: None))  # no real thread's
+    monkeypatch.setattr(idle, "_kept_up", False)  # put back afterwards
+    idle._cancel()  # the cell's pre_execute (or hold) ran before the idle thread took the lock
+    idle._suspend()
+    assert forgotten == []  # Horovod left as it was
+    idle._after_cell()
+    idle._suspend()
+    assert forgotten == [True]
+    idle._suspender.cancel()

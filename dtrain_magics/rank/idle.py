@@ -33,6 +33,7 @@ RESUME = "dtrain_resume"
 """The key in an execute request's metadata that asks this rank to restart Horovod."""
 
 _lock = threading.Lock()
+_kept_up = False  # a cell runs here, or ``hold`` keeps Horovod up for one: never suspend
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +41,8 @@ def _suspend() -> None:
     import horovod.torch as hvd
 
     with _lock:
+        if _kept_up:  # a cell began just as the idle thread took its deadline
+            return
         if hvd.is_initialized():
             hvd.shutdown()
         collectives.forget_pending()  # Horovod's handles start again after the restart
@@ -99,10 +102,14 @@ _suspender = Suspender(_suspend)
 
 def _after_cell() -> None:
     """``post_execute``: suspend Horovod unless another cell comes soon."""
+    global _kept_up
+    _kept_up = False
     _suspender.arm(SUSPEND_AFTER)
 
 
 def _cancel() -> None:
+    global _kept_up
+    _kept_up = True  # before any restart takes the lock: a suspension after it is skipped
     _suspender.cancel()
 
 
