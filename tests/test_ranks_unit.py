@@ -145,17 +145,22 @@ def test_the_idle_suspender_acts_once_its_deadline_passes_unless_moved() -> None
     assert len(calls) == 3 and calls[2] - start < 5
 
 
-def test_a_cell_that_begins_as_the_idle_deadline_passes_keeps_horovod_up(monkeypatch: Any) -> None:
-    from dtrain_magics.rank import collectives, idle
+def test_a_cell_that_begins_as_the_idle_deadline_passes_keeps_horovod_up() -> None:
+    from dtrain_magics.rank.idle import Suspender
 
-    forgotten: list[bool] = []
-    monkeypatch.setattr(collectives, "forget_pending", lambda: forgotten.append(True))
-    monkeypatch.setattr(idle, "_suspender", idle.Suspender(lambda: None))  # no real thread's
-    monkeypatch.setattr(idle, "_kept_up", False)  # put back afterwards
-    idle._cancel()  # the cell's pre_execute (or hold) ran before the idle thread took the lock
-    idle._suspend()
-    assert forgotten == []  # Horovod left as it was
-    idle._after_cell()
-    idle._suspend()
-    assert forgotten == [True]
-    idle._suspender.cancel()
+    began, ended = threading.Event(), threading.Event()
+
+    def suspend() -> None:
+        began.set()
+        time.sleep(0.3)  # hvd.shutdown, slowly
+        ended.set()
+
+    suspender = Suspender(suspend)
+    suspender.arm(0.01)
+    assert began.wait(5)  # the idle thread took its deadline
+    suspender.cancel()  # the cell's pre_execute (or hold), before it restarts Horovod
+    assert ended.is_set()  # the suspension is over: the restart comes after it
+    began.clear()
+    suspender.arm(0.3)
+    suspender.cancel()  # before the deadline: Horovod left as it was
+    assert not began.wait(0.6)

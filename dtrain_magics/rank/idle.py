@@ -33,7 +33,6 @@ RESUME = "dtrain_resume"
 """The key in an execute request's metadata that asks this rank to restart Horovod."""
 
 _lock = threading.Lock()
-_kept_up = False  # a cell runs here, or ``hold`` keeps Horovod up for one: never suspend
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +40,6 @@ def _suspend() -> None:
     import horovod.torch as hvd
 
     with _lock:
-        if _kept_up:  # a cell began just as the idle thread took its deadline
-            return
         if hvd.is_initialized():
             hvd.shutdown()
         collectives.forget_pending()  # Horovod's handles start again after the restart
@@ -52,7 +49,9 @@ class Suspender:
     """Calls ``action`` on its own thread once a deadline set by ``arm`` passes.
 
     ``arm`` and ``cancel`` only move the deadline under a lock; the thread, started by the first
-    ``arm``, sleeps until the deadline and is woken only when a new one comes sooner.
+    ``arm``, sleeps until the deadline and is woken only when a new one comes sooner. The action
+    runs under that lock too, so once ``cancel`` returns no action runs, nor is one still
+    running (a cell that begins as the deadline passes restarts Horovod after the suspension).
     """
 
     def __init__(self, action: Callable[[], None]) -> None:
@@ -88,13 +87,10 @@ class Suspender:
                     continue
                 self._due = None
                 self._sleeping_until = math.inf
-                self._cond.release()
                 try:
                     self.action()
                 except Exception:  # keep the thread for the next deadline; say what failed
                     log.warning("suspending Horovod while idle failed", exc_info=True)
-                finally:
-                    self._cond.acquire()
 
 
 _suspender = Suspender(_suspend)
@@ -102,15 +98,11 @@ _suspender = Suspender(_suspend)
 
 def _after_cell() -> None:
     """``post_execute``: suspend Horovod unless another cell comes soon."""
-    global _kept_up
-    _kept_up = False
     _suspender.arm(SUSPEND_AFTER)
 
 
 def _cancel() -> None:
-    global _kept_up
-    _kept_up = True  # before any restart takes the lock: a suspension after it is skipped
-    _suspender.cancel()
+    _suspender.cancel()  # returns once no suspension runs: a restart after it stands
 
 
 def _restart() -> None:
