@@ -109,9 +109,10 @@ def test_exception_while_others_in_collective_is_timed(run: Any, cluster: Any) -
         "import torch\nif rank == 1:\n    raise ValueError('boom')\nhvd.allreduce(torch.ones(1))\n"
     )
     started = time.monotonic()
-    with pytest.raises(RankError, match=r"^rank 1 failed with ValueError: boom"):
+    with pytest.raises(RankError, match=r"^rank 1 failed with ValueError: boom") as info:
         run(code)
     record("rank 1 raises while rank 0 waits in allreduce", time.monotonic() - started)
+    assert info.value.__context__ is None  # no unrelated traceback above the error's
     assert_next_cell_works(run, cluster)
 
 
@@ -261,7 +262,7 @@ def _connection_files(cluster: Any) -> list[Path]:
     return sorted(security.glob(f"ipcontroller-{cluster.cluster_id}-*.json"))
 
 
-def test_sockets_listen_on_loopback_only(cluster: Any) -> None:
+def _assert_listening_on_loopback_only(cluster: Any) -> None:
     wide = []
     for proc in cluster.processes():
         for conn in proc.net_connections(kind="inet"):
@@ -272,6 +273,18 @@ def test_sockets_listen_on_loopback_only(cluster: Any) -> None:
     assert all(name == "prterun" for name, _, _ in wide), wide
     names = {p.name() for p in cluster.processes()}
     assert "prterun" in names and len(cluster.processes()) >= 5
+
+
+def test_sockets_listen_on_loopback_only(cluster: Any) -> None:
+    _assert_listening_on_loopback_only(cluster)
+
+
+def test_the_torch_backend_listens_on_loopback_only(run: Any, cluster: Any) -> None:
+    """Ranks on one host meet through a file: c10d's TCP store would listen on every interface."""
+    code = "import torch\nt = torch.ones(1)\ndist.all_reduce(t)\ntotal = t.item()"
+    run(code, "--nodes 2 --backend torch")
+    assert rank_values(cluster, "total") == [2.0, 2.0]
+    _assert_listening_on_loopback_only(cluster)
 
 
 def test_messages_are_signed_with_a_per_cluster_key_in_private_files(cluster: Any) -> None:

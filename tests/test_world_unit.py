@@ -35,12 +35,12 @@ def test_place_from_the_environment(env: dict[str, str], place: Place | None) ->
     assert from_environment(env) == place
 
 
-def test_rendezvous_is_on_loopback_when_every_rank_shares_a_host() -> None:
+def test_rendezvous_is_a_file_when_every_rank_shares_a_host() -> None:
     offers = [
         {"rank": 1, "host": "a"},
-        {"rank": 0, "host": "a", "ip": "10.0.0.5", "port": 4242},
+        {"rank": 0, "host": "a", "ip": "10.0.0.5", "port": 4242, "file": "/tmp/d/store-1"},
     ]
-    assert rendezvous_address(offers) == "tcp://127.0.0.1:4242"
+    assert rendezvous_address(offers) == "file:///tmp/d/store-1"
     offers[0]["host"] = "b"
     assert rendezvous_address(offers) == "tcp://10.0.0.5:4242"
     offers[1]["ip"] = None

@@ -5,15 +5,19 @@ A backend is one small class registered in ``BACKENDS``; adding one means adding
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import functools
 import os
+import shutil
 import socket
+import tempfile
+import uuid
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from .devices import resolve_device
 from .world import place
-
-LOOPBACK = "127.0.0.1"
 
 
 class Backend(Protocol):
@@ -92,7 +96,7 @@ class TorchBackend:
 
         if self.rendezvous is None:
             raise RuntimeError("the torch backend was given no rendezvous address")
-        if self.rendezvous.startswith(f"tcp://{LOOPBACK}:"):
+        if self.rendezvous.startswith("file://"):  # every rank on this host
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         dist.init_process_group(
             "nccl" if self.device == "cuda" else "gloo",
@@ -116,12 +120,14 @@ class TorchBackend:
 
 
 def offer_rendezvous() -> dict[str, Any]:
-    """Runs on every rank before the torch backend starts: this rank's host, and on rank 0 an
-    address and a port free now, for ``rendezvous_address`` in the notebook."""
+    """Runs on every rank before the torch backend starts: this rank's host, and on rank 0 a
+    new file in a private directory and a port free now, for ``rendezvous_address``."""
     here = place()
     host = socket.gethostname()
     offer: dict[str, Any] = {"rank": here.rank, "host": host}
     if here.rank == 0:
+        # a new file each time: torch's FileStore must not meet a previous group's file
+        offer["file"] = str(_rendezvous_dir() / f"store-{uuid.uuid4().hex}")
         with socket.socket() as s:
             s.bind(("", 0))
             offer["port"] = s.getsockname()[1]
@@ -132,12 +138,22 @@ def offer_rendezvous() -> dict[str, Any]:
     return offer
 
 
+@functools.cache
+def _rendezvous_dir() -> Path:
+    """This process's directory for rendezvous files, readable by its user only (mode 0700),
+    removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="dtrain-rendezvous-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def rendezvous_address(offers: list[dict[str, Any]]) -> str:
-    """``tcp://host:port`` on rank 0 from every rank's ``offer_rendezvous``: loopback when all
-    ranks share one host."""
+    """Where ``torch.distributed``'s ranks meet, from every rank's ``offer_rendezvous``: a file
+    on rank 0's host when all ranks share it (nothing listens on the network), else
+    ``tcp://ip:port`` on rank 0 (``c10d``'s store listens on every interface there)."""
     first = next(o for o in offers if o["rank"] == 0)
     if len({o["host"] for o in offers}) == 1:
-        return f"tcp://{LOOPBACK}:{first['port']}"
+        return f"file://{first['file']}"
     if first["ip"] is None:
         raise RuntimeError(f"rank 0's host name {first['host']!r} does not resolve to an address")
     return f"tcp://{first['ip']}:{first['port']}"

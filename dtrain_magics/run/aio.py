@@ -61,6 +61,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        loop_running = False
+    else:
+        loop_running = True
+    if not loop_running:  # outside the except block: the run's errors are not chained to it
         return asyncio.run(coro)
     box: dict[str, Any] = {}
 
