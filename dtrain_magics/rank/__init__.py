@@ -63,12 +63,9 @@ def is_root() -> bool:
 
 def barrier() -> None:
     """Block until every rank reaches this point (over MPI, whatever the backend)."""
-    from mpi4py import MPI
+    from .subset import world_comm
 
-    from .subset import check
-
-    check()
-    MPI.COMM_WORLD.Barrier()
+    world_comm().Barrier()
 
 
 def __getattr__(name: str) -> Any:

@@ -18,16 +18,7 @@ import tempfile
 from typing import Any
 
 from . import telemetry
-
-
-def _comm() -> Any:
-    """MPI's world, for a collective (``CollectiveNeedsEveryRank`` in a cell on some ranks)."""
-    from mpi4py import MPI
-
-    from .subset import check
-
-    check()
-    return MPI.COMM_WORLD
+from .subset import world_comm
 
 
 def _temp_prefix(path: str) -> str:
@@ -99,7 +90,7 @@ def checkpoint(obj: Any, path: str) -> None:
     this rank logged before it goes to the notebook first, so a rank that dies after the
     checkpoint loses none of the metrics the checkpoint covers.
     """
-    comm = _comm()
+    comm = world_comm()
     telemetry.current().flush()
     error = None
     if comm.Get_rank() == 0:
@@ -119,7 +110,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = T
     """
     import torch
 
-    comm = _comm()
+    comm = world_comm()
     message: tuple[str, Any] = ("missing", None)
     if comm.Get_rank() == 0:
         remove_stale_temps(path)

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .subset import _user_frames
+from .subset import _user_frames, world_comm
 from .tracebacks import rebuild, render
 
 Entry = tuple[str, tuple[int, ...], str, int]  # kind ("parameter", "buffer", "tensor"), shape,
@@ -142,12 +142,9 @@ def checksums(obj: Any, name: str = "model") -> Sums:
 def _compare(find: Any) -> dict[str, int]:
     """Checksum the models ``find()`` returns (name → object), gather, and raise on every rank
     if the ranks differ or one of them failed; the number of tensors checked per model."""
-    from mpi4py import MPI
-
     from . import rank_context
-    from .subset import check
 
-    check()  # a cell on some of the ranks fails here, at once
+    comm = world_comm()  # a cell on some of the ranks fails here, at once
     error: Exception | None = None
     try:
         payload: tuple[str, Any] = ("ok", {n: checksums(o, n) for n, o in find().items()})
@@ -155,7 +152,7 @@ def _compare(find: Any) -> dict[str, int]:
         error = e
         said = str(e) if isinstance(e, _Phrased) else f"failed with {type(e).__name__}: {e}"
         payload = ("error", said)
-    gathered = MPI.COMM_WORLD.allgather(payload)
+    gathered = comm.allgather(payload)
     if error is not None:
         raise error
     for rank, (status, said) in enumerate(gathered):

@@ -75,6 +75,15 @@ def check() -> None:
         raise CollectiveNeedsEveryRank()
 
 
+def world_comm() -> Any:
+    """MPI's world for a helper's collective; ``CollectiveNeedsEveryRank`` in a cell on some of
+    the ranks, at once, rather than a wait for ranks that never come."""
+    from mpi4py import MPI
+
+    check()
+    return MPI.COMM_WORLD
+
+
 def _watch() -> None:
     seen: Waiting | None = None  # the wait seen at the last look
     while True:
