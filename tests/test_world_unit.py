@@ -3,12 +3,15 @@ rendezvous address, and the engine's arguments."""
 
 from __future__ import annotations
 
+import shutil
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dtrain_magics.cluster import engine
-from dtrain_magics.rank.backends import rendezvous_address
+from dtrain_magics.rank.backends import offer_rendezvous, rendezvous_address
 from dtrain_magics.rank.world import Place, from_environment
 
 OPEN_MPI = {
@@ -46,6 +49,19 @@ def test_rendezvous_is_a_file_when_every_rank_shares_a_host() -> None:
     offers[1]["ip"] = None
     with pytest.raises(RuntimeError, match="does not resolve"):
         rendezvous_address(offers)
+
+
+def test_rank_0_offers_a_new_file_in_a_private_folder_each_time(monkeypatch: Any) -> None:
+    for name, value in {**OPEN_MPI, "OMPI_COMM_WORLD_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    first, second = Path(offer_rendezvous()["file"]), Path(offer_rendezvous()["file"])
+    assert first != second and first.parent == second.parent
+    assert not first.exists()  # torch's FileStore creates it
+    assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
+    shutil.rmtree(first.parent)  # as a cleaner of /tmp might
+    assert Path(offer_rendezvous()["file"]).parent.is_dir()
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    assert "file" not in offer_rendezvous()
 
 
 def test_the_engine_takes_its_id_from_the_environment(monkeypatch: Any) -> None:

@@ -127,7 +127,9 @@ def offer_rendezvous() -> dict[str, Any]:
     offer: dict[str, Any] = {"rank": here.rank, "host": host}
     if here.rank == 0:
         # a new file each time: torch's FileStore must not meet a previous group's file
-        offer["file"] = str(_rendezvous_dir() / f"store-{uuid.uuid4().hex}")
+        folder = _rendezvous_dir()
+        folder.mkdir(mode=0o700, exist_ok=True)  # again, should a cleaner of /tmp have struck
+        offer["file"] = str(folder / f"store-{uuid.uuid4().hex}")
         with socket.socket() as s:
             s.bind(("", 0))
             offer["port"] = s.getsockname()[1]
