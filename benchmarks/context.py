@@ -38,6 +38,7 @@ class Context:
 
     repo: Path
     device: str = "cpu"
+    ranks: int = 2
     quick: bool = False
     pairs: int = 5
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dtrain-bench-")))
@@ -69,9 +70,10 @@ class Context:
         finally:
             kernel.close()
 
-    def magic_line(self, ranks: int = 2, *flags: str) -> str:
-        """``%%distributed --nodes N --device D [flags]``."""
-        return " ".join(["%%distributed", f"--nodes {ranks}", f"--device {self.device}", *flags])
+    def magic_line(self, ranks: int | None = None, *flags: str) -> str:
+        """``%%distributed --nodes N --device D [flags]``; N is the run's ``ranks`` unless given."""
+        nodes = self.ranks if ranks is None else ranks
+        return " ".join(["%%distributed", f"--nodes {nodes}", f"--device {self.device}", *flags])
 
     def execute_direct(self, kernel: BenchKernel, line: str, code: str) -> Cell:
         """``code`` sent through ipyparallel (``view.execute``) to the magic's engines.

@@ -35,6 +35,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="ranks of every suite but scaling (default 2; with --device cuda, at most one per "
+        "GPU, so 1 on a one-GPU machine; allreduce needs 2)",
+    )
+    parser.add_argument(
         "--pairs", type=int, default=5, help="rounds of side-by-side pairs (full run; default 5)"
     )
     parser.add_argument(
@@ -47,27 +54,32 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if args.ranks is not None and args.ranks < 1:
+        parser.error("--ranks must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     machine = describe(REPO)
+    gpus = len(machine["gpus"])
+    ranks = args.ranks or (min(2, gpus) if args.device == "cuda" and gpus else 2)
     options = {
         "device": args.device,
+        "ranks": ranks,
         "quick": args.quick,
         "pairs": args.pairs,
         "only": args.only,
         "suites": args.suites,
     }
-    if args.device == "cuda" and len(machine["gpus"]) < 2:
+    if args.device == "cuda" and ranks > gpus:
         print(
-            f"--device cuda needs a GPU per rank (2; 4 for scaling) and nvidia-smi lists "
-            f"{len(machine['gpus'])}; NCCL refuses two ranks on one GPU.",
+            f"--device cuda needs a GPU per rank: {ranks} ranks, and nvidia-smi lists {gpus} "
+            "GPUs (NCCL refuses two ranks on one GPU); give --ranks at most the GPUs.",
             file=sys.stderr,
         )
         return 2
-    ctx = Context(REPO, device=args.device, quick=args.quick, pairs=args.pairs)
+    ctx = Context(REPO, device=args.device, ranks=ranks, quick=args.quick, pairs=args.pairs)
     report = Report(machine, options)
     print(f"dtrain-magics benchmarks on {one_line(machine)}; suites: {', '.join(args.suites)}")
     if machine["load_at_start"][0] > 0.5 * ctx.cores:

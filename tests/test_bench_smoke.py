@@ -139,6 +139,42 @@ def test_unknown_suite_is_refused() -> None:
     assert "unknown suite" in done.stderr
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "benchmarks", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ranks", "0"], "--ranks must be at least 1"),
+        # this test runs where torch sees no GPU (the gpu-marked tests are the GPU ones)
+        (["--device", "cuda", "--only", "soak"], "--device cuda needs a GPU per rank"),
+    ],
+)
+def test_ranks_the_machine_cannot_give_are_refused(args: list[str], says: str) -> None:
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda would run")
+    done = _bench(*args)
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(280)
+def test_a_one_rank_run_as_on_a_one_gpu_machine(tmp_path: Path) -> None:
+    """``--ranks 1`` (what ``--device cuda`` picks on one GPU): the suites run on one rank, and
+    allreduce, which needs two, says it did not run."""
+    done = _bench("--quick", "--ranks", "1", "--only", "replicas,allreduce", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(next(tmp_path.glob("*-cpu-quick.json")).read_text())
+    assert data["options"]["ranks"] == 1 and data["failures"] == {}
+    assert {r["suite"] for r in data["rows"]} == {"replicas"}
+    assert any("Allreduce: not run, as it takes 2 ranks" in n for n in data["notes"])
+    assert any("check_replicas on 1 rank(s)" in n for n in data["notes"])
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(280)
 def test_quick_run_writes_the_report(tmp_path: Path) -> None:

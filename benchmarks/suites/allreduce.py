@@ -60,6 +60,12 @@ DIRECT_FROM = 16 << 20  # the sizes bound by memory bandwidth, where a cost woul
 
 
 def run(ctx: Context, report: Report) -> None:
+    if ctx.ranks < RANKS:
+        report.notes.append(
+            f"Allreduce: not run, as it takes {RANKS} ranks and this run has {ctx.ranks} "
+            "(--ranks; with --device cuda, one GPU per rank)."
+        )
+        return
     sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
     budget = (16 << 20) if ctx.quick else BUDGET
     rounds = 1 if ctx.quick else 2 * ctx.pairs

@@ -1,4 +1,5 @@
-"""Cold start: from nothing running to a first collective on 2 ranks, each arm from scratch.
+"""Cold start: from nothing running to a first collective on 2 ranks (``--ranks``), each arm
+from scratch.
 
 - ``%%distributed``: a fresh kernel that has run ``%load_ext dtrain_magics`` in an earlier
   cell; the timed cell is the first ``%%distributed --nodes 2`` (``x = rank``, dashboard on):
@@ -33,12 +34,12 @@ _c = Config()
 _c.MPIEngineSetLauncher.mpi_cmd = [{mpiexec!r}]
 _c.MPIEngineSetLauncher.mpi_args = {args!r}
 _c.MPIEngineSetLauncher.environment = {env!r}
-_cluster = ipp.Cluster(engines="mpi", n=2, controller_ip="127.0.0.1", config=_c)
+_cluster = ipp.Cluster(engines="mpi", n={ranks}, controller_ip="127.0.0.1", config=_c)
 """
 
 MAGIC = "%%distributed (first cell)"
-MPIEXEC = "mpiexec -n 2 python job.py"
-HOROVODRUN = "horovodrun --gloo -np 2"
+MPIEXEC = "mpiexec -n {n} python job.py"
+HOROVODRUN = "horovodrun --gloo -np {n}"
 IPP = "ipyparallel Cluster(engines='mpi') + job"
 
 
@@ -47,17 +48,19 @@ def run(ctx: Context, report: Report) -> None:
     job_text = f"DEVICE = {ctx.device!r}\n{COLD_JOB}"
     job = ctx.script("job.py", job_text)
     horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent))
-    seconds: dict[str, list[float]] = {MAGIC: [], MPIEXEC: [], IPP: []}
+    n = ctx.ranks
+    mpiexec, hvdrun = MPIEXEC.format(n=n), HOROVODRUN.format(n=n)
+    seconds: dict[str, list[float]] = {MAGIC: [], mpiexec: [], IPP: []}
     ipp_start: list[float] = []
     arms = {
         MAGIC: lambda: _magic(ctx),
-        MPIEXEC: lambda: ctx.timed(ctx.mpiexec(2, sys.executable, str(job)), ctx.rank_env(2)),
+        mpiexec: lambda: ctx.timed(ctx.mpiexec(n, sys.executable, str(job)), ctx.rank_env(n)),
         IPP: lambda: _ipyparallel(ctx, job_text, ipp_start),
     }
     if horovodrun:
-        seconds[HOROVODRUN] = []
-        argv = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, str(job)]
-        arms[HOROVODRUN] = lambda: ctx.timed(argv, ctx.rank_env(2))
+        seconds[hvdrun] = []
+        argv = [horovodrun, "--gloo", "-np", str(n), "-H", f"localhost:{n}", sys.executable]
+        arms[hvdrun] = lambda: ctx.timed([*argv, str(job)], ctx.rank_env(n))
     names = list(arms)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -66,7 +69,7 @@ def run(ctx: Context, report: Report) -> None:
     ours = summarize(seconds[MAGIC])
     for peer in names[1:]:
         ratio = summarize_ratio(seconds[MAGIC], seconds[peer])
-        limit = 2.0 if peer == MPIEXEC else None
+        limit = 2.0 if peer == mpiexec else None
         report.rows.append(
             Row(
                 "cold",
@@ -80,7 +83,7 @@ def run(ctx: Context, report: Report) -> None:
             )
         )
     if not horovodrun:
-        report.rows.append(Row("cold", "cold start (s)", "", HOROVODRUN, "not installed"))
+        report.rows.append(Row("cold", "cold start (s)", "", hvdrun, "not installed"))
     report.notes.append(
         "Cold start: every arm from scratch in each round (fresh kernel or fresh processes); "
         f"ipyparallel's start alone, before the job's code: median "
@@ -98,7 +101,10 @@ def _magic(ctx: Context) -> float:
 
 def _ipyparallel(ctx: Context, job_text: str, start_only: list[float]) -> float:
     setup = IPP_SETUP.format(
-        mpiexec=find_mpiexec(), args=MAP_ARGS, env=rank_environment(Layout(2, 1))
+        mpiexec=find_mpiexec(),
+        args=MAP_ARGS,
+        env=rank_environment(Layout(ctx.ranks, 1)),
+        ranks=ctx.ranks,
     )
     with ctx.kernel() as kernel:
         kernel.run(setup)

@@ -10,6 +10,8 @@ Arms, each a real cell in a real kernel with a widget front end:
 - accelerate's ``notebook_launcher(f, num_processes=2)``, which forks two fresh processes and
   initialises ``torch.distributed`` (gloo) in them on every call, in its own kernel.
 
+With ``--ranks N`` (one GPU per rank with ``--device cuda``) every arm uses N ranks instead.
+
 All kernels stay up side by side, so every round runs every arm once, in a shuffled order; a
 peer's ratio uses the rounds' pairs. Peers that are not installed are reported as such; a peer
 whose cell fails or gets no reply in ``PEER_TIMEOUT`` seconds (accelerate's launcher has been
@@ -41,7 +43,7 @@ def _bench_set_x():
     x = rank
 """
 
-NBDIST_SETUP = ["%load_ext nbdistributed", "%dist_init -n 2", "%dist_mode --disable"]
+NBDIST_SETUP = ["%load_ext nbdistributed", "%dist_init -n {ranks}", "%dist_mode --disable"]
 NBDIST_PIDS = (
     "[p.pid for p in get_ipython().magics_manager.registry['DistributedMagic']"
     "._process_manager.processes]"
@@ -73,7 +75,7 @@ def _bench_set_x():
     global x
     x = PartialState().process_index
 """
-ACCEL_CELL = "notebook_launcher(_bench_set_x, num_processes=2, use_port=_bench_port())"
+ACCEL_CELL = "notebook_launcher(_bench_set_x, num_processes={ranks}, use_port=_bench_port())"
 
 
 def run(ctx: Context, report: Report) -> None:
@@ -87,7 +89,7 @@ def run(ctx: Context, report: Report) -> None:
         arms: dict[str, Callable[[], Cell]] = {
             f"{OURS} (dashboard)": lambda: ours.run(f"{ctx.magic_line()}\n{TRIVIAL}"),
             f"{OURS} --no-widget": lambda: ours.run(
-                f"{ctx.magic_line(2, '--no-widget')}\n{TRIVIAL}"
+                f"{ctx.magic_line(None, '--no-widget')}\n{TRIVIAL}"
             ),
             "%%px (same engines)": lambda: ours.run(f"%%px\n{TRIVIAL}"),
             "view.apply_sync (same engines)": lambda: ours.run(
@@ -98,13 +100,15 @@ def run(ctx: Context, report: Report) -> None:
         nbd = _peer_kernel(ctx, stack, "nbdistributed", missing)
         if nbd is not None:
             for line in NBDIST_SETUP:
-                nbd.run(line)
+                nbd.run(line.format(ranks=ctx.ranks))
             stack.callback(_stop_nbdistributed, nbd, nbd.eval(NBDIST_PIDS))
             arms["nbdistributed %%distributed"] = lambda: nbd.run(f"%%distributed\n{TRIVIAL}")
         acc = _peer_kernel(ctx, stack, "accelerate", missing)
         if acc is not None:
             acc.run(ACCEL_SETUP)
-            arms["accelerate notebook_launcher"] = lambda: acc.run(ACCEL_CELL)
+            arms["accelerate notebook_launcher"] = lambda: acc.run(
+                ACCEL_CELL.format(ranks=ctx.ranks)
+            )
         gave_up: dict[str, str] = {}
         times: dict[str, list[Cell]] = {name: [] for name in arms}
 

@@ -1,6 +1,6 @@
 """The cost of ``dtrain.check_replicas`` on a ~100M-parameter model, beside what it guards.
 
-On the warm 2-rank cluster each rank builds 6 × ``Linear(4096, 4096)`` (100.7M float32
+On the warm 2-rank cluster (``--ranks``) each rank builds 6 × ``Linear(4096, 4096)`` (100.7M float32
 parameters, 403 MB), broadcasts it from rank 0 and then, ``repeats`` times, after a barrier each:
 times ``check_replicas(model)`` (CRC-32 of every tensor and one allgather), the checksums alone,
 and as peers in the same run one ``hvd.broadcast_parameters`` of the same model (what the check
@@ -14,8 +14,6 @@ from __future__ import annotations
 from ..context import Context
 from ..report import Report, Row
 from ..stats import summarize, summarize_ratio
-
-RANKS = 2
 
 REPLICAS = r'''
 import os as _bench_os
@@ -67,7 +65,7 @@ def run(ctx: Context, report: Report) -> None:
     with ctx.kernel() as kernel:
         kernel.run("%load_ext dtrain_magics")
         kernel.run("import dtrain_magics")
-        line = ctx.magic_line(RANKS, "--no-widget")
+        line = ctx.magic_line(None, "--no-widget")
         kernel.run(f"{line}\n{REPLICAS}")
         kernel.run(f"{line}\n_bench_result = bench_replicas({layers}, {width}, {repeats})")
         results = kernel.eval("dtrain_magics._magics.cluster.view().pull('_bench_result')")
@@ -103,7 +101,7 @@ def run(ctx: Context, report: Report) -> None:
         )
     report.rows.append(Row("replicas", f"checksums alone, {size} (s)", _seconds(arms["checksums"])))
     report.notes.append(
-        f"Replicas: dtrain.check_replicas on {RANKS} ranks of a model of {layers} × "
+        f"Replicas: dtrain.check_replicas on {ctx.ranks} rank(s) of a model of {layers} × "
         f"Linear({width}, {width}) ({size}, {first['bytes'] / 1e6:.0f} MB, {first['tensors']} "
         "tensors): CRC-32 of every tensor plus one MPI allgather; each figure is the slowest "
         "rank's of a repeat, after a barrier; median [quartiles]."

@@ -8,8 +8,8 @@ step) times itself on the ranks after a warm-up. Arms, each once a round:
 - ``magic, plain``: ``%%distributed --no-widget`` without logging;
 - ``direct``: the same code without logging through ipyparallel directly (``view.execute``) to
   the same engines, where the magic has initialised Horovod;
-- ``mpiexec``: ``mpiexec -n 2 python`` running the same code, with the rank environment the
-  project gives its ranks, while the cluster sits idle.
+- ``mpiexec``: ``mpiexec -n 2 python`` (``--ranks``) running the same code, with the rank
+  environment the project gives its ranks, while the cluster sits idle.
 
 The two arms each target compares run next to each other in every round, in turns first and
 second (``ORDERS``), since this machine's speed drifts by a few per cent over tens of seconds
@@ -36,7 +36,7 @@ from ..workloads import TRAIN
 MAGIC = "magic, dashboard + dtrain.log"
 PLAIN = "magic --no-widget, no logging"
 DIRECT = "view.execute (same engines)"
-MPIEXEC = "mpiexec -n 2 python train.py"
+MPIEXEC = "mpiexec -n {n} python train.py"  # the report fills in the ranks
 
 Run = tuple[Cell | None, list[dict[str, Any]]]
 # Four rounds' orders: the magic is next to the direct arm in every round and next to mpiexec in
@@ -71,7 +71,7 @@ def direct(
 ) -> tuple[Cell, list[dict[str, Any]]]:
     """The loop sent through ipyparallel to the magic's engines (``Context.execute_direct``)."""
     code = f"_bench_result = bench_train({steps}, {warmup}, log=False)"
-    cell = ctx.execute_direct(kernel, ctx.magic_line(2, "--no-widget"), code)
+    cell = ctx.execute_direct(kernel, ctx.magic_line(None, "--no-widget"), code)
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
 
 
@@ -109,17 +109,18 @@ def run(ctx: Context, report: Report) -> None:
     delayed, messages, logged_s = 0.0, 0, 0.0
     with ctx.kernel() as kernel:
         kernel.run("%load_ext dtrain_magics")
-        setup(kernel, ctx, 2)
-        magic(kernel, ctx, 2, 50, 5, True)  # warm-up of every path
-        magic(kernel, ctx, 2, 50, 5, False)
+        n = ctx.ranks
+        setup(kernel, ctx, n)
+        magic(kernel, ctx, n, 50, 5, True)  # warm-up of every path
+        magic(kernel, ctx, n, 50, 5, False)
         direct(kernel, ctx, 50, 5)
         for r in range(rounds):
             runs: dict[str, Any] = {}
             arms: dict[str, Callable[[], Run]] = {
-                MAGIC: lambda: magic(kernel, ctx, 2, steps, warmup, True),
-                PLAIN: lambda: magic(kernel, ctx, 2, steps, warmup, False),
+                MAGIC: lambda: magic(kernel, ctx, n, steps, warmup, True),
+                PLAIN: lambda: magic(kernel, ctx, n, steps, warmup, False),
                 DIRECT: lambda: direct(kernel, ctx, steps, warmup),
-                MPIEXEC: lambda: (None, mpiexec(ctx, 2, steps, warmup)),
+                MPIEXEC: lambda: (None, mpiexec(ctx, n, steps, warmup)),
             }
             for name in ORDERS[r % len(ORDERS)]:
                 cell, results = arms[name]()
@@ -131,6 +132,7 @@ def run(ctx: Context, report: Report) -> None:
             delayed, messages = delayed + cost, messages + sent
             logged_s += max(x["seconds"] for x in runs[MAGIC])
         kernel.run("%dtrain stop")
+    rate = {k.format(n=n) if k == MPIEXEC else k: v for k, v in rate.items()}
     report.raw["throughput"] = {
         "steps_per_s": rate,
         "kernel_cpu_percent": cpu,
@@ -138,7 +140,7 @@ def run(ctx: Context, report: Report) -> None:
         "message_delay_s": delayed,
         "messages": messages,
     }
-    _rows(report, rate, cpu, delayed, messages, logged_s)
+    _rows(report, rate, cpu, delayed, messages, logged_s, n)
 
 
 def _rows(
@@ -148,11 +150,13 @@ def _rows(
     delayed: float,
     messages: int,
     logged_s: float,
+    ranks: int,
 ) -> None:
     def med(values: list[float], digits: int = 0) -> str:
         return f"{summarize(values)['median']:.{digits}f}"
 
-    for ours, peer, limit in ((MAGIC, DIRECT, 0.98), (MAGIC, MPIEXEC, 0.97), (PLAIN, DIRECT, None)):
+    named = MPIEXEC.format(n=ranks)
+    for ours, peer, limit in ((MAGIC, DIRECT, 0.98), (MAGIC, named, 0.97), (PLAIN, DIRECT, None)):
         ratio = summarize_ratio(rate[ours], rate[peer])
         report.rows.append(
             Row(
@@ -188,8 +192,8 @@ def _rows(
         )
     )
     report.notes.append(
-        "Throughput: the mpiexec arm gets the project's rank environment "
-        "(rank_environment(Layout(2, 1)): OMP_NUM_THREADS, MPI transport, GLIBC_TUNABLES) and "
+        "Throughput: the mpiexec arm gets the project's rank environment (rank_environment("
+        f"Layout({ranks}, 1)): OMP_NUM_THREADS, MPI transport, GLIBC_TUNABLES) and "
         "the same mpiexec mapping (--map-by :OVERSUBSCRIBE --bind-to none), like for like. A "
         "telemetry message's cost is the time the 6 steps from it took beyond the median step "
         "of the direct arm of the same round."
