@@ -70,7 +70,7 @@ class Context:
         finally:
             kernel.close()
 
-    def magic_line(self, ranks: int | None = None, *flags: str) -> str:
+    def magic_line(self, *flags: str, ranks: int | None = None) -> str:
         """``%%distributed --nodes N --device D [flags]``; N is the run's ``ranks`` unless given."""
         nodes = self.ranks if ranks is None else ranks
         return " ".join(["%%distributed", f"--nodes {nodes}", f"--device {self.device}", *flags])

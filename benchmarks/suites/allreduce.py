@@ -77,7 +77,7 @@ def run(ctx: Context, report: Report) -> None:
         kernel.run("%load_ext dtrain_magics")
         kernel.run("import dtrain_magics")
         for backend in ("horovod", "torch"):
-            line = ctx.magic_line(RANKS, "--backend", backend, "--no-widget")
+            line = ctx.magic_line("--backend", backend, "--no-widget", ranks=RANKS)
             kernel.run(f"{line}\n{ALLREDUCE}")
             arms: dict[str, dict[str, list[float]]] = {
                 arm: {str(s): [] for s in sizes} for arm in ARMS

@@ -88,9 +88,7 @@ def run(ctx: Context, report: Report) -> None:
         ours.run(ATTACH_PX)
         arms: dict[str, Callable[[], Cell]] = {
             f"{OURS} (dashboard)": lambda: ours.run(f"{ctx.magic_line()}\n{TRIVIAL}"),
-            f"{OURS} --no-widget": lambda: ours.run(
-                f"{ctx.magic_line(None, '--no-widget')}\n{TRIVIAL}"
-            ),
+            f"{OURS} --no-widget": lambda: ours.run(f"{ctx.magic_line('--no-widget')}\n{TRIVIAL}"),
             "%%px (same engines)": lambda: ours.run(f"%%px\n{TRIVIAL}"),
             "view.apply_sync (same engines)": lambda: ours.run(
                 "_ = _bench_view.apply_sync(_bench_set_x)"

@@ -65,7 +65,7 @@ def run(ctx: Context, report: Report) -> None:
     with ctx.kernel() as kernel:
         kernel.run("%load_ext dtrain_magics")
         kernel.run("import dtrain_magics")
-        line = ctx.magic_line(None, "--no-widget")
+        line = ctx.magic_line("--no-widget")
         kernel.run(f"{line}\n{REPLICAS}")
         kernel.run(f"{line}\n_bench_result = bench_replicas({layers}, {width}, {repeats})")
         results = kernel.eval("dtrain_magics._magics.cluster.view().pull('_bench_result')")

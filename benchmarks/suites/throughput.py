@@ -52,7 +52,7 @@ VIEW = f"import dtrain_magics\n_bench_view = {ENGINES}"
 
 def setup(kernel: BenchKernel, ctx: Context, ranks: int) -> None:
     """Start (or resize) the cluster and define the training code on every rank."""
-    kernel.run(f"{ctx.magic_line(ranks)}\n{TRAIN}")
+    kernel.run(f"{ctx.magic_line(ranks=ranks)}\n{TRAIN}")
     kernel.run(VIEW)
 
 
@@ -62,7 +62,7 @@ def magic(
     """One ``%%distributed`` run of the loop; with ``log`` the dashboard is on too."""
     flags = () if log else ("--no-widget",)
     call = f"_bench_result = bench_train({steps}, {warmup}, log={log})"
-    cell = kernel.run(f"{ctx.magic_line(ranks, *flags)}\n{call}")
+    cell = kernel.run(f"{ctx.magic_line(*flags, ranks=ranks)}\n{call}")
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
 
 
@@ -71,7 +71,7 @@ def direct(
 ) -> tuple[Cell, list[dict[str, Any]]]:
     """The loop sent through ipyparallel to the magic's engines (``Context.execute_direct``)."""
     code = f"_bench_result = bench_train({steps}, {warmup}, log=False)"
-    cell = ctx.execute_direct(kernel, ctx.magic_line(None, "--no-widget"), code)
+    cell = ctx.execute_direct(kernel, ctx.magic_line("--no-widget"), code)
     return cell, kernel.eval("_bench_view.pull('_bench_result')")
 
 
