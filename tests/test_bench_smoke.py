@@ -54,6 +54,14 @@ def test_allreduce_rounds_are_a_williams_square() -> None:
     assert sorted(follows) == sorted((a, b) for a in ARMS for b in ARMS if a != b)
 
 
+def test_allreduce_runs_whole_squares_whatever_the_pairs() -> None:
+    from benchmarks.suites.allreduce import ORDERS, round_count
+
+    assert round_count(8) == 16
+    for pairs in range(1, 10):  # an odd --pairs used to run half a square more
+        assert round_count(pairs) >= 2 * pairs and round_count(pairs) % len(ORDERS) == 0
+
+
 def test_allreduce_blocks_spread_every_call_of_a_size_over_the_run() -> None:
     """The workload's schedule, run with a stand-in ``dist`` that only counts (pure logic)."""
     import torch

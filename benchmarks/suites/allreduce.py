@@ -25,7 +25,8 @@ median ratio is at least 0.95, or at least 1 / how far ``mpiexec`` lands from it
 the quartiles of its paired ratios around 1, and of all its rounds around their median): then
 the magic is as close to ``mpiexec`` as ``mpiexec`` is to itself.
 It takes twice ``--pairs`` (16 with ``--pairs 8``), as ``throughput`` does: with 8, a size whose
-ratio sits a few per cent from its line fell on either side of it from run to run.
+ratio sits a few per cent from its line fell on either side of it from run to run. The rounds
+are whole Williams squares (``round_count``): an odd ``--pairs`` takes two rounds more.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ ORDERS = tuple(
 DIRECT_FROM = 16 << 20  # the sizes bound by memory bandwidth, where a cost would show
 
 
+def round_count(pairs: int) -> int:
+    """Twice ``pairs``, rounded up to whole squares: every order runs as often as the others."""
+    return -(-2 * pairs // len(ORDERS)) * len(ORDERS)
+
+
 def run(ctx: Context, report: Report) -> None:
     if ctx.ranks < RANKS:
         report.notes.append(
@@ -68,7 +74,6 @@ def run(ctx: Context, report: Report) -> None:
         return
     sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
     budget = (16 << 20) if ctx.quick else BUDGET
-    rounds = 1 if ctx.quick else 2 * ctx.pairs
     memcpy = _memcpy(ctx, sorted({*sizes, REFERENCE}))
     reference = memcpy[str(REFERENCE)]
     raw: dict[str, object] = {"memcpy_gb_s": memcpy, "sizes": sizes}
@@ -82,7 +87,7 @@ def run(ctx: Context, report: Report) -> None:
             arms: dict[str, dict[str, list[float]]] = {
                 arm: {str(s): [] for s in sizes} for arm in ARMS
             }
-            for r in range(rounds):
+            for r in range(1 if ctx.quick else round_count(ctx.pairs)):
                 for arm in ORDERS[r % len(ORDERS)]:
                     if arm == "magic":
                         seconds = _magic(kernel, line, call.format(backend=backend))
