@@ -180,7 +180,7 @@ def test_a_one_rank_run_as_on_a_one_gpu_machine(tmp_path: Path) -> None:
     assert data["options"]["ranks"] == 1 and data["failures"] == {}
     assert {r["suite"] for r in data["rows"]} == {"replicas"}
     assert any("Allreduce: not run, as it takes 2 ranks" in n for n in data["notes"])
-    assert any("check_replicas on 1 rank(s)" in n for n in data["notes"])
+    assert any("check_replicas on 1 rank of" in n for n in data["notes"])
 
 
 @pytest.mark.cluster

@@ -11,6 +11,8 @@ broadcast of the same repeat.
 
 from __future__ import annotations
 
+from dtrain_magics.ui.headline import plural
+
 from ..context import Context
 from ..report import Report, Row
 from ..stats import summarize, summarize_ratio
@@ -101,7 +103,7 @@ def run(ctx: Context, report: Report) -> None:
         )
     report.rows.append(Row("replicas", f"checksums alone, {size} (s)", _seconds(arms["checksums"])))
     report.notes.append(
-        f"Replicas: dtrain.check_replicas on {ctx.ranks} rank(s) of a model of {layers} × "
+        f"Replicas: dtrain.check_replicas on {plural(ctx.ranks, 'rank')} of a model of {layers} × "
         f"Linear({width}, {width}) ({size}, {first['bytes'] / 1e6:.0f} MB, {first['tensors']} "
         "tensors): CRC-32 of every tensor plus one MPI allgather; each figure is the slowest "
         "rank's of a repeat, after a barrier; median [quartiles]."
