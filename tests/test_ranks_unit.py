@@ -3,8 +3,10 @@ transformer of the line form, and the rank helpers outside an engine."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -164,3 +166,25 @@ def test_a_cell_that_begins_as_the_idle_deadline_passes_keeps_horovod_up() -> No
     suspender.arm(0.3)
     suspender.cancel()  # before the deadline: Horovod left as it was
     assert not began.wait(0.6)
+
+
+@pytest.mark.parametrize(
+    ("written", "after"),
+    [
+        (logging.INFO, logging.WARNING),  # ipyparallel's default: a line per request, dropped
+        (logging.DEBUG, logging.DEBUG),  # asked for on purpose: kept
+        (logging.ERROR, logging.DEBUG),  # quiet already
+    ],
+)
+def test_the_engine_log_is_quieted_only_at_its_default_level(written: int, after: int) -> None:
+    from dtrain_magics.rank.setup import quiet_requests
+
+    # as traitlets sets up an engine's log: the logger at DEBUG, its handler at the level asked
+    log = logging.getLogger(f"test-engine-log-{written}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    handler = logging.NullHandler()
+    handler.setLevel(written)
+    log.addHandler(handler)
+    quiet_requests(SimpleNamespace(kernel=SimpleNamespace(log=log)))
+    assert log.level == after

@@ -93,16 +93,30 @@ def init_rank(
 
 
 def quiet_requests(shell: Any) -> None:
-    """Keep only warnings and errors in the engine's log from now on.
+    """Keep only warnings and errors in the engine's log from now on, if it logs at ipyparallel's
+    default level (INFO).
 
     ipyparallel's engine logs a line for every request it handles ("Handling execute_request:
     ...") to its stderr, which ``mpiexec`` copies into its output file: a millisecond of every
     warm cell on a small machine, and a file that grows with every cell. Its start-up lines,
-    written by now, stay.
+    written by now, stay; so does a DEBUG log asked for on purpose (``c.IPEngine.log_level``
+    in the profile's ``ipengine_config.py``, or ``--log-level`` in the engines' arguments).
     """
     log = getattr(getattr(shell, "kernel", None), "log", None)
-    if log is not None and log.getEffectiveLevel() < logging.WARNING:
+    if log is not None and _written_level(log) == logging.INFO:
         log.setLevel(logging.WARNING)
+
+
+def _written_level(log: logging.Logger) -> int:
+    """The lowest level of what ``log`` writes out: traitlets leaves an application's loggers at
+    DEBUG and gives their handlers the ``log_level`` asked for."""
+    handlers: list[logging.Handler] = []
+    node: logging.Logger | None = log
+    while node is not None:
+        handlers += node.handlers
+        node = node.parent if node.propagate else None
+    lowest = min((h.level for h in handlers), default=logging.NOTSET)
+    return max(log.getEffectiveLevel(), lowest)
 
 
 def _versions() -> dict[str, str | None]:
