@@ -44,6 +44,32 @@ def test_warm_cells_add_nothing_to_the_engines_log(run: Any, cluster: Any) -> No
     assert after.count(handled) == before.count(handled)
 
 
+def test_an_engine_log_asked_for_at_debug_keeps_its_lines(
+    ip: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """A profile's ``c.IPEngine.log_level = "DEBUG"`` is kept: the request lines go on."""
+    import os
+
+    from dtrain_magics.cluster import TrainingCluster
+    from dtrain_magics.ipython.magics import DistributedMagics
+
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))  # no settings of the user's
+    profile = Path(os.environ["IPYTHONDIR"]) / "profile_dtrain-debuglog"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "ipengine_config.py").write_text('c.IPEngine.log_level = "DEBUG"\n')
+    magics = DistributedMagics(ip, cluster=TrainingCluster(profile="dtrain-debuglog"))
+    try:
+        magics.distributed("--nodes 1 --no-widget", "pass")
+        before = _settled_output(magics.cluster)
+        for _ in range(3):
+            magics.distributed("--nodes 1 --no-widget", "pass")
+        after = _settled_output(magics.cluster)
+        handled = "Handling execute_request"
+        assert after.count(handled) >= before.count(handled) + 3
+    finally:
+        magics.cluster.stop()
+
+
 def test_horovod_allreduce_sum(run: Any, cluster: Any) -> None:
     run(
         "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0, 10.0]), op=hvd.Sum).tolist()"
