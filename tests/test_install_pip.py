@@ -88,6 +88,13 @@ def test_install_horovod_takes_its_sdist_from_the_wheelhouse(venv: Venv, root: P
     assert sdist.stat().st_size > 1_000_000
 
 
+def test_all_that_install_horovod_may_pip_install_comes_from_the_wheelhouse(venv: Venv) -> None:
+    from dtrain_magics.install.horovod import TOOL_REQUIREMENTS
+
+    # a build (not a cache hit) installs these first; --ignore-installed: from the folder alone
+    venv.pip_install("--dry-run", "--ignore-installed", *TOOL_REQUIREMENTS)
+
+
 def test_the_wheel_is_installed_not_editable(venv: Venv, root: Path) -> None:
     done = venv.run(
         [venv.python, "-c", "import dtrain_magics; print(dtrain_magics.__file__)"], cwd=root
