@@ -68,7 +68,6 @@ rm -f "$DIR"/dtrain_magics-*.whl
   || { tail -20 "$DIR/.build.log" >&2; die "python -m build --wheel failed (log above)."; }
 WHEEL=$("$PY" -c 'import pathlib, sys; print(pathlib.Path(sys.argv[1]).as_uri())' "$DIR"/dtrain_magics-*.whl)
 
-HOROVOD=$("$PY" -c 'from dtrain_magics.install.plan import HOROVOD_VERSION as v; print(v)')
 TOOLS=$("$PY" -c 'from dtrain_magics.install.horovod import TOOL_REQUIREMENTS as t; print(*t)') \
   || die "could not read the installer's requirements from dtrain_magics in $VENV."
 read -r -a BUILD <<<"$TOOLS"
@@ -82,9 +81,17 @@ if [[ ${#LONE[@]} -gt 0 ]]; then
   download --no-deps "${LONE[@]}" || die "pip could not download ${LONE[*]} (output above)."
 fi
 
-say "downloading the Horovod $HOROVOD sdist"
-"$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary horovod \
-  -d "$DIR" "horovod==$HOROVOD" || die "pip could not download the horovod==$HOROVOD sdist."
+# Horovod's sdist, as install-horovod fetches it (from this machine's cache when it is there)
+"$PY" - "$DIR" <<'PYTHON' || die "could not add Horovod's sdist (the reason is above)."
+import shutil, sys
+from dtrain_magics.install.cache import default_cache_dir
+from dtrain_magics.install.facts import InstallError
+from dtrain_magics.install.horovod import fetch_sdist
+try:
+    shutil.copy(fetch_sdist(sys.executable, default_cache_dir(), print), sys.argv[1])
+except InstallError as e:
+    sys.exit(str(e))
+PYTHON
 
 torch=$(find "$DIR" -maxdepth 1 \( -name 'torch-*.whl' -o -name 'nvidia_*.whl' \) | head -1)
 [[ -z $torch ]] || die "a requirement pulled in torch or its NVIDIA libraries ($torch): name it" \
