@@ -47,6 +47,21 @@ def cluster(ip: Any) -> Iterator[Any]:
     magics.cluster.stop()
 
 
+@pytest.fixture(autouse=True)
+def _default_backend_after() -> Iterator[None]:
+    """Each test starts from the default backend and device: a cell without ``--backend`` or
+    ``--device`` keeps what the ranks run, so a test that left the session cluster on
+    ``--backend torch`` (or ``--device cuda``) has its ranks initialised again, with the
+    defaults, by the next test's first cell."""
+    yield
+    import dtrain_magics
+
+    magics = dtrain_magics._magics
+    key = magics.cluster.backends.key if magics is not None else None
+    if magics is not None and key is not None and key[:2] != ("horovod", "auto"):
+        magics.cluster.backends.forget()
+
+
 @pytest.fixture
 def run(ip: Any, cluster: Any) -> Any:
     """``run(code, line="--nodes 2")`` runs a ``%%distributed`` cell in the shell."""

@@ -126,7 +126,7 @@ opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         assert rank_values(cluster, "backend_facts") == [("gloo", 2, False)] * 2
         _assert_synced_and_trained(cluster)
     finally:
-        run("pass")  # back to horovod for the other tests
+        run("pass", "--nodes 2 --backend horovod")  # back to horovod for the other tests
     run("import torch\nback = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()")
     assert rank_values(cluster, "back") == [2.0, 2.0]
 
@@ -248,7 +248,8 @@ def test_torch_ranks_run_without_mpi_until_a_helper_or_horovod_starts_it(magics:
     magics.distributed(line, "dist.all_reduce(t)")  # MPI up: gloo still works
     assert [t.item() for t in rank_values(cluster, "t")] == [4.0, 4.0]
     magics.distributed(
-        "--nodes 2 --no-widget", "total = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()"
+        "--nodes 2 --backend horovod --no-widget",
+        "total = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()",
     )
     assert rank_values(cluster, "total") == [2.0, 2.0]
 

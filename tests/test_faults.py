@@ -116,6 +116,53 @@ def test_exception_while_others_in_collective_is_timed(run: Any, cluster: Any) -
     assert_next_cell_works(run, cluster)
 
 
+def test_a_gloo_wait_ends_at_once_when_another_rank_fails_or_the_cell_times_out(
+    run: Any, cluster: Any
+) -> None:
+    """An interrupt cannot reach a rank waiting in a ``torch.distributed`` collective: the ranks
+    that stopped drop their process group, which ends the wait (it took the 10 s grace and a
+    cluster restart before)."""
+    line = "--nodes 2 --backend torch --no-widget"
+    run("kept = rank", line)
+    pids = [e.pid for e in cluster.engines]
+    raising = (
+        "import torch\nif rank == 1:\n    raise ValueError('boom')\ndist.all_reduce(torch.ones(1))"
+    )
+    started = time.monotonic()
+    with pytest.raises(RankError, match=r"^rank 1 failed with ValueError: boom") as info:
+        run(raising, line)
+    took = time.monotonic() - started
+    assert "Rank 0 was interrupted." in str(info.value)
+    assert "restarted" not in str(info.value)
+    assert took < 5
+    record("rank 1 raises while rank 0 waits in a gloo allreduce", took)
+    sleeping = (
+        "import time, torch\nif rank == 1:\n    time.sleep(60)\ndist.all_reduce(torch.ones(1))"
+    )
+    started = time.monotonic()
+    with pytest.raises(RunTimeoutError) as timed_out:
+        run(sleeping, f"{line} --timeout 2")
+    took = time.monotonic() - started
+    assert "restarted" not in str(timed_out.value)
+    assert took < 2 + 5
+    record("--timeout 2 while rank 0 waits in a gloo allreduce (incl. the 2 s)", took)
+    assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
+    assert rank_values(cluster, "kept") == [0, 1]
+    run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\ntotal = t.item()", line)
+    assert rank_values(cluster, "total") == [2.0, 2.0]
+
+
+def test_a_keyboard_interrupt_raised_by_the_cell_fails_it(run: Any, cluster: Any) -> None:
+    """Only the runner's own interrupt makes a rank "interrupted": one the cell raises (or a
+    signal from elsewhere) means the cell did not finish there."""
+    code = "import time\nif rank == 0:\n    raise KeyboardInterrupt\ntime.sleep(0.2)\ndone = True"
+    with pytest.raises(RankError, match=r"^rank 0 failed with KeyboardInterrupt"):
+        run(code)
+    last = dtrain_magics.last_run()
+    assert last.status == "failed" and last.failing_rank == 0
+    assert_next_cell_works(run, cluster)
+
+
 def test_every_rank_raising_at_once_keeps_the_cluster(run: Any, cluster: Any) -> None:
     """The first error stops the other ranks while theirs is on its way: the late SIGINT is
     ignored (it used to break a rank's reply: a 10 s wait and a restart, 1 run in 6)."""

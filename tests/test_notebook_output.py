@@ -120,6 +120,51 @@ def test_settings_applied_in_the_form_restart_the_cluster_and_say_so(tmp_path: P
         session.close()
 
 
+def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> None:
+    """``--env`` alone keeps the running cluster's nodes; a cell without ``--backend`` keeps the
+    ranks' backend; a record prints as it shows; stopping a restarted cluster prints no engine
+    log."""
+    session = KernelSession(env=_env())
+    try:
+        assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = session.run("%%distributed --nodes 2 --no-widget\nx = rank", timeout=180)
+        assert reply.status == "ok", reply.text
+        reply = session.run(
+            "%%distributed --env DTRAIN_FLAG_TEST=kept --no-widget\n"
+            "import os\nprint('seen', size, os.environ.get('DTRAIN_FLAG_TEST'))",
+            timeout=180,
+        )
+        assert "[rank 1] seen 2 kept" in reply.text, reply.text
+        assert (
+            "The cluster was restarted (2 ranks (2 nodes × 1 proc), local launcher → 2 ranks "
+            "(2 nodes × 1 proc), local launcher, --env DTRAIN_FLAG_TEST=kept): this cell's flags "
+            "ask for another cluster."
+        ) in reply.text, reply.text
+        reply = session.run(
+            "%%distributed --backend torch --no-widget\nimport torch\nt = torch.ones(1)\n"
+            "dist.all_reduce(t)",
+            timeout=120,
+        )
+        assert reply.status == "ok", reply.text
+        reply = session.run(
+            "%%distributed --no-widget\nimport os\nt = torch.ones(1)\ndist.all_reduce(t)\n"
+            "print('still', t.item(), 'hvd' in globals(), os.environ.get('DTRAIN_FLAG_TEST'))",
+            timeout=120,
+        )
+        assert "[rank 1] still 2.0 False kept" in reply.text, reply.text
+        assert "restarted" not in reply.text
+        reply = session.run("%%distributed --backend horovod --no-widget\n'dist' in globals()")
+        assert "Out[rank 0-1]: False" in reply.text, reply.text
+        reply = session.run("print(_dtrain)")  # printed, not only shown as a cell's value
+        assert re.search(r"<RunRecord \S+: succeeded in [\d.]+ s, 2 ranks; ", reply.text), reply
+        for line in ("%dtrain restart", "%dtrain stop"):  # ipyparallel printed the engines'
+            reply = session.run(line, timeout=120)  # log when it stopped them after a restart
+            assert reply.status == "ok", reply.text
+            assert "Output for" not in reply.text and "IPEngine" not in reply.text, reply.text
+    finally:
+        session.close()
+
+
 def test_a_second_cluster_that_crowds_the_cores_is_named_once() -> None:
     first, second = KernelSession(env=_env()), KernelSession(env=_env())
     try:

@@ -93,7 +93,7 @@ def test_a_torch_distributed_collective_on_some_ranks_fails_at_once(run: Any, cl
         run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nfull = t.item()", line)
         assert rank_values(cluster, "full") == [2.0, 2.0]
     finally:
-        run("pass")  # back to horovod for the other tests
+        run("pass", "--nodes 2 --backend horovod")  # back to horovod for the other tests
     _works_on_every_rank(run, cluster)
 
 

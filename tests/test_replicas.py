@@ -178,7 +178,7 @@ def test_the_torch_backend_checks_a_ddp_model_and_skips_shards(run: Any, cluster
     finally:
         names = ("ddp", "mesh", "parts", "bare", "ddp_checked", "parts_checked")
         run(f"for _name in {names!r}:\n    globals().pop(_name, None)", TORCH)
-        run("pass")  # back to horovod for the other tests
+        run("pass", f"{LINE} --backend horovod")  # back to horovod for the other tests
     _works(run, cluster)
 
 

@@ -151,3 +151,26 @@ def test_the_same_flags_over_the_same_layers_reuse_their_settings(tmp_path: Path
     settings, sources = store.resolve({})
     assert (settings.nodes, settings.backend) == (4, "horovod")
     assert sources["nodes"] == "IPython config"
+
+
+def test_a_cells_cluster_flags_change_only_what_they_name() -> None:
+    from dtrain_magics.cluster.launchers import LaunchSpec, Layout
+    from dtrain_magics.ipython.cluster_choice import described, running_except
+
+    ran, ran_spec = Layout(2, 1), LaunchSpec("mpi", (("hostfile", "/a"),), (("A", "1"),))
+    asked = LaunchSpec("local", (), (("B", "2"),))  # the flags over the defaults
+    assert running_except(ran, ran_spec, {"env"}, Layout(1, 1), asked) == (
+        Layout(2, 1),
+        LaunchSpec("mpi", (("hostfile", "/a"),), (("B", "2"),)),
+    )
+    asked = LaunchSpec("mpi", (("hostfile", "/b"),), ())
+    assert running_except(ran, ran_spec, {"procs_per_node", "hostfile"}, Layout(1, 2), asked) == (
+        Layout(2, 2),
+        LaunchSpec("mpi", (("hostfile", "/b"),), (("A", "1"),)),
+    )
+    asked = LaunchSpec("local", (), ())  # another launcher: its own settings, the running env
+    assert running_except(ran, ran_spec, {"launcher"}, Layout(1, 1), asked) == (
+        Layout(2, 1),
+        LaunchSpec("local", (), (("A", "1"),)),
+    )
+    assert described(ran, ran_spec) == "2 ranks (2 nodes × 1 proc), mpi launcher, --env A=1"

@@ -3,6 +3,7 @@ MLflow's own client, failures as one warning line, and the sentence when MLflow 
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -179,6 +180,18 @@ def test_a_failure_is_one_warning_line_and_never_raises(tmp_path: Path) -> None:
     assert "\n" not in warning
     assert worker.take_warnings() == []  # shown once
     assert "failed" in repr(export)
+
+
+def test_a_server_that_takes_no_connection_is_reported_at_once(tmp_path: Path) -> None:
+    """MLflow's client retries a refused request for minutes; the worker says so at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    worker = Worker()
+    export = worker.submit(_record(tmp_path), f"http://127.0.0.1:{port}", tmp_path)
+    assert export.wait(30) is None and export.done
+    (warning,) = worker.take_warnings()
+    assert f"no MLflow server answers at 127.0.0.1:{port} (Connection refused)" in warning
 
 
 def test_long_series_are_bounded(tmp_path: Path, monkeypatch: Any) -> None:

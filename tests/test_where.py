@@ -133,7 +133,7 @@ def test_report_of_a_rank_blocked_in_a_gloo_collective(
         assert "cell line 5: dist.all_reduce(t)" in line, line
         assert "in torch.distributed all_reduce; rank 1 has not joined" in line, line
     finally:
-        run("x = 1", "--nodes 2 --no-widget")  # back to Horovod for the other tests
+        run("x = 1", "--nodes 2 --no-widget --backend horovod")  # back to Horovod for the others
 
 
 def test_dtrain_where_between_cells(

@@ -74,6 +74,11 @@ class RankBackends:
         self.first_done: float | None = None  # when a rank first ended the last cell
         self.resume_next = False  # Horovod may be down whatever the time (a script, a subset)
 
+    @property
+    def name(self) -> str | None:
+        """The backend the ranks run (``horovod`` or ``torch``), if they were initialised."""
+        return self.key[0] if self.key else None
+
     def forget(self) -> None:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
@@ -100,7 +105,7 @@ class RankBackends:
         it, restarted first if it may be suspended (only every rank at once can restart it)."""
         from ..rank.idle import hold
 
-        if not self.key or self.key[0] != "horovod":
+        if self.name != "horovod":
             return
         try:
             view.apply_async(hold, self._may_be_suspended(now)).get(timeout=timeout)
@@ -112,7 +117,7 @@ class RankBackends:
     def _may_be_suspended(self, now: float) -> bool:
         from ..rank.idle import RESUME_AFTER
 
-        if not self.key or self.key[0] != "horovod":
+        if self.name != "horovod":
             return False
         idle = self.first_done is not None and now - self.first_done >= RESUME_AFTER
         return idle or self.resume_next

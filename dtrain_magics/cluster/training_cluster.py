@@ -210,7 +210,9 @@ class TrainingCluster:
         self.layout = layout
         self._cluster = ipp.Cluster(
             profile=self.profile,
-            log_level=logging.WARNING,
+            # not WARNING: ipyparallel then prints the engines' whole log when it stops a set
+            # that exits with an error (after a restart); the runner reports deaths itself
+            log_level=logging.ERROR,
             shutdown_atexit=True,
             # engines start with the controller and wait for its connection file themselves
             send_engines_connection_env=False,

@@ -39,6 +39,7 @@ from ..store import diagnostics, kernel_state
 from ..store.records import last_run
 from ..ui.headline import cluster_line, plural
 from ..ui.views import view_factory
+from . import cluster_choice as choice
 from .status_line import StatusLine
 
 COMMANDS = ("status", "where", "stop", "restart", "config")
@@ -191,14 +192,19 @@ class DistributedMagics(Magics):
             code = cell if cell is not None else Script.from_command(args.command)
         except BadOptions as e:
             raise UsageError(str(e)) from None
-        flags = settings_from_args(args, self.settings.settings_class)
-        layout, spec, note = self._cluster_for(set(flags), options.layout, settings.launch_spec())
+        flags = set(settings_from_args(args, self.settings.settings_class))
+        changed = self.settings.version != self._cluster_version  # applied in the form since
+        cluster_flags = flags & self.settings.settings_class.cluster_settings()
+        layout, spec, note = choice.cluster_for(
+            self.cluster, cluster_flags, options.layout, settings.launch_spec(), changed
+        )
         options = dataclasses.replace(
             options,
             nodes=layout.nodes,
             procs_per_node=layout.procs_per_node,
             launcher=spec.launcher,
         )
+        options = choice.ranks_as_they_are(self.cluster, flags, options, changed)
         self._cluster_version = self.settings.version
         notes = [n for n in (note, self._crowded(layout, spec)) if n]
         kwargs = {
@@ -226,30 +232,6 @@ class DistributedMagics(Magics):
             "share the cores and each one is slower; stop the other one with %dtrain stop in "
             "its notebook or from the Distributed training sidebar."
         )
-
-    def _cluster_for(
-        self, flags: set[str], layout: Layout, spec: LaunchSpec
-    ) -> tuple[Layout, LaunchSpec, str | None]:
-        """The cluster a cell runs on, and a sentence if that restarts the running one.
-
-        A cell without flags for the cluster (layout, launcher, rank environment) runs on the
-        running cluster as it is, unless settings applied in the form (or the config file)
-        changed since it started: then, and for a cell whose flags ask for another cluster,
-        the cluster is restarted and the run's output says so.
-        """
-        running = self.cluster.running and self.cluster.layout is not None
-        if not running or not self.cluster.needs_start(layout, spec):
-            return layout, spec, None
-        assert self.cluster.layout is not None
-        if not flags & self.settings.settings_class.cluster_settings():
-            if self.settings.version == self._cluster_version:
-                return self.cluster.layout, self.cluster.spec, None
-            why = "the settings applied in the form changed since it started"
-        else:
-            why = "this cell's flags ask for another cluster"
-        was = f"{self.cluster.layout}, {self.cluster.launcher} launcher"
-        now = f"{layout}, {spec.launcher} launcher"
-        return layout, spec, f"The cluster was restarted ({was} → {now}): {why}."
 
     @contextlib.contextmanager
     def _reporting(self, mlflow: str = "") -> Iterator[None]:

@@ -87,8 +87,10 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
         if e.ename == "EngineError":  # the engine process went away while running the cell
             return RankOutcome(rank, "died", "its engine process exited")
         error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
-        if e.ename == "KeyboardInterrupt" or interrupted:  # stopped by us, however it ended
+        if interrupted:  # stopped by us, however it ended
             return RankOutcome(rank, "interrupted", error)
+        # a KeyboardInterrupt the runner did not cause (the cell raised it, or someone signalled
+        # the rank) fails the rank like any other exception: the cell did not finish there
         if e.ename in PHRASED:  # the rank's own sentence: "exited with code 3"
             return RankOutcome(rank, "error", e.evalue, _remote_traceback(e), phrased=True)
         return RankOutcome(rank, "error", error, _remote_traceback(e))

@@ -303,8 +303,7 @@ class DistributedRunner:
                 stop = await self._watch(watch, wake, deadline, stop_on_failure=True)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 stop = "interrupted"
-            restarted = False
-            death = None
+            restarted, death = False, None
             if stop is not None:
                 state.set_status("stopping", f"{stop}: interrupting every rank")
                 view.refresh(force=True)
@@ -361,6 +360,15 @@ class DistributedRunner:
                 wait = min(wait, deadline - now)
             await wake.wait(wait)
 
+    async def _end_torch_waits(self, watch: RankWatch, wake: Wakeup, after: float = 0.5) -> None:
+        """``after`` seconds after an interrupt, the ranks that stopped drop their process group:
+        that ends their peers' ``torch.distributed`` waits (gloo, NCCL), which no interrupt ends."""
+        soon = time.monotonic() + after
+        await self._watch(watch, wake, soon, stop_on_failure=False, interrupted=True)
+        stopped = [r for r in range(len(self.cluster.engines)) if r not in watch.pending]
+        if watch.pending and stopped:
+            self.cluster.backends.abandon(self.cluster.view(stopped))
+
     async def _stop_ranks(
         self, watch: RankWatch, wake: Wakeup, restart: bool = False, start_again: bool = True
     ) -> bool:
@@ -373,6 +381,8 @@ class DistributedRunner:
             try:
                 self.cluster.interrupt(pending)
                 deadline = time.monotonic() + self.grace
+                if self.cluster.backends.name == "torch":
+                    await self._end_torch_waits(watch, wake)
                 await self._watch(watch, wake, deadline, stop_on_failure=False, interrupted=True)
             except (KeyboardInterrupt, asyncio.CancelledError):  # a second interrupt: stop waiting
                 pass

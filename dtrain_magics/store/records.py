@@ -157,11 +157,14 @@ class RunRecord:
         path = self.log_paths.get(rank)
         return path.read_text(encoding="utf-8") if path and path.exists() else ""
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(
+    def __repr__(self) -> str:
+        return (
             f"<RunRecord {self.id}: {self.status} in {self.wall_time:.1f} s, "
             f"{len(self.ranks)} ranks; {self.exit_reason}>"
         )
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
 
 
 _session: list[RunRecord] = []

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from ..store.records import RunRecord
 DEFAULT_EXPERIMENT = "dtrain-magics"
 BATCH = 1000  # MLflow takes at most 1000 metrics per log_batch
 MAX_POINTS = 20_000  # per metric; longer series are averaged over neighbouring steps
+REACH_TIMEOUT = 5.0  # seconds to connect to an MLflow server before calling it unreachable
 STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 THROUGHPUT = {"steps/s": "dtrain/steps_per_s", "samples/s": "dtrain/samples_per_s"}
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
@@ -44,6 +48,26 @@ def tracking_uri(target: str, directory: Path) -> str:
     if default.startswith("sqlite:///") and not default.startswith("sqlite:////"):
         return "sqlite:///" + str((directory / default[len("sqlite:///") :]).resolve())
     return str(default)  # a remote default (an MLflow that set one): as given
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise ``ConnectionError`` if ``uri`` names an HTTP(S) server that takes no connection:
+    MLflow's client retries such a request for minutes before it gives up. Servers reached
+    through a proxy are left to MLflow."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        return
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConnectionError(
+            f"no MLflow server answers at {host}:{port} ({reason}); start it, or check the URI"
+        ) from None
 
 
 def _holds_runs(mlruns: Path) -> bool:

@@ -109,6 +109,7 @@ class Worker:
         from . import mlflow_run
 
         export.uri = mlflow_run.tracking_uri(export.target, export.directory)
+        mlflow_run.check_reachable(export.uri)
         client = self._clients.get(export.uri)
         if client is None:
             from mlflow.tracking import MlflowClient
