@@ -57,8 +57,8 @@ def _default_backend_after() -> Iterator[None]:
     import dtrain_magics
 
     magics = dtrain_magics._magics
-    key = magics.cluster.backends.key if magics is not None else None
-    if magics is not None and key is not None and key[:2] != ("horovod", "auto"):
+    if magics is not None and magics._ranks_ran not in (None, ("horovod", "auto")):
+        magics._ranks_ran = None  # what the next cell without --backend or --device keeps
         magics.cluster.backends.forget()
 
 

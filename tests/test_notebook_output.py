@@ -137,8 +137,8 @@ def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> 
         assert "[rank 1] seen 2 kept" in reply.text, reply.text
         assert (
             "The cluster was restarted (2 ranks (2 nodes × 1 proc), local launcher → 2 ranks "
-            "(2 nodes × 1 proc), local launcher, --env DTRAIN_FLAG_TEST=kept): this cell's flags "
-            "ask for another cluster."
+            "(2 nodes × 1 proc), local launcher, --env DTRAIN_FLAG_TEST): this cell's flags ask "
+            "for another cluster."
         ) in reply.text, reply.text
         reply = session.run(
             "%%distributed --backend torch --no-widget\nimport torch\nt = torch.ones(1)\n"
@@ -153,6 +153,9 @@ def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> 
         )
         assert "[rank 1] still 2.0 False kept" in reply.text, reply.text
         assert "restarted" not in reply.text
+        assert session.run("%dtrain restart", timeout=120).status == "ok"  # the ranks are new
+        reply = session.run("%%distributed --no-widget\n'dist' in globals()", timeout=120)
+        assert "Out[rank 0-1]: True" in reply.text, reply.text  # and keep the backend
         reply = session.run("%%distributed --backend horovod --no-widget\n'dist' in globals()")
         assert "Out[rank 0-1]: False" in reply.text, reply.text
         reply = session.run("print(_dtrain)")  # printed, not only shown as a cell's value

@@ -158,19 +158,26 @@ def test_a_cells_cluster_flags_change_only_what_they_name() -> None:
     from dtrain_magics.ipython.cluster_choice import described, running_except
 
     ran, ran_spec = Layout(2, 1), LaunchSpec("mpi", (("hostfile", "/a"),), (("A", "1"),))
-    asked = LaunchSpec("local", (), (("B", "2"),))  # the flags over the defaults
-    assert running_except(ran, ran_spec, {"env"}, Layout(1, 1), asked) == (
+    # the flags over the defaults, whose launcher is local: --env alone
+    asked = DistributedSettings(env={"B": "2"})
+    assert running_except(ran, ran_spec, {"env"}, asked) == (
         Layout(2, 1),
         LaunchSpec("mpi", (("hostfile", "/a"),), (("B", "2"),)),
     )
-    asked = LaunchSpec("mpi", (("hostfile", "/b"),), ())
-    assert running_except(ran, ran_spec, {"procs_per_node", "hostfile"}, Layout(1, 2), asked) == (
+    # an option of the running launcher, without --launcher
+    asked = DistributedSettings(procs_per_node=2, hostfile="/b")
+    assert running_except(ran, ran_spec, {"procs_per_node", "hostfile"}, asked) == (
         Layout(2, 2),
         LaunchSpec("mpi", (("hostfile", "/b"),), (("A", "1"),)),
     )
-    asked = LaunchSpec("local", (), ())  # another launcher: its own settings, the running env
-    assert running_except(ran, ran_spec, {"launcher"}, Layout(1, 1), asked) == (
-        Layout(2, 1),
+    # another launcher: its own settings and layout, the running environment
+    asked = DistributedSettings(launcher="local")
+    assert running_except(ran, ran_spec, {"launcher"}, asked) == (
+        Layout(1, 1),
         LaunchSpec("local", (), (("A", "1"),)),
     )
-    assert described(ran, ran_spec) == "2 ranks (2 nodes × 1 proc), mpi launcher, --env A=1"
+    with pytest.raises(BadOptions, match="make 2048 ranks; at most 1024 are supported"):
+        running_except(
+            Layout(32, 1), LaunchSpec(), {"procs_per_node"}, DistributedSettings(procs_per_node=64)
+        )
+    assert described(ran, ran_spec) == "2 ranks (2 nodes × 1 proc), mpi launcher, --env A"

@@ -213,14 +213,16 @@ class DistributedSettings(Configurable):
             )
         return self
 
-    def launch_spec(self) -> LaunchSpec:
-        """The launcher's own settings (and those it uses) and the ranks' environment."""
-        launcher = get_launcher(self.launcher)
+    def launch_spec(self, launcher: str | None = None) -> LaunchSpec:
+        """The launcher's own settings (and those it uses) and the ranks' environment; for
+        ``launcher`` if given, else for the one these settings name."""
+        chosen = launcher or self.launcher
         traits = self.setting_traits()
-        names = [n for n, t in traits.items() if t.metadata.get("launcher") == self.launcher]
-        options = {name: _frozen(getattr(self, name)) for name in [*names, *launcher.uses]}
+        names = [n for n, t in traits.items() if t.metadata.get("launcher") == chosen]
+        uses = get_launcher(chosen).uses
+        options = {name: _frozen(getattr(self, name)) for name in [*names, *uses]}
         return LaunchSpec(
-            launcher=self.launcher,
+            launcher=chosen,
             options=tuple(sorted(options.items())),
             env=tuple(sorted(self.env.items())),
         )

@@ -5,75 +5,93 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..cluster.launchers import LaunchSpec, Layout
+from ..cluster.launchers import LAUNCHERS, LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..config.options import RunOptions
+from ..config.settings import DistributedSettings
+from ..config.traits import MAX_RANKS
+from ..errors import BadOptions
+
+RanksRan = tuple[str, str]
+"""The backend and device (as asked: ``auto``, ``cpu``, ``cuda``) the ranks last ran."""
 
 
 def cluster_for(
     cluster: TrainingCluster,
     flags: set[str],
-    layout: Layout,
-    spec: LaunchSpec,
+    settings: DistributedSettings,
     settings_changed: bool,
 ) -> tuple[Layout, LaunchSpec, str | None]:
     """The cluster a cell runs on, and a sentence if that restarts the running one.
 
-    ``flags``: the cell's flags for the cluster (layout, launcher, rank environment);
-    ``layout`` and ``spec``: what those flags and the settings ask for; ``settings_changed``:
-    settings were applied in the form (or the config file) since the cluster started. A cell
-    without such flags runs on the running cluster as it is; one with some of them changes what
+    ``flags``: the settings the cell's flags give; ``settings``: those flags over the defaults;
+    ``settings_changed``: settings were applied in the form (or the config file) since the
+    cluster started. A cell without flags for the cluster (layout, launcher and what it uses,
+    rank environment) runs on the running cluster as it is; one with some of them changes what
     they name and keeps the rest as the running cluster has it. Changed settings apply in full.
     """
+    layout, spec = Layout(settings.nodes, settings.procs_per_node), settings.launch_spec()
     ran = cluster.layout
     if not cluster.running or ran is None or not cluster.needs_start(layout, spec):
         return layout, spec, None
-    if not flags:
-        if not settings_changed:
-            return ran, cluster.spec, None
+    uses = {name for launcher in LAUNCHERS.values() for name in launcher.uses}
+    flags = flags & (type(settings).cluster_settings() | uses)
+    if settings_changed:
         why = "the settings applied in the form changed since it started"
+    elif not flags:
+        return ran, cluster.spec, None
     else:
-        if not settings_changed:
-            layout, spec = running_except(ran, cluster.spec, flags, layout, spec)
-            if not cluster.needs_start(layout, spec):
-                return layout, spec, None
+        layout, spec = running_except(ran, cluster.spec, flags, settings)
+        if not cluster.needs_start(layout, spec):
+            return layout, spec, None
         why = "this cell's flags ask for another cluster"
     was, now = described(ran, cluster.spec), described(layout, spec)
     return layout, spec, f"The cluster was restarted ({was} → {now}): {why}."
 
 
 def running_except(
-    ran: Layout, ran_spec: LaunchSpec, flags: set[str], layout: Layout, spec: LaunchSpec
+    ran: Layout, ran_spec: LaunchSpec, flags: set[str], settings: DistributedSettings
 ) -> tuple[Layout, LaunchSpec]:
     """The running cluster's layout and spec (``ran``, ``ran_spec``), with what ``flags`` name
-    taken from ``layout`` and ``spec``: ``--env FOO=1`` alone keeps the running nodes."""
+    taken from ``settings``: ``--env FOO=1`` alone keeps the running nodes. Another launcher
+    takes its own settings and layout, and the running environment unless ``--env`` is given.
+    """
+    if "launcher" in flags and settings.launcher != ran_spec.launcher:
+        spec = settings.launch_spec()
+        env = spec.env if "env" in flags else ran_spec.env
+        return Layout(settings.nodes, settings.procs_per_node), dataclasses.replace(spec, env=env)
     layout = Layout(
-        layout.nodes if "nodes" in flags else ran.nodes,
-        layout.procs_per_node if "procs_per_node" in flags else ran.procs_per_node,
+        settings.nodes if "nodes" in flags else ran.nodes,
+        settings.procs_per_node if "procs_per_node" in flags else ran.procs_per_node,
     )
-    env = spec.env if "env" in flags else ran_spec.env
-    if "launcher" in flags and spec.launcher != ran_spec.launcher:
-        return layout, dataclasses.replace(spec, env=env)  # another launcher, its own settings
+    if layout.ranks > MAX_RANKS:
+        raise BadOptions(
+            f"{layout.nodes} nodes × {layout.procs_per_node} procs per node (the running "
+            f"cluster's, where this cell gives none) make {layout.ranks} ranks; at most "
+            f"{MAX_RANKS} are supported."
+        )
+    asked = settings.launch_spec(ran_spec.launcher)  # the running launcher's, as flags say
     options = dict(ran_spec.options)
-    if spec.launcher == ran_spec.launcher:
-        options.update((name, value) for name, value in spec.options if name in flags)
+    options.update((name, value) for name, value in asked.options if name in flags)
+    env = asked.env if "env" in flags else ran_spec.env
     return layout, LaunchSpec(ran_spec.launcher, tuple(sorted(options.items())), env)
 
 
 def ranks_as_they_are(
-    cluster: TrainingCluster, flags: set[str], options: RunOptions, settings_changed: bool
+    ran: RanksRan | None, flags: set[str], options: RunOptions, settings_changed: bool
 ) -> RunOptions:
-    """``options`` with the backend and device the running ranks have, where the cell names
-    neither and no settings were applied in the form since: the defaults are for new ranks."""
-    key = cluster.backends.key
-    if key is None or not cluster.running or settings_changed:
+    """``options`` with the backend and device the ranks last ran (``ran``, None where no
+    cluster runs), where the cell names neither and no settings were applied in the form
+    since: the defaults are for a new cluster."""
+    if ran is None or settings_changed:
         return options
-    backend = options.backend if "backend" in flags else key[0]
-    device = options.device if "device" in flags else key[1]
+    backend = options.backend if "backend" in flags else ran[0]
+    device = options.device if "device" in flags else ran[1]
     return dataclasses.replace(options, backend=backend, device=device)
 
 
 def described(layout: Layout, spec: LaunchSpec) -> str:
-    """``2 ranks (2 nodes × 1 proc), local launcher, --env FOO=bar``."""
-    env = "".join(f" {name}={value}" for name, value in spec.env)
-    return f"{layout}, {spec.launcher} launcher" + (f", --env{env}" if env else "")
+    """``2 ranks (2 nodes × 1 proc), local launcher, --env FOO``: the environment's names only
+    (its values may be secrets from the form or config file)."""
+    env = ", ".join(name for name, _ in spec.env)
+    return f"{layout}, {spec.launcher} launcher" + (f", --env {env}" if env else "")

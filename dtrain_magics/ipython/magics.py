@@ -57,6 +57,7 @@ class DistributedMagics(Magics):
         self.runner = DistributedRunner(self.cluster)
         self.settings = SettingsStore(parent=shell)
         self._cluster_version = -1  # the settings' version the cluster was last asked for
+        self._ranks_ran: choice.RanksRan | None = None  # kept through restarts, not a stop
         self._warned_crowded = False
         try:
             self.settings.load()
@@ -194,17 +195,19 @@ class DistributedMagics(Magics):
             raise UsageError(str(e)) from None
         flags = set(settings_from_args(args, self.settings.settings_class))
         changed = self.settings.version != self._cluster_version  # applied in the form since
-        cluster_flags = flags & self.settings.settings_class.cluster_settings()
-        layout, spec, note = choice.cluster_for(
-            self.cluster, cluster_flags, options.layout, settings.launch_spec(), changed
-        )
+        try:
+            layout, spec, note = choice.cluster_for(self.cluster, flags, settings, changed)
+        except BadOptions as e:
+            raise UsageError(str(e)) from None
         options = dataclasses.replace(
             options,
             nodes=layout.nodes,
             procs_per_node=layout.procs_per_node,
             launcher=spec.launcher,
         )
-        options = choice.ranks_as_they_are(self.cluster, flags, options, changed)
+        if cell is not None:  # a script runs as under mpiexec: with the flags' backend alone
+            ran = self._ranks_ran if self.cluster.running else None
+            options = choice.ranks_as_they_are(ran, flags, options, changed)
         self._cluster_version = self.settings.version
         notes = [n for n in (note, self._crowded(layout, spec)) if n]
         kwargs = {
@@ -249,6 +252,9 @@ class DistributedMagics(Magics):
                 e.remote_traceback = _CELL_COUNT.sub(f"In[{count}]", e.remote_traceback)
             raise
         finally:
+            key = self.cluster.backends.key
+            if key is not None:  # the ranks' backend and device, for cells that name neither
+                self._ranks_ran = (key[0], key[1])
             record = last_run()
             if record is not None:
                 self._namespace()["_dtrain"] = record
@@ -339,6 +345,7 @@ class DistributedMagics(Magics):
     def _dtrain_stop(self) -> None:
         was, owned = self.cluster.running, self.cluster.owns_processes
         self.cluster.stop()
+        self._ranks_ran = None  # the next cluster starts from the settings
         if was and not owned:
             print("Disconnected; the cluster was not started here, so it keeps running.")
         else:

@@ -362,7 +362,7 @@ class DistributedRunner:
 
     async def _end_torch_waits(self, watch: RankWatch, wake: Wakeup, after: float = 0.5) -> None:
         """``after`` seconds after an interrupt, the ranks that stopped drop their process group:
-        that ends their peers' ``torch.distributed`` waits (gloo, NCCL), which no interrupt ends."""
+        that ends their peers' ``torch.distributed`` waits (gloo), which no interrupt ends."""
         soon = time.monotonic() + after
         await self._watch(watch, wake, soon, stop_on_failure=False, interrupted=True)
         stopped = [r for r in range(len(self.cluster.engines)) if r not in watch.pending]

@@ -53,12 +53,13 @@ def tracking_uri(target: str, directory: Path) -> str:
 def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
     """Raise ``ConnectionError`` if ``uri`` names an HTTP(S) server that takes no connection:
     MLflow's client retries such a request for minutes before it gives up. Servers reached
-    through a proxy are left to MLflow."""
+    through a proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``) are left to MLflow."""
     parts = urllib.parse.urlsplit(uri)
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host:
         return
-    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+    proxies = urllib.request.getproxies()
+    if (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
