@@ -50,16 +50,14 @@ def cluster(ip: Any) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _default_backend_after() -> Iterator[None]:
     """Each test starts from the default backend and device: a cell without ``--backend`` or
-    ``--device`` keeps what the ranks run, so a test that left the session cluster on
-    ``--backend torch`` (or ``--device cuda``) has its ranks initialised again, with the
-    defaults, by the next test's first cell."""
+    ``--device`` keeps what the ranks last ran, so a test that left the session cluster on
+    ``--backend torch`` (or ``--device cuda``) has it forgotten here, and the next test's first
+    cell initialises the ranks again with the defaults (their backend differs)."""
     yield
     import dtrain_magics
 
-    magics = dtrain_magics._magics
-    if magics is not None and magics._ranks_ran not in (None, ("horovod", "auto")):
-        magics._ranks_ran = None  # what the next cell without --backend or --device keeps
-        magics.cluster.backends.forget()
+    if dtrain_magics._magics is not None:
+        dtrain_magics._magics._ranks_ran = None  # what a cell without those flags keeps
 
 
 @pytest.fixture
