@@ -123,7 +123,7 @@ def test_settings_applied_in_the_form_restart_the_cluster_and_say_so(tmp_path: P
 def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> None:
     """``--env`` alone keeps the running cluster's nodes; a cell without ``--backend`` keeps the
     ranks' backend; a record prints as it shows; stopping a restarted cluster prints no engine
-    log."""
+    log (the kernel's diagnostics log keeps it)."""
     session = KernelSession(env=_env())
     try:
         assert session.run("%load_ext dtrain_magics").status == "ok"
@@ -164,6 +164,51 @@ def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> 
             reply = session.run(line, timeout=120)  # log when it stopped them after a restart
             assert reply.status == "ok", reply.text
             assert "Output for" not in reply.text and "IPEngine" not in reply.text, reply.text
+        reply = session.run(  # kept for a bug report instead, in the kernel's diagnostics log
+            "from dtrain_magics.store import diagnostics\nprint(diagnostics.log_path().read_text())"
+        )
+        assert "WARNING dtrain_magics.ipyparallel: Output for ipengine" in reply.text, reply.text
+    finally:
+        session.close()
+
+
+def test_cells_read_and_fail_as_local_cells_do() -> None:
+    """IPython's syntax runs on the ranks; a syntax error shows as a local cell's, at the
+    cell's line, with nothing sent; top-level ``await`` (which ipyparallel's engines never
+    answer) is refused so; ``sys.exit`` and ``--check-replicas`` fail with a sentence, not
+    IPython's console hints or the injected check's line."""
+    plain = re.compile(r"\x1b\[[0-9;]*m")
+    session = KernelSession(env=_env())
+    try:
+        assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = session.run("%%distributed --nodes 2 --no-widget\nx = (1,\n")
+        assert reply.ename == "SyntaxError", reply.text
+        shown = plain.sub("", reply.text)
+        assert "File <distributed cell>:2" in shown and "x = (1," in shown, shown
+        assert "Traceback" not in shown and "magics.py" not in shown, shown
+        assert "Starting 2 ranks" not in shown  # nothing was sent: no cluster was started
+        reply = session.run(
+            "%%distributed --nodes 2 --no-widget\n!echo shell $PPID\n%time y = 1", timeout=180
+        )
+        assert reply.status == "ok", reply.text
+        assert "[rank 0] shell" in reply.text and "[rank 1] Wall time" in reply.text, reply.text
+        reply = session.run("%%distributed --no-widget\nimport asyncio\nawait asyncio.sleep(0)")
+        assert reply.ename == "SyntaxError", reply.text
+        assert "the ranks cannot await at the top level of a cell" in reply.text, reply.text
+        assert "File <distributed cell>:3" in plain.sub("", reply.text), reply.text
+        reply = session.run("%%distributed --no-widget\nimport sys\nsys.exit(3)")
+        assert reply.ename == "RankError" and "rank 0 failed with SystemExit: 3." in reply.text
+        assert "%tb" not in reply.text and "To exit" not in reply.text, reply.text
+        reply = session.run(
+            "%%distributed --no-widget --check-replicas\nimport torch\n"
+            "m = torch.nn.Linear(2, 2)\nif rank == 1:\n    torch.nn.init.zeros_(m.bias)\n"
+            "    torch.nn.init.ones_(m.weight)\n"
+        )
+        assert reply.ename == "RankError", reply.text
+        assert "rank 0 found that the replicas differ: rank 1 holds" in reply.text, reply.text
+        assert "check_namespace" not in reply.text and "Traceback" not in reply.text, reply.text
+        reply = session.run("%%distributed --no-widget\nprint('after', y)")
+        assert "[rank 1] after 1" in reply.text, reply.text  # the ranks and namespaces stay
     finally:
         session.close()
 

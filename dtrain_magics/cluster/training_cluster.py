@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from ..errors import ClusterStartError
-from ..store import kernel_state
+from ..store import diagnostics, kernel_state
 from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
@@ -210,9 +210,9 @@ class TrainingCluster:
         self.layout = layout
         self._cluster = ipp.Cluster(
             profile=self.profile,
-            # not WARNING: ipyparallel then prints the engines' whole log when it stops a set
-            # that exits with an error (after a restart); the runner reports deaths itself
-            log_level=logging.ERROR,
+            # this kernel's diagnostics log, not the cell: ipyparallel prints the engines' whole
+            # log when it stops a set that exits with an error; the runner reports deaths itself
+            log=diagnostics.library_log("ipyparallel"),
             shutdown_atexit=True,
             # engines start with the controller and wait for its connection file themselves
             send_engines_connection_env=False,

@@ -4,9 +4,16 @@ In a kernel the cell then yields to the kernel's event loop while the ranks run,
 events (the dashboard's Stop button) are handled during the run. ``%%distributed?`` and
 ``%distributed?`` are left alone, and so is any other magic whose name starts with
 ``distributed``.
+
+A cell's syntax is checked here, as IPython checks any cell's, so a ``SyntaxError`` shows as
+it does for a local cell (no frames of the magic) and the cell never runs. The check makes the
+transformer one that IPython's ``check_complete`` skips: consoles then treat a
+``%%distributed`` cell as any cell magic, complete at a blank line.
 """
 
 from __future__ import annotations
+
+from ..run.cell_syntax import check_cell_syntax
 
 MAGIC = "%%distributed"
 LINE_MAGIC = "%distributed"
@@ -25,6 +32,8 @@ def await_distributed_cells(lines: list[str]) -> list[str]:
         if line is None:
             return lines
         cell = "".join(lines[1:])
+        if cell.strip():  # an empty cell gets the magic's own message
+            check_cell_syntax(cell, first_line=2)
         return [f"{CALL}({line!r}, {cell!r})\n"]
     if not any(line.startswith(LINE_MAGIC) for line in lines):
         return lines
@@ -50,3 +59,6 @@ def _arguments(text: str, magic: str) -> str | None:
     if line.rstrip().endswith("?") or (line and not line[0].isspace()):
         return None
     return line
+
+
+await_distributed_cells.has_side_effects = True  # type: ignore[attr-defined]

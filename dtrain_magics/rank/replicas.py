@@ -19,9 +19,14 @@ Sums = dict[str, Entry]  # dtype and CRC-32 of one tensor; a model's entries by 
 
 
 class _Phrased(RuntimeError):
-    """An error whose message reads on from "rank N"; its traceback ends at the user's call."""
+    """An error whose message reads on from "rank N"; its traceback ends at the user's call,
+    and shows nothing when ``--check-replicas`` made the call (the message says it all)."""
+
+    by_flag = False
 
     def _render_traceback_(self) -> list[str]:
+        if self.by_flag:
+            return []
         return render(self, rebuild(_user_frames(self.__traceback__)))
 
 
@@ -193,4 +198,8 @@ def _lookup(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any
 def check_namespace(namespace: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     """``--check-replicas [names]`` after a cell: check the named models of ``namespace`` (every
     ``torch.nn.Module`` bound in it when ``names`` is empty) on every rank; the names checked."""
-    return list(_compare(lambda: _lookup(namespace, names)))
+    try:
+        return list(_compare(lambda: _lookup(namespace, names)))
+    except _Phrased as e:
+        e.by_flag = True
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from typing import Any
 
 from . import collectives, idle, interrupts, subset, where
@@ -50,6 +51,8 @@ def init_rank(
         interrupts.ignore_after_cell(shell)
         subset.install(shell)
         where.install(shell)
+        # a cell's sys.exit() fails it on the rank; IPython's hint for a console is not for it
+        warnings.filterwarnings("ignore", "To exit: use 'exit', 'quit'", UserWarning)
         if backend == "horovod":
             idle.install(shell)
         if own_engine:

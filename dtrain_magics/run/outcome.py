@@ -103,6 +103,8 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
 
 
 def _remote_traceback(e: Any) -> str:
+    if e.ename == "SystemExit":  # IPython's "use %tb to see the full traceback": not here
+        return ""
     tb = e.traceback
     if isinstance(tb, list):
         tb = "\n".join(tb)

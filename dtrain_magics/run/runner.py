@@ -22,6 +22,7 @@ from ..errors import BadOptions
 from ..store import kernel_state
 from ..store.records import RunStore, new_run_id
 from .aio import Wakeup, run_sync
+from .cell_syntax import check_cell_syntax
 from .death import read_cause_of_death
 from .outcome import (
     STATUS_OF_STOP,
@@ -42,7 +43,6 @@ from .view import RunView, ViewFactory, no_view
 from .watch import RankWatch
 from .where import WhereWatch
 
-CELL_FILENAME = "<distributed cell>"
 SETTLE = 0.25  # seconds the other ranks get to report after one fails, before the interrupt
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class DistributedRunner:
             raise BadOptions(
                 "the cell is empty: put the code to run on every rank below %%distributed."
             )
-        compile(code, CELL_FILENAME, "exec")
+        check_cell_syntax(code)
         values = collect_push(namespace, options.push)
         spec = spec or LaunchSpec(launcher=options.launcher)
         size = options.layout.ranks

@@ -43,3 +43,14 @@ def enable() -> Path:
     logger.setLevel(logging.DEBUG)
     logger.propagate = False  # the notebook shows sentences, the file the traces
     return path
+
+
+def library_log(name: str) -> logging.Logger:
+    """A logger at INFO for the library ``name``, written to this log and not to the cell.
+
+    ipyparallel, given it, keeps its warnings (a stopped engine set's whole log) out of the
+    notebook; at DEBUG it would copy every process's output into the cell as it comes.
+    """
+    logger = logging.getLogger(f"{LOGGER}.{name}")
+    logger.setLevel(logging.INFO)
+    return logger
