@@ -207,6 +207,16 @@ def test_cells_read_and_fail_as_local_cells_do() -> None:
         assert reply.ename == "RankError", reply.text
         assert "rank 0 found that the replicas differ: rank 1 holds" in reply.text, reply.text
         assert "check_namespace" not in reply.text and "Traceback" not in reply.text, reply.text
+        reply = session.run(
+            "%%distributed --no-widget\nclass Bad:\n    def __repr__(self):\n"
+            "        raise RuntimeError(f'repr exploded on {rank}')\n"
+            "Bad() if rank == 1 else 'fine'"
+        )  # an error in showing the value, named as the rank's traceback names it
+        assert "rank 1 failed with RuntimeError: repr exploded on 1." in reply.text, reply.text
+        reply = session.run(
+            "%%distributed --no-widget\nraise ValueError('\\x1b[1mbold\\x1b[0m words')"
+        )
+        assert "rank 0 failed with ValueError: bold words." in reply.text, reply.text
         reply = session.run("%%distributed --no-widget\nprint('after', y)")
         assert "[rank 1] after 1" in reply.text, reply.text  # the ranks and namespaces stay
     finally:

@@ -261,11 +261,48 @@ def test_a_script_on_some_ranks(ip: Any, cluster: Any, scripts: Path, capsys: An
     assert capsys.readouterr().out.count("[rank 1] on 1") == 1
 
 
+def test_arguments_split_as_a_shell_splits_them(
+    ip: Any, cluster: Any, scripts: Path, capsys: Any
+) -> None:
+    argv = _script(scripts, "argv.py", "import sys\nprint('ARGV', sys.argv[1:])\n")
+    line = f"""--nodes 2 -- {argv} --name "my run" --data '/tmp/my dir' --f="a b" plain"""
+    ip.run_line_magic("distributed", line)
+    words = ["--name", "my run", "--data", "/tmp/my dir", "--f=a b", "plain"]
+    assert f"[rank 1] ARGV {words}" in capsys.readouterr().out
+    record = dtrain_magics.last_run()
+    assert record is not None
+    assert (
+        record.options["script"] == "argv.py --name 'my run' --data '/tmp/my dir' '--f=a b' plain"
+    )
+
+
+def test_a_torchrun_script_finds_its_variables(
+    ip: Any, cluster: Any, scripts: Path, capsys: Any
+) -> None:
+    body = (
+        "import os\nimport torch.distributed as dist\n"
+        "if not dist.is_initialized():\n    dist.init_process_group('gloo')\n"
+        "local_rank = int(os.environ['LOCAL_RANK'])\n"
+        "print('TORCHRUN', os.environ['RANK'], os.environ['WORLD_SIZE'], local_rank,"
+        " os.environ['LOCAL_WORLD_SIZE'], dist.get_rank())\n"
+    )
+    script = _script(scripts, "torchrun_style.py", body)
+    ip.run_line_magic("distributed", f"--nodes 2 --backend torch {script}")
+    assert "[rank 1] TORCHRUN 1 2 0 1 1" in capsys.readouterr().out  # 2 nodes × 1 proc
+    ip.run_cell_magic(
+        "distributed", "--nodes 2 --backend horovod", "import os\nprint('RANK' in os.environ)"
+    )
+    assert "[rank 1] False" in capsys.readouterr().out  # Horovod's ranks: as under mpiexec
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("--nodes 2", "name the script to run: %distributed [flags] train.py [its arguments]."),
+        ("--nodes 2 --", "name the script to run: %distributed [flags] train.py [its arguments]."),
         ("--nodes 2 missing.py", "the script missing.py was not found in "),
+        ("--nodes 2 jobs", "jobs is a directory: name the script in it to run."),
+        ("--nodes 2 jobs/train.py --name 'open", "the line does not split into words (No closing"),
         ("--nodes 2 --pull x jobs/train.py", "--push and --pull reach the cells' namespaces"),
     ],
 )

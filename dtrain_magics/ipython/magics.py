@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,8 +288,12 @@ class DistributedMagics(Magics):
     def _parse_flags(self, line: str, script: bool = False) -> argparse.Namespace:
         """The parsed flags of a ``%%distributed`` line (its cells run again and again), or of
         a ``%distributed`` line with ``script`` (the flags, then the script's command)."""
-        if script:
-            return self._script_parser.parse_argstring(line)  # type: ignore[no-any-return]
+        if script:  # the script's words as a shell splits them: quotes group, and go
+            try:
+                words = shlex.split(line)
+            except ValueError as e:
+                raise UsageError(f"the line does not split into words ({e}): close it.") from None
+            return self._script_parser.parse_args(words)
         return parse_argstring(self.distributed, line)  # type: ignore[no-any-return]
 
     @functools.cached_property

@@ -81,6 +81,7 @@ def init_rank(
         hostname=socket.gethostname(),
     )
     _context.set_current(ctx)
+    _set_torchrun_environment(ctx if backend == "torch" else None)
     names.update(rank=rank, size=size, local_rank=local_rank, device=torch_device, dtrain=dtrain)
     ns.update(names)
     _bound.update(names)
@@ -164,3 +165,21 @@ def shutdown_rank() -> None:
         _backend.shutdown()
         _backend = None
     _context.set_current(None)
+    _set_torchrun_environment(None)
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+_torchrun_set = False
+
+
+def _set_torchrun_environment(ctx: _context.RankContext | None) -> None:
+    """Set what ``torchrun`` sets for a script that reads it (``int(os.environ["LOCAL_RANK"])``)
+    under the torch backend; remove what this set before otherwise."""
+    global _torchrun_set
+    if ctx is not None:
+        values = (ctx.rank, ctx.size, ctx.local_rank, ctx.local_size)
+        os.environ.update(zip(TORCHRUN_VARIABLES, map(str, values), strict=True))
+    elif _torchrun_set:
+        for name in TORCHRUN_VARIABLES:
+            os.environ.pop(name, None)
+    _torchrun_set = ctx is not None

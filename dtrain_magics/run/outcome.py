@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import RankError, RunInterrupted, RunTimeoutError
 from ..store.schema import RankStatus, RunStatus
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 Stop = Literal["failed", "timeout", "interrupted"]
 """Why the runner stopped the ranks before they all finished."""
 
@@ -86,7 +88,7 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
     except RemoteError as e:
         if e.ename == "EngineError":  # the engine process went away while running the cell
             return RankOutcome(rank, "died", "its engine process exited")
-        error = f"{e.ename}: {e.evalue}" if e.evalue else str(e.ename)
+        error = _error_line(e)
         if interrupted:  # stopped by us, however it ended
             return RankOutcome(rank, "interrupted", error)
         # a KeyboardInterrupt the runner did not cause (the cell raised it, or someone signalled
@@ -100,6 +102,18 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
         return RankOutcome(
             rank, "interrupted" if interrupted else "died", f"{type(e).__name__}: {e}"
         )
+
+
+def _error_line(e: Any) -> str:
+    """``ValueError: boom`` for a rank's error, without terminal colours. An exception in
+    IPython's display of the cell's value reaches the reply as ``NoneType: None``: the last
+    line of the rank's traceback names it instead."""
+    ename, evalue = str(e.ename), _ANSI.sub("", str(e.evalue or ""))
+    if ename == "NoneType":
+        last = [line for line in _ANSI.sub("", _remote_traceback(e)).splitlines() if line.strip()]
+        if last and ":" in last[-1]:
+            return last[-1].strip()
+    return f"{ename}: {evalue}" if evalue else ename
 
 
 def _remote_traceback(e: Any) -> str:

@@ -24,11 +24,15 @@ class Script:
         """``["train.py", "--epochs", "3"]`` from the notebook's working directory, checked to
         name a file (``BadOptions`` otherwise)."""
         cwd = cwd or os.getcwd()
+        if words[:1] == ["--"]:  # the end of the flags, as mpiexec takes it
+            words = words[1:]
         if not words:
             raise BadOptions(
                 "name the script to run: %distributed [flags] train.py [its arguments]."
             )
         path, *args = words
+        if os.path.isdir(os.path.join(cwd, path)):
+            raise BadOptions(f"{path} is a directory: name the script in it to run.")
         if not os.path.isfile(os.path.join(cwd, path)):
             raise BadOptions(
                 f"the script {path} was not found in {cwd} (the notebook's working directory); "
