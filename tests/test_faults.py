@@ -278,6 +278,37 @@ def test_load_checkpoint_of_a_missing_file_is_none(run: Any, cluster: Any, tmp_p
     assert rank_values(cluster, "missing") == [None, None]
 
 
+def test_a_checkpoint_on_rank_0_only_fails_the_cell_and_leaves_the_ranks_in_step(
+    run: Any, cluster: Any, tmp_path: Path
+) -> None:
+    """``if rank == 0: dtrain.checkpoint(...)`` finishes on rank 0 (its broadcast leaves at
+    once); the other ranks would have taken that message in their next call instead of their
+    own. The cell fails naming the rank behind, which takes what it missed."""
+    a, b = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        run(
+            f"if rank == 0:\n    dtrain.checkpoint({{'step': 100}}, {a!r})\n"
+            f"    dtrain.checkpoint({{'step': 200}}, {a!r})",
+            "--nodes 2",
+        )
+    assert str(info.value) == (
+        "rank 1 did not call dtrain.checkpoint or dtrain.load_checkpoint as rank 0 did (2 calls "
+        "there, 0 here): every rank must call them, and rank 0 alone writes or reads the file; "
+        "take them out of `if rank == 0:`."
+    )
+    assert time.monotonic() - started < 10
+    run(f"dtrain.checkpoint({{'step': 5}}, {b!r})\nloaded = dtrain.load_checkpoint({b!r})")
+    assert rank_values(cluster, "loaded") == [{"step": 5}, {"step": 5}]  # in step again
+    with pytest.raises(RankError, match="rank 1 failed with ValueError: one rank broke"):
+        run(
+            f"if rank == 1:\n    raise ValueError('one rank broke')\n"
+            f"dtrain.checkpoint({{'step': 6}}, {b!r})"
+        )  # rank 0 saved without rank 1
+    run(f"loaded = dtrain.load_checkpoint({b!r})")
+    assert rank_values(cluster, "loaded") == [{"step": 6}, {"step": 6}]
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

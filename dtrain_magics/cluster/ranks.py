@@ -174,6 +174,21 @@ class RankBackends:
         return data.pop(STUCK, None)  # type: ignore[no-any-return]
 
     @staticmethod
+    def take_broadcasts(data: dict[str, Any]) -> int:
+        """How many of rank 0's broadcasts (``dtrain.checkpoint``, ``load_checkpoint``) a rank
+        took part in during its cell, taken out of its published ``data``."""
+        from ..rank.checkpoint import BROADCASTS
+
+        return int(data.pop(BROADCASTS, 0))
+
+    @staticmethod
+    def take_missed_broadcasts(view: Any, count: int, timeout: float = 10.0) -> None:
+        """Have the rank of ``view`` take ``count`` broadcasts rank 0 made without it."""
+        from ..rank.checkpoint import take_missed
+
+        view.apply_async(take_missed, count).get(timeout=timeout)
+
+    @staticmethod
     def abandon(view: Any) -> None:
         """Have the ranks of ``view`` drop their process group, without waiting: a rank of a
         cell on the others waits for them in a ``torch.distributed`` collective, and only that

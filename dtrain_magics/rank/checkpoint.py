@@ -20,6 +20,45 @@ from typing import Any
 from . import telemetry
 from .subset import world_comm
 
+BROADCASTS = "dtrain-broadcasts"
+"""The data key a rank publishes at the end of a cell that took part in rank 0's broadcasts
+(``checkpoint``, ``load_checkpoint``): how many. A small broadcast leaves rank 0 at once, so
+rank 0 alone (``if rank == 0: dtrain.checkpoint(...)``) finishes, and the other ranks would
+take its message in their next call instead of their own; the notebook compares the counts
+and has the ranks behind take what they missed (``take_missed``)."""
+_broadcasts = 0
+
+
+def _broadcast(comm: Any, obj: Any) -> Any:
+    global _broadcasts
+    _broadcasts += 1
+    return comm.bcast(obj, root=0)
+
+
+def take_missed(count: int) -> None:
+    """Take ``count`` broadcasts rank 0 made without this rank (sent already: no wait)."""
+    from mpi4py import MPI
+
+    for _ in range(count):
+        MPI.COMM_WORLD.bcast(None, root=0)
+
+
+def _before_cell() -> None:
+    global _broadcasts
+    _broadcasts = 0
+
+
+def _after_cell() -> None:
+    if _broadcasts:
+        telemetry.publish_data({BROADCASTS: _broadcasts})
+
+
+def install(shell: Any) -> None:
+    """Count this rank's part in rank 0's broadcasts per cell (idempotent)."""
+    if _before_cell not in shell.events.callbacks["pre_execute"]:
+        shell.events.register("pre_execute", _before_cell)
+        shell.events.register("post_execute", _after_cell)
+
 
 def _temp_prefix(path: str) -> str:
     """The start of the names of ``path``'s temporary files: ``.NAME.``."""
@@ -98,7 +137,7 @@ def checkpoint(obj: Any, path: str) -> None:
             save_atomic(obj, path)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
-    error = comm.bcast(error, root=0)
+    error = _broadcast(comm, error)
     if error is not None:
         raise RuntimeError(f"saving the checkpoint {path} failed on rank 0: {error}")
 
@@ -120,7 +159,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = T
                     message = ("ok", f.read())
             except OSError as e:
                 message = ("error", f"{type(e).__name__}: {e}")
-    kind, payload = comm.bcast(message, root=0)
+    kind, payload = _broadcast(comm, message)
     if kind == "missing":
         return None
     if kind == "error":

@@ -11,6 +11,7 @@ from typing import Any
 from . import collectives, idle, interrupts, subset, where
 from . import rank_context as _context
 from .backends import Backend, make_backend
+from .checkpoint import install as count_broadcasts
 from .compat import check_backend_device
 from .devices import resolve_device
 from .world import place
@@ -51,6 +52,7 @@ def init_rank(
         interrupts.ignore_after_cell(shell)
         subset.install(shell)
         where.install(shell)
+        count_broadcasts(shell)
         # a cell's sys.exit() fails it on the rank; IPython's hint for a console is not for it
         warnings.filterwarnings("ignore", "To exit: use 'exit', 'quit'", UserWarning)
         if backend == "horovod":

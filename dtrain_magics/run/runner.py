@@ -1,8 +1,7 @@
 """Run one cell on every rank: prepare the ranks, execute, watch, stop them all on failure.
 
-One async implementation; ``run`` is its thin sync wrapper. While the ranks run, the runner
-sleeps until ipyparallel's I/O thread receives a message for it (``aio.Wakeup``), a view asks
-to be refreshed, or a deadline passes: it does not poll.
+One async implementation (``run`` wraps it). While the ranks run, the runner sleeps until a
+message for it arrives (``aio.Wakeup``), a view asks to be refreshed, or a deadline passes.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from ..errors import BadOptions
 from ..store import kernel_state
 from ..store.records import RunStore, new_run_id
 from .aio import Wakeup, run_sync
+from .broadcasts import settle_broadcasts
 from .cell_syntax import check_cell_syntax
 from .death import read_cause_of_death
 from .outcome import (
@@ -260,10 +260,9 @@ class DistributedRunner:
         where_after: float | None = None,
         retry: bool = False,
     ) -> RunResult:
-        """Execute ``code`` on ``ranks`` (on some of the ranks, if the state's info names them:
-        their collectives fail); on a failure, timeout or interrupt stop them all. With
-        ``retry``, a cluster that lost a rank is stopped but not started again: the run
-        restarts it for its next attempt."""
+        """Execute ``code`` on ``ranks`` (some of them, if the state's info says: their
+        collectives fail); on a failure, timeout or interrupt stop them all. With ``retry``, a
+        cluster that lost a rank is stopped, not started again: the run's next attempt does."""
         client = self.cluster.client
         backends = self.cluster.backends
         some = state.info.get("ranks")
@@ -320,6 +319,7 @@ class DistributedRunner:
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
                 restarted = await self._stop_ranks(watch, wake)
             watch.drain()
+            stop = settle_broadcasts(self.cluster, watch, restarted) or stop  # settle always
             backends.first_done = watch.first_done or time.monotonic()
             if death is not None:
                 watch.blame(*death)

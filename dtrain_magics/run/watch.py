@@ -43,6 +43,7 @@ class RankWatch:
         self.where = where  # asks the ranks where they are (the button, or no progress)
         self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective
         self.stuck: dict[int, dict[str, Any]] = {}  # those ranks' notices (RankBackends)
+        self.broadcasts: dict[int, int] = {}  # rank 0's broadcasts each rank took part in
         self.outcomes: dict[int, RankOutcome] = {}
         self.first_done: float | None = None  # when the first rank ended (time.monotonic())
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
@@ -120,6 +121,10 @@ class RankWatch:
             elif o.status in ("died", "killed"):
                 self._set(RankOutcome(r, "interrupted", f"stopped when rank {rank} died"))
 
+    def fail(self, rank: int, phrase: str) -> None:
+        """``rank`` failed for a reason found after its cell ended (``phrase``, after "rank N")."""
+        self._set(RankOutcome(rank, "error", phrase, phrased=True))
+
     def kill_pending(self) -> None:
         for r in self.pending:
             self._set(RankOutcome(r, "killed", "did not stop after an interrupt"))
@@ -155,6 +160,8 @@ class RankWatch:
         if notice is not None:
             self.stuck[r] = notice
             self.on_stuck(notice)
+        if data and (count := RankBackends.take_broadcasts(data)):
+            self.broadcasts[r] = count
         while True:
             payload = data.pop(f"dtrain-{self._seq[r]}", None)
             if payload is None:
