@@ -80,3 +80,19 @@ def test_a_cluster_started_elsewhere_cannot_be_restarted() -> None:
     with pytest.raises(BadOptions, match="use --max-restarts 0 with it"):
         runner.run("x = 1", RunOptions(launcher="profile", max_restarts=1), {})
     assert not runner.cluster.running
+
+
+def test_step_times_start_again_with_each_attempt() -> None:
+    """The restarted ranks count steps from their start: mixing the attempts' samples spanned
+    the restart and counted steps twice (6x the real step time after a restart)."""
+    state = RunState("run", 2, {"max_restarts": 1})
+    for rank in (0, 1):
+        for step in range(1, 9):  # 0.5 s steps, 8 of them
+            state.add_telemetry(rank, {"timing": ["log", step, 100.0 + step * 0.5, 0.0]})
+    state.restart("rank 1 died (killed by SIGKILL)", 1)
+    assert all(r.split is None for r in state.ranks)
+    for rank in (0, 1):
+        for step in range(1, 5):  # the new attempt, 10 s later, steps counted from 1 again
+            state.add_telemetry(rank, {"timing": ["log", step, 114.0 + step * 0.5, 0.0]})
+    splits = [r.split for r in state.ranks]
+    assert all(s is not None and abs(s.step - 0.5) < 1e-9 for s in splits), splits

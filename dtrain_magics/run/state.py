@@ -108,8 +108,8 @@ class RunState:
         """The attempt running now ended with ``cause`` and the cell runs again on a restarted
         cluster: every rank runs anew; metrics, output and progress carry on."""
         self._end_attempt("failed", cause, failing_rank)
-        for r in self.ranks:
-            r.status, r.error = "running", ""
+        for r in self.ranks:  # step times start again: a new process counts from its start
+            r.status, r.error, r.times, r.split = "running", "", StepTimes(), None
         self.straggler = None
         self.set_status("starting cluster", f"restart {len(self.attempts)}: {cause}")
 
