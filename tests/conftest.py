@@ -58,6 +58,7 @@ def _default_backend_after() -> Iterator[None]:
 
     if dtrain_magics._magics is not None:
         dtrain_magics._magics._ranks_ran = None  # what a cell without those flags keeps
+        dtrain_magics._magics._cluster_ran = None  # and the cluster it starts again, if lost
 
 
 @pytest.fixture

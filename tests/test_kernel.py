@@ -55,6 +55,33 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     assert not alive(pids)
 
 
+def test_an_interrupted_restart_is_recorded_so_and_the_next_cell_starts_the_same_cluster(
+    kernel: KernelSession,
+) -> None:
+    """Stop pressed while ``--max-restarts`` restarts the cluster: the run is ``interrupted``
+    (not failed by the death before it), and a cell without flags starts the 2-rank cluster
+    again rather than the defaults' 1 rank."""
+    assert kernel.run("%load_ext dtrain_magics").status == "ok"
+    assert kernel.run("%%distributed --nodes 2 --no-widget\nx = 1", timeout=180).status == "ok"
+    msg_id = kernel.submit(
+        "%%distributed --max-restarts 3 --no-widget\nimport os\n"
+        "if rank == 1:\n    os.kill(os.getpid(), 9)\nimport time\ntime.sleep(60)"
+    )
+    reply = kernel.collect(msg_id, timeout=120, until="engines registered 0/2")
+    assert reply.status == "running", reply.text
+    kernel.km.interrupt_kernel()
+    reply = kernel.collect(msg_id, timeout=90)
+    assert reply.ename == "RunInterrupted", reply.text
+    reply = kernel.run("print(_dtrain.status, '|', _dtrain.exit_reason)")
+    assert "interrupted | the run's restart did not finish: interrupted while the cluster" in (
+        reply.text
+    ), reply.text
+    reply = kernel.run("%%distributed --no-widget\nprint('size', size)", timeout=180)
+    assert "Starting 2 ranks (2 nodes × 1 proc)" in reply.text, reply.text
+    assert "[rank 1] size 2" in reply.text, reply.text
+    assert kernel.run("%dtrain stop").status == "ok"
+
+
 def test_kernel_shutdown_leaves_no_cluster_processes() -> None:
     session = KernelSession()
     try:

@@ -21,6 +21,7 @@ def cluster_for(
     flags: set[str],
     settings: DistributedSettings,
     settings_changed: bool,
+    lost: tuple[Layout, LaunchSpec] | None = None,
 ) -> tuple[Layout, LaunchSpec, str | None]:
     """The cluster a cell runs on, and a sentence if that restarts the running one.
 
@@ -29,13 +30,18 @@ def cluster_for(
     cluster started. A cell without flags for the cluster (layout, launcher and what it uses,
     rank environment) runs on the running cluster as it is; one with some of them changes what
     they name and keeps the rest as the running cluster has it. Changed settings apply in full.
+    ``lost``: the cluster that ran last, gone without ``%dtrain stop`` (a start or restart
+    interrupted, its processes killed), which a cell starts again as the running one.
     """
     layout, spec = Layout(settings.nodes, settings.procs_per_node), settings.launch_spec()
+    uses = {name for launcher in LAUNCHERS.values() for name in launcher.uses}
+    flags = flags & (type(settings).cluster_settings() | uses)
+    if not cluster.running and lost is not None and not settings_changed:
+        layout, spec = running_except(*lost, flags, settings) if flags else lost
+        return layout, spec, None
     ran = cluster.layout
     if not cluster.running or ran is None or not cluster.needs_start(layout, spec):
         return layout, spec, None
-    uses = {name for launcher in LAUNCHERS.values() for name in launcher.uses}
-    flags = flags & (type(settings).cluster_settings() | uses)
     if settings_changed:
         why = "the settings applied in the form changed since it started"
     elif not flags:

@@ -59,6 +59,7 @@ class DistributedMagics(Magics):
         self.settings = SettingsStore(parent=shell)
         self._cluster_version = -1  # the settings' version the cluster was last asked for
         self._ranks_ran: choice.RanksRan | None = None  # kept through restarts, not a stop
+        self._cluster_ran: tuple[Layout, LaunchSpec] | None = None  # the same
         self._warned_crowded = False
         try:
             self.settings.load()
@@ -197,7 +198,9 @@ class DistributedMagics(Magics):
         flags = set(settings_from_args(args, self.settings.settings_class))
         changed = self.settings.version != self._cluster_version  # applied in the form since
         try:
-            layout, spec, note = choice.cluster_for(self.cluster, flags, settings, changed)
+            layout, spec, note = choice.cluster_for(
+                self.cluster, flags, settings, changed, self._cluster_ran
+            )
         except BadOptions as e:
             raise UsageError(str(e)) from None
         options = dataclasses.replace(
@@ -207,8 +210,7 @@ class DistributedMagics(Magics):
             launcher=spec.launcher,
         )
         if cell is not None:  # a script runs as under mpiexec: with the flags' backend alone
-            ran = self._ranks_ran if self.cluster.running else None
-            options = choice.ranks_as_they_are(ran, flags, options, changed)
+            options = choice.ranks_as_they_are(self._ranks_ran, flags, options, changed)
         self._cluster_version = self.settings.version
         notes = [n for n in (note, self._crowded(layout, spec)) if n]
         kwargs = {
@@ -256,6 +258,8 @@ class DistributedMagics(Magics):
             key = self.cluster.backends.key
             if key is not None:  # the ranks' backend and device, for cells that name neither
                 self._ranks_ran = (key[0], key[1])
+            if self.cluster.layout is not None:  # to start again if it is lost
+                self._cluster_ran = (self.cluster.layout, self.cluster.spec)
             record = last_run()
             if record is not None:
                 self._namespace()["_dtrain"] = record
@@ -350,7 +354,7 @@ class DistributedMagics(Magics):
     def _dtrain_stop(self) -> None:
         was, owned = self.cluster.running, self.cluster.owns_processes
         self.cluster.stop()
-        self._ranks_ran = None  # the next cluster starts from the settings
+        self._ranks_ran = self._cluster_ran = None  # the next cluster starts from the settings
         if was and not owned:
             print("Disconnected; the cluster was not started here, so it keeps running.")
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..errors import RunInterrupted
 from ..store import records
 from ..store.records import RunRecord
 from .outcome import RunResult, exit_reason
@@ -30,12 +31,20 @@ class RunRecorder:
         except OSError:
             log.debug("could not write run.json", exc_info=True)
 
-    def finish(self, result: RunResult | None, timeout: float | None) -> RunRecord:
-        """Close the run, whatever happened: its final state, files and session record."""
+    def finish(
+        self, result: RunResult | None, timeout: float | None, error: BaseException | None = None
+    ) -> RunRecord:
+        """Close the run, whatever happened: its final state, files and session record;
+        ``result`` is None when the cluster did not start (``error`` says why)."""
         state = self.state
         if result is None:
-            reason = "the run did not start (see the error below)"
-            state.finish("failed", failure=reason, reason=reason)
+            stopped = isinstance(error, RunInterrupted)
+            begun = (
+                "the run's restart did not finish" if state.attempts else "the run did not start"
+            )
+            why = str(error).splitlines()[0] if str(error or "") else "see the error below"
+            reason = f"{begun}: {why}"
+            state.finish("interrupted" if stopped else "failed", failure=reason, reason=reason)
         else:
             reason = exit_reason(result, timeout)
             failing = result.failing

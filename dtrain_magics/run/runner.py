@@ -106,17 +106,7 @@ class DistributedRunner:
         """
         script = code if isinstance(code, Script) else None
         if script is not None:
-            if options.check_replicas is not None:
-                raise BadOptions(
-                    "--check-replicas reads the cells' namespaces, and a script runs in a fresh "
-                    "one: call dtrain.check_replicas(model) in the script instead."
-                )
-            if options.push or options.pull:
-                raise BadOptions(
-                    "--push and --pull reach the cells' namespaces, and a script runs in a "
-                    "fresh one: pass it values as arguments and have it save what it makes."
-                )
-            code = script.code()
+            code = script.code(options)
         assert isinstance(code, str)
         if not code.strip():
             raise BadOptions(
@@ -163,6 +153,7 @@ class DistributedRunner:
         state.ask_where = self.request_where
         run_view = view(state, self.request_stop)
         result: RunResult | None = None
+        error: BaseException | None = None
         try:
 
             def starting(message: str) -> None:
@@ -183,6 +174,7 @@ class DistributedRunner:
                 state.restart(exit_reason(result, options.timeout), result.failing_rank)
                 recorder.save()
                 run_view.refresh(force=True)
+                result = None  # a restart that does not start ends the run with its error
                 await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
                 result = await attempt()
             result.restarts = len(state.attempts)
@@ -196,8 +188,11 @@ class DistributedRunner:
             if result.status == "succeeded" and options.pull:
                 result.pulled = pull(self.cluster.rank_view(ranks[0]), options.pull, ranks[0])
                 namespace.update(result.pulled)
+        except BaseException as e:
+            error = e
+            raise
         finally:
-            recorder.finish(result, options.timeout)
+            recorder.finish(result, options.timeout, error)
             self.cluster.publish_state()
             run_view.close()
         raise_for_result(result, options.timeout)

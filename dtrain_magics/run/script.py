@@ -6,6 +6,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
+from ..config.options import RunOptions
 from ..errors import BadOptions
 
 RUNNER = "dtrain_magics.rank.script"  # where ``run_script`` lives on the ranks
@@ -45,8 +46,19 @@ class Script:
         """The command line as a shell would show it: ``train.py --epochs 3``."""
         return shlex.join([self.path, *self.args])
 
-    def code(self) -> str:
-        """What each rank executes: ``run_script`` in a fresh namespace, nothing bound."""
+    def code(self, options: RunOptions) -> str:
+        """What each rank executes: ``run_script`` in a fresh namespace, nothing bound;
+        ``BadOptions`` for the flags that reach the cells' namespaces."""
+        if options.check_replicas is not None:
+            raise BadOptions(
+                "--check-replicas reads the cells' namespaces, and a script runs in a fresh "
+                "one: call dtrain.check_replicas(model) in the script instead."
+            )
+        if options.push or options.pull:
+            raise BadOptions(
+                "--push and --pull reach the cells' namespaces, and a script runs in a "
+                "fresh one: pass it values as arguments and have it save what it makes."
+            )
         return (
             f"__import__({RUNNER!r}, fromlist=['run_script'])"
             f".run_script({self.path!r}, {list(self.args)!r}, {self.cwd!r})"
