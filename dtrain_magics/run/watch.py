@@ -111,6 +111,11 @@ class RankWatch:
     def drain(self) -> None:
         for r in self.ars:
             self._pump(r)
+        if self.stuck:  # a rank whose wait another rank's Horovod shutdown ended, unannounced
+            notice = next(iter(self.stuck.values()))
+            for r, o in list(self.outcomes.items()):
+                if r not in self.stuck and o.error.startswith("HorovodInternalError"):
+                    self._set(RankOutcome(r, "error", notice["error"], notice["where"], True))
         self.view.refresh(force=True)
 
     def blame(self, rank: int, cause: str) -> None:
