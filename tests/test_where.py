@@ -19,6 +19,7 @@ from helpers import rank_values
 from test_faults import record
 
 import dtrain_magics
+from dtrain_magics.errors import RankError
 
 pytestmark = pytest.mark.cluster
 
@@ -231,3 +232,89 @@ def test_automatic_report_reaches_the_dashboard_in_a_real_kernel(kernel: Any) ->
     assert "rank 1 has not joined" in live and "time.sleep(8)" in live
     assert 'class="dtrain-record" data-status="succeeded"' in record
     assert "rank 1 has not joined" in record  # the record keeps the report
+
+
+def test_a_horovod_wait_for_a_rank_whose_cell_ended_fails_in_a_sentence(
+    run: Any, cluster: Any
+) -> None:
+    """Rank 1 ends its cell and, idle, suspends Horovod: that ends rank 0's wait, which fails
+    in a sentence, not Horovod's message about shut-downs; no restart."""
+    pids = [e.pid for e in cluster.engines]
+    code = "import torch\nif rank == 0:\n    t = hvd.allreduce(torch.ones(1), name='x')\n"
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        run(code, "--nodes 2 --no-widget")
+    took = time.monotonic() - started
+    assert str(info.value) == (
+        "rank 0 waited in a Horovod collective that rank 1 never joined: its cell had ended "
+        "(every rank must call each collective)."
+    )
+    assert took < 10, took
+    record("a Horovod allreduce rank 1 never joins (its cell ended): cell ended", took)
+    assert [e.pid for e in cluster.engines] == pids
+    run("x = rank", "--nodes 2")
+    assert rank_values(cluster, "x") == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "code", "wait"),
+    [
+        (
+            "horovod",
+            "import torch\nname = 'a' if rank == 0 else 'b'\n"
+            "t = hvd.allreduce(torch.ones(1), name=name)\n",
+            "in Horovod allreduce 'allreduce.a', Average; rank 1 (it waits in 'allreduce.b') "
+            "has not joined). Rank 1 was interrupted.",
+        ),
+        (
+            "torch",
+            "import torch\nt = torch.ones(1)\nif rank == 0:\n    dist.all_reduce(t)\n",
+            "in torch.distributed all_reduce; rank 1 (its cell has ended) has not joined).",
+        ),
+    ],
+    ids=["horovod-names-differ", "torch-peer-ended"],
+)
+def test_a_wait_no_rank_can_finish_ends_the_cell(
+    run: Any, cluster: Any, backend: str, code: str, wait: str
+) -> None:
+    """Every rank waits in a collective another has not joined, or has ended its cell: the
+    report locates it and ends the cell (it used to wait for --timeout, or for ever)."""
+    pids = [e.pid for e in cluster.engines]
+    lines = code.strip().splitlines()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RankError) as info:
+            run(code, f"--nodes 2 --no-widget --backend {backend} --where-after 2")
+        took = time.monotonic() - started
+        text = str(info.value)
+        assert text.startswith(
+            "rank 0 waited in a collective that no rank can finish "
+            f"(cell line {len(lines)}: {lines[-1].strip()} · waiting "
+        ), text
+        assert text.endswith(wait), text
+        assert took < 15, took
+        record(f"a deadlock ({backend}), --where-after 2: located and the cell ended", took)
+        assert [e.pid for e in cluster.engines] == pids  # no restart
+        run("x = rank", f"--nodes 2 --backend {backend}")
+        assert rank_values(cluster, "x") == [0, 1]
+    finally:
+        run("x = 1", "--nodes 2 --no-widget --backend horovod")
+
+
+def test_a_horovod_wait_against_dtrain_barrier_is_named_and_ended(run: Any, cluster: Any) -> None:
+    """The package's own MPI waits show in the report and count as waits; MPI's cannot be
+    interrupted, so the cluster is restarted, as for any rank that does not stop."""
+    code = (
+        "import torch\nif rank == 0:\n    hvd.allreduce(torch.ones(1), name='y')\n"
+        "else:\n    dtrain.barrier()\n"
+    )
+    with pytest.raises(RankError) as info:
+        run(code, "--nodes 2 --no-widget --where-after 2")
+    text = str(info.value)
+    assert text.startswith("rank 0 waited in a collective that no rank can finish"), text
+    summary = _run_json()
+    rank1 = summary["where"]["ranks"][1]
+    assert rank1["collective"]["name"] == "dtrain.barrier", rank1
+    assert "in dtrain.barrier (MPI barrier)" in rank1["line"], rank1["line"]
+    run("x = rank", "--nodes 2")
+    assert rank_values(cluster, "x") == [0, 1]

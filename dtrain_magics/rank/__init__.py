@@ -63,9 +63,12 @@ def is_root() -> bool:
 
 def barrier() -> None:
     """Block until every rank reaches this point (over MPI, whatever the backend)."""
+    from .collectives import mpi_wait
     from .subset import world_comm
 
-    world_comm().Barrier()
+    comm = world_comm()
+    with mpi_wait("dtrain.barrier", "barrier"):
+        comm.Barrier()
 
 
 def __getattr__(name: str) -> Any:

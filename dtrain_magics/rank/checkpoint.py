@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 from . import telemetry
+from .collectives import mpi_wait
 from .subset import world_comm
 
 BROADCASTS = "dtrain-broadcasts"
@@ -29,10 +30,11 @@ and has the ranks behind take what they missed (``take_missed``)."""
 _broadcasts = 0
 
 
-def _broadcast(comm: Any, obj: Any) -> Any:
+def _broadcast(comm: Any, obj: Any, name: str) -> Any:
     global _broadcasts
     _broadcasts += 1
-    return comm.bcast(obj, root=0)
+    with mpi_wait(name, "bcast"):
+        return comm.bcast(obj, root=0)
 
 
 def take_missed(count: int) -> None:
@@ -137,7 +139,7 @@ def checkpoint(obj: Any, path: str) -> None:
             save_atomic(obj, path)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
-    error = _broadcast(comm, error)
+    error = _broadcast(comm, error, "dtrain.checkpoint")
     if error is not None:
         raise RuntimeError(f"saving the checkpoint {path} failed on rank 0: {error}")
 
@@ -159,7 +161,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu", weights_only: bool = T
                     message = ("ok", f.read())
             except OSError as e:
                 message = ("error", f"{type(e).__name__}: {e}")
-    kind, payload = _broadcast(comm, message)
+    kind, payload = _broadcast(comm, message, "dtrain.load_checkpoint")
     if kind == "missing":
         return None
     if kind == "error":

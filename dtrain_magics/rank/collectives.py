@@ -8,17 +8,19 @@ enqueue functions of ``horovod.torch.mpi_ops`` (``_allreduce_async``, ``_broadca
 note each handle's operation and the name Horovod gives it (``allreduce.<name>`` or
 ``allreduce.noname.<handle>``), and the wait notes which handle the main thread waits on, since
 when, and adds the time spent there to this rank's total. ``torch.distributed``'s blocking
-collectives (``dist.all_reduce``, ``dist.broadcast``, ...) are wrapped the same way. Each wrapper
-costs about a microsecond per collective; nothing runs between collectives.
+collectives (``dist.all_reduce``, ``dist.broadcast``, ...) are wrapped the same way, and the
+package's own MPI calls mark their waits (``mpi_wait``). Each wrapper costs about a microsecond
+per collective; nothing runs between collectives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +64,7 @@ class Waiting:
     name: str
     since: float  # time.monotonic()
     detail: str = ""  # the reduction (Sum, Average, ...)
-    backend: str = "horovod"  # or "torch" (torch.distributed)
+    backend: str = "horovod"  # or "torch" (torch.distributed), "mpi" (the package's own)
 
 
 @dataclass
@@ -219,6 +221,18 @@ def uninstall() -> None:
             obj, attr, original = _originals.pop()
             setattr(obj, attr, original)
         _installed.clear()
+
+
+@contextlib.contextmanager
+def mpi_wait(name: str, op: str) -> Iterator[None]:
+    """The main thread waits in one of the package's own MPI collectives (``dtrain.barrier``,
+    checkpoints, the replica check), as the where report shows it."""
+    started = time.monotonic()
+    clock.waiting = Waiting(op, name, started, backend="mpi")
+    try:
+        yield
+    finally:
+        clock.finished(started)
 
 
 def forget_pending() -> None:

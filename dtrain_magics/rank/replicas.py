@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .collectives import mpi_wait
 from .subset import _user_frames, world_comm
 from .tracebacks import rebuild, render
 
@@ -157,7 +158,8 @@ def _compare(find: Any) -> dict[str, int]:
         error = e
         said = str(e) if isinstance(e, _Phrased) else f"failed with {type(e).__name__}: {e}"
         payload = ("error", said)
-    gathered = comm.allgather(payload)
+    with mpi_wait("dtrain.check_replicas", "allgather"):
+        gathered = comm.allgather(payload)
     if error is not None:
         raise error
     for rank, (status, said) in enumerate(gathered):

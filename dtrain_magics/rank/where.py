@@ -105,6 +105,7 @@ def report(thread_id: int | None = None) -> dict[str, Any]:
             "op": waiting.op,
             "name": waiting.name,
             "detail": waiting.detail,
+            "backend": waiting.backend,
             "for": round(now - waiting.since, 3),
         }
     return {

@@ -9,14 +9,16 @@ from typing import Any
 
 from ..cluster.mpiexec_output import OutputFollower, stalled_ranks
 from ..cluster.ranks import RankBackends
+from ..config.options import format_ranks
 from ..store.schema import RankOutput
 from .outcome import RankOutcome, outcome_of
 from .record import RunRecorder
 from .state import RunState
 from .view import RunView
-from .where import WhereWatch
+from .where import WhereWatch, deadlock_phrase
 
 log = logging.getLogger(__name__)
+HOROVOD_SHUT_DOWN = "HorovodInternalError: Horovod has been shut down"
 TICK = 1.0  # seconds between the checks nothing wakes us for: stalls, run.json, elapsed time
 
 
@@ -44,6 +46,7 @@ class RankWatch:
         self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective
         self.stuck: dict[int, dict[str, Any]] = {}  # those ranks' notices (RankBackends)
         self.broadcasts: dict[int, int] = {}  # rank 0's broadcasts each rank took part in
+        self.deadlocked: dict[str, Any] | None = None  # the where report's rank that waits
         self.outcomes: dict[int, RankOutcome] = {}
         self.first_done: float | None = None  # when the first rank ended (time.monotonic())
         self._seen = {(r, name): 0 for r in ars for name in ("stdout", "stderr")}
@@ -90,6 +93,9 @@ class RankWatch:
         now = time.monotonic()
         if self.where is not None and self.pending:
             self.where.poll(now)
+            if self.where.deadlock is not None and self.deadlocked is None:
+                self.deadlocked = self.where.deadlock  # no rank can go on: stop them all
+                failed = True
         if now - self._ticked >= TICK:
             self._ticked = now
             self._check_stalls()
@@ -111,6 +117,9 @@ class RankWatch:
     def drain(self) -> None:
         for r in self.ars:
             self._pump(r)
+        stuck = self.deadlocked  # its wait, stopped (or killed: MPI's), is why the run failed
+        if stuck is not None and stuck["rank"] not in self.died:
+            self._set(RankOutcome(stuck["rank"], "error", deadlock_phrase(stuck), "", True))
         if self.stuck:  # a rank whose wait another rank's Horovod shutdown ended, unannounced
             notice = next(iter(self.stuck.values()))
             for r, o in list(self.outcomes.items()):
@@ -137,9 +146,20 @@ class RankWatch:
     def _outcome(self, r: int, outcome: RankOutcome) -> RankOutcome:
         """A rank that waited in a collective failed for that, whatever the ended wait raised."""
         notice = self.stuck.get(r)
-        if notice is None or outcome.status != "error":
+        if outcome.status != "error":
             return outcome
-        return RankOutcome(r, "error", notice["error"], notice["where"], phrased=True)
+        if notice is not None:
+            return RankOutcome(r, "error", notice["error"], notice["where"], phrased=True)
+        ended = [o.rank for o in self.outcomes.values() if o.status == "ok"]
+        if ended and outcome.error.startswith(HOROVOD_SHUT_DOWN):  # by a rank idle since
+            which = f"rank {ended[0]}" if len(ended) == 1 else f"ranks {format_ranks(ended)}"
+            whose = "its cell" if len(ended) == 1 else "their cells"
+            phrase = (
+                f"waited in a Horovod collective that {which} never joined: {whose} had ended "
+                "(every rank must call each collective)"
+            )
+            return RankOutcome(r, "error", phrase, outcome.traceback, phrased=True)
+        return outcome
 
     def _set(self, outcome: RankOutcome) -> None:
         self.outcomes[outcome.rank] = outcome

@@ -14,6 +14,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+DEADLOCK_AFTER = 2.0  # seconds every wait has lasted before an asked-for report is sure
 WhereReport = dict[str, Any]
 """``{"at", "why", "ranks": [rank reports, each with "missing" and "line"]}`` (JSON)."""
 
@@ -47,6 +48,8 @@ def describe_stack(report: dict[str, Any]) -> str:
 def _collective(report: dict[str, Any]) -> str:
     c = report["collective"]
     detail = f", {c['detail']}" if c.get("detail") else ""
+    if c.get("backend") == "mpi":  # the package's own: dtrain.barrier, checkpoints
+        return f"waiting {c['for']:.1f} s in {c['name']} (MPI {c['op']})"
     if c["name"] == c["op"]:  # torch.distributed: no tensor names
         return f"waiting {c['for']:.1f} s in torch.distributed {c['op']}"
     return f"waiting {c['for']:.1f} s in Horovod {c['op']} {c['name']!r}{detail}"
@@ -95,6 +98,28 @@ def combine(reports: list[dict[str, Any]], why: str) -> WhereReport:
     return {"at": time.time(), "why": why, "ranks": reports}
 
 
+def deadlock(report: WhereReport, settled: float = DEADLOCK_AFTER) -> dict[str, Any] | None:
+    """The first rank that waits for ever, if no rank can go on: each one waits in a
+    collective (for ``settled`` seconds or more) or has ended its cell, and every wait lacks a
+    rank that has not joined it. Horovod's ``join``, which stands in for the ranks that reached
+    it, never deadlocks."""
+    ranks = report["ranks"]
+    waits = [r for r in ranks if r.get("collective")]
+    if not waits or any(r.get("error") for r in ranks):
+        return None
+    if any(r.get("state") == "running" and not r.get("collective") for r in ranks):
+        return None  # computing: it may yet join
+    if any(r["collective"]["op"] == "join" or r["collective"]["for"] < settled for r in waits):
+        return None
+    return waits[0] if all(r["missing"] for r in waits) else None
+
+
+def deadlock_phrase(rank: dict[str, Any]) -> str:
+    """What the rank did, after "rank N": the wait no rank can end, from its report line."""
+    line = str(rank["line"]).split(": ", 1)[-1]
+    return f"waited in a collective that no rank can finish ({line})"
+
+
 def report_lines(report: WhereReport) -> list[str]:
     """The report as text: a title, then one line per rank."""
     return [f"where are the ranks ({report['why']}):", *(r["line"] for r in report["ranks"])]
@@ -118,6 +143,7 @@ class WhereWatch:
         self._why = ""
         self._quiet_since = time.monotonic()  # the later of activity and a collective finishing
         self._reported = False  # an automatic report for this quiet spell was shown
+        self.deadlock: dict[str, Any] | None = None  # a rank's report, once no rank can go on
 
     def request(self) -> None:
         """The user asked (the dashboard's button)."""
@@ -159,7 +185,11 @@ class WhereWatch:
                 self._quiet_since = max(self._quiet_since, now - min(recent))
                 return
             self._reported = True
-        self.show(combine(reports, self._why))
+        combined = combine(reports, self._why)
+        # asked after ``after`` quiet seconds, no wait it sees can be one just finishing
+        settled = 0.0 if self._why != "asked" else DEADLOCK_AFTER
+        self.deadlock = self.deadlock or deadlock(combined, settled)
+        self.show(combined)
 
     def next_wake(self, now: float) -> float | None:
         """When (``time.monotonic()``) the watch needs to run again, if ever."""
