@@ -33,7 +33,7 @@ def ConfigPanel(magics: DistributedMagics | None = None) -> Panel:
     magics = magics or _magics
     if magics is None:
         raise RuntimeError("load the extension first: %load_ext dtrain_magics")
-    return Panel(magics.settings, magics.cluster)
+    return Panel(magics.settings, magics.cluster, magics.runner.gate, magics.runner.request_stop)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

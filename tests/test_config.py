@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,52 @@ def test_start_and_stop_buttons_control_a_real_cluster(magics: Any) -> None:
         for p in pids
         if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
     ]
+
+
+def test_start_and_restart_wait_while_a_cell_runs(magics: Any) -> None:
+    panel = ConfigPanel(magics)
+    magics.runner.gate.enter()  # as a running cell does
+    try:
+        for name in ("Start", "Restart"):
+            panel.buttons[name].click()
+            assert "A cell runs on the cluster: stop it first" in panel.message.value
+        assert not magics.cluster.running
+    finally:
+        magics.runner.gate.leave()
+
+
+@pytest.mark.cluster
+def test_the_forms_stop_during_a_cell_stops_the_cell_then_the_cluster(
+    kernel: KernelSession,
+) -> None:
+    """It stopped the cluster under the running cell, which then waited for ever."""
+    shown = kernel.submit("%load_ext dtrain_magics\nform = %dtrain config\nform")
+    stop = None
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != shown:
+            continue
+        state = msg["content"].get("data", {}).get("state", {})
+        if msg["msg_type"] == "comm_open" and state.get("description") == "Stop":
+            stop = msg["content"]["comm_id"]
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert stop is not None
+    running = kernel.submit(
+        "%%distributed --nodes 2 --no-widget\nimport time\nprint('looping', flush=True)\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    assert kernel.collect(running, timeout=120, until="[rank 1] looping").status == "running"
+    clicked = time.monotonic()
+    click = {"comm_id": stop, "data": {"method": "custom", "content": {"event": "click"}}}
+    kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_msg", click))
+    reply = kernel.collect(running, timeout=60)
+    assert time.monotonic() - clicked < 15
+    assert reply.status == "error" and "interrupted: every rank was stopped" in reply.text
+    reply = kernel.run("%dtrain status\nprint(form.message.value)")
+    assert "not running" in reply.text and "Cluster stopped." in reply.text, reply.text
+    assert kernel.run("%%distributed --nodes 2 --no-widget\nx = 1", timeout=180).status == "ok"
+    kernel.run("%dtrain stop")
 
 
 @pytest.mark.cluster

@@ -372,7 +372,7 @@ class DistributedMagics(Magics):
     def _dtrain_config(self) -> Any:
         from ..ui.config_form import ConfigPanel
 
-        return ConfigPanel(self.settings, self.cluster)
+        return ConfigPanel(self.settings, self.cluster, self.runner.gate, self.runner.request_stop)
 
 
 def show_tracking_warnings(*_: Any) -> None:

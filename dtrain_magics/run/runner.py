@@ -24,6 +24,7 @@ from .aio import Wakeup, run_sync
 from .broadcasts import settle_broadcasts
 from .cell_syntax import check_cell_syntax
 from .death import read_cause_of_death
+from .gate import RunGate
 from .outcome import (
     STATUS_OF_STOP,
     RunResult,
@@ -62,6 +63,7 @@ class DistributedRunner:
         self.cluster = cluster
         self.grace = grace
         self._stop_requested = False
+        self.gate = RunGate()  # busy while a cell runs; what waits for it to end
         self._wake: Wakeup | None = None
         self._where: WhereWatch | None = None
 
@@ -154,6 +156,7 @@ class DistributedRunner:
         run_view = view(state, self.request_stop)
         result: RunResult | None = None
         error: BaseException | None = None
+        self.gate.enter()
         try:
 
             def starting(message: str) -> None:
@@ -195,6 +198,7 @@ class DistributedRunner:
             recorder.finish(result, options.timeout, error)
             self.cluster.publish_state()
             run_view.close()
+            self.gate.leave()
         raise_for_result(result, options.timeout)
         return result
 

@@ -8,10 +8,13 @@ change.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -22,18 +25,24 @@ from ..cluster.training_cluster import TrainingCluster
 from ..config.store import SettingsStore
 from ..config.traits import SettingTrait, check_value, label_of
 from ..errors import SettingError
+from ..run.gate import RunGate
 from ..store.schema import ClusterRecord
 from .headline import cluster_line
 
 log = logging.getLogger(__name__)
 
 
+def _fill(resources: Any) -> None:
+    resources.value = f"<small>{detected_resources()}</small>"
+
+
+@functools.cache
 def detected_resources() -> str:
     """Cores, GPUs (names) and Slurm nodes of this machine, as one line each."""
     lines = [f"{os.cpu_count() or 1} CPU cores"]
     gpus = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
     lines.append(f"GPUs: {', '.join(gpus.splitlines())}" if gpus else "GPUs: none")
-    nodes = _run(["sinfo", "-h", "-N", "-o", "%N %c %t"])
+    nodes = _run(["sinfo", "-h", "-N", "-o", "%N %c %t"], timeout=3)
     if nodes:
         lines.append("Slurm nodes: " + "; ".join(nodes.splitlines()))
     return "<br>".join(escape(line) for line in lines)
@@ -53,11 +62,11 @@ def copy_button(line: str) -> str:
     )
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], timeout: float = 10) -> str:
     if shutil.which(cmd[0]) is None:
         return ""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         log.debug("%s failed", cmd[0], exc_info=True)
         return ""
@@ -96,11 +105,19 @@ def as_text(value: Any) -> Any:
 class ConfigPanel:
     """The settings form and cluster controls for one kernel's settings and cluster."""
 
-    def __init__(self, store: SettingsStore, cluster: TrainingCluster) -> None:
+    def __init__(
+        self,
+        store: SettingsStore,
+        cluster: TrainingCluster,
+        runs: RunGate | None = None,
+        stop_run: Callable[[], None] = lambda: None,
+    ) -> None:
         import ipywidgets as w
 
         self.store = store
         self.cluster = cluster
+        self.runs = runs or RunGate()  # a cell running on the cluster, stopped by ``stop_run``
+        self.stop_run = stop_run
         self.traits = store.settings_class.setting_traits()
         self.fields: dict[str, Any] = {name: field_for(t) for name, t in self.traits.items()}
         # a fixed place for each field's error, so that the form does not move when one shows
@@ -129,7 +146,9 @@ class ConfigPanel:
         for name, button in self.buttons.items():
             action = getattr(self, name.lower())
             button.on_click(lambda _, action=action: action())
-        resources = w.HTML(f"<small>{detected_resources()}</small>")
+        resources = w.HTML(f"<small>{os.cpu_count() or 1} CPU cores; looking for GPUs …</small>")
+        # nvidia-smi and sinfo can take seconds (sinfo waits for an unreachable controller)
+        threading.Thread(target=_fill, args=(resources,), daemon=True).start()
         self.widget = w.VBox(
             [
                 w.HTML("<b>Distributed training settings</b>"),
@@ -228,8 +247,13 @@ class ConfigPanel:
         self.load(self.store.defaults().values())
         self._say("Reset to the config file's settings.")
 
+    def _refuse_while_a_cell_runs(self) -> bool:
+        if self.runs.busy:
+            self._say("A cell runs on the cluster: stop it first (Stop here, or the cell's).", True)
+        return self.runs.busy
+
     def start(self) -> None:
-        if not self.apply():
+        if self._refuse_while_a_cell_runs() or not self.apply():
             return
         settings = self.store.defaults()
         self._say("Starting the cluster …")
@@ -242,11 +266,20 @@ class ConfigPanel:
         self.refresh_status()
 
     def stop(self) -> None:
+        """Stop the cluster; a cell running on it first, as its own Stop button does."""
+        if self.runs.busy:
+            self._say("Stopping the running cell; the cluster stops once the cell has ended.")
+            self.stop_run()
+        self.runs.after_run(self._stop_cluster)
+
+    def _stop_cluster(self) -> None:
         self.cluster.stop()
         self._say("Cluster stopped.")
         self.refresh_status()
 
     def restart(self) -> None:
+        if self._refuse_while_a_cell_runs():
+            return
         if self.cluster.layout is None:
             self.start()
             return
