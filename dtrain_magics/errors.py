@@ -30,7 +30,10 @@ class SettingError(BadOptions, TraitError):
 
 
 class ClusterStartError(DistributedError):
-    """The cluster could not be started; the message says why."""
+    """The cluster could not be started; the message says why (shown without a traceback)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 class RankError(DistributedError):

@@ -159,6 +159,36 @@ def test_start_and_stop_buttons_control_a_real_cluster(magics: Any) -> None:
     ]
 
 
+def test_an_unreadable_hostfile_is_marked_in_the_form(magics: Any, tmp_path: Path) -> None:
+    panel = ConfigPanel(magics)
+    panel.fields["launcher"].value = "mpi"
+    for path, reason in (
+        (tmp_path / "missing", "No such file or directory"),
+        (tmp_path, "Is a directory"),
+    ):
+        panel.fields["hostfile"].value = str(path)
+        shown = html.unescape(panel.errors["hostfile"].value)
+        assert f"Hostfile: cannot read the hostfile {str(path)!r}: {reason}." in shown, shown
+        assert not panel.apply()
+    assert magics.settings.applied == {}
+
+
+@pytest.mark.cluster
+def test_a_bad_hostfile_on_a_cell_keeps_the_running_cluster(
+    ip: Any, cluster: Any, tmp_path: Path
+) -> None:
+    """It stopped the warm cluster (namespaces lost), then failed to start the new one."""
+    ip.run_cell_magic("distributed", "--nodes 2", "important = rank * 100")
+    pids = [e.pid for e in cluster.engines]
+    line = f"--launcher mpi --hostfile {tmp_path / 'missing'}"
+    with pytest.raises(
+        UsageError, match=r"^cannot read the hostfile .*: No such file or directory\.$"
+    ):
+        ip.run_cell_magic("distributed", line, "x = 1")
+    assert cluster.running and [e.pid for e in cluster.engines] == pids
+    assert rank_values(cluster, "important") == [0, 100]
+
+
 def test_start_and_restart_wait_while_a_cell_runs(magics: Any) -> None:
     panel = ConfigPanel(magics)
     magics.runner.gate.enter()  # as a running cell does

@@ -25,14 +25,14 @@ from IPython.core.magic_arguments import (
 )
 
 from .. import tracking
-from ..cluster.launchers import LaunchSpec, Layout
+from ..cluster.launchers import LaunchSpec, Layout, check_spec
 from ..cluster.training_cluster import TrainingCluster
 from ..cluster.where import ask_sync
 from ..config.flags import setting_arguments, settings_from_args
 from ..config.options import RunOptions, parse_names, parse_ranks
 from ..config.settings import DistributedSettings
 from ..config.store import SettingsStore
-from ..errors import BadOptions, RankError
+from ..errors import BadOptions, ClusterStartError, RankError
 from ..run.runner import DistributedRunner
 from ..run.script import Script
 from ..run.where import combine, report_lines
@@ -201,7 +201,9 @@ class DistributedMagics(Magics):
             layout, spec, note = choice.cluster_for(
                 self.cluster, flags, settings, changed, self._cluster_ran
             )
-        except BadOptions as e:
+            if self.cluster.needs_start(layout, spec):  # a bad spec keeps the running cluster
+                check_spec(spec, layout)
+        except (BadOptions, ClusterStartError) as e:
             raise UsageError(str(e)) from None
         options = dataclasses.replace(
             options,

@@ -45,12 +45,13 @@ async def ensure_cluster(
     worker = threading.Thread(target=start, name="dtrain-start", daemon=True)
     worker.start()
     started = asyncio.wrap_future(done)
+    # shielded: an interrupt must not cancel the start midway, but ask it to stop
+    shielded = asyncio.shield(started)
     try:
         while True:
-            # shielded: an interrupt must not cancel the start midway, but ask it to stop
-            finished, _ = await asyncio.wait({asyncio.shield(started)}, timeout=START_TICK)
+            finished, _ = await asyncio.wait({shielded}, timeout=START_TICK)
             if finished:
-                started.result()
+                shielded.result()  # raises the start's error (taken: asyncio logs none)
                 return
             if tick is not None:
                 tick()

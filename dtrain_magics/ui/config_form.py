@@ -20,11 +20,11 @@ from typing import Any
 
 from traitlets import Enum, Integer, TraitType
 
-from ..cluster.launchers import Layout
+from ..cluster.launchers import Layout, check_spec
 from ..cluster.training_cluster import TrainingCluster
 from ..config.store import SettingsStore
 from ..config.traits import SettingTrait, check_value, label_of
-from ..errors import SettingError
+from ..errors import ClusterStartError, SettingError
 from ..run.gate import RunGate
 from ..store.schema import ClusterRecord
 from .headline import cluster_line
@@ -193,9 +193,14 @@ class ConfigPanel:
                 errors[name] = e.for_form()
         if not errors:
             try:
-                self.store.settings_class(**values).check()
+                settings = self.store.settings_class(**values).check()
+                if settings.launcher == "mpi":  # its hostfile is read at once (Slurm's sinfo
+                    layout = Layout(settings.nodes, settings.procs_per_node)  # is not)
+                    check_spec(settings.launch_spec(), layout)
             except SettingError as e:
                 errors[e.name] = e.for_form()
+            except ClusterStartError as e:
+                errors["hostfile"] = f"Hostfile: {e}"
         return values, errors
 
     def _changed(self, change: Any = None) -> None:
@@ -259,6 +264,7 @@ class ConfigPanel:
         self._say("Starting the cluster …")
         layout = Layout(settings.nodes, settings.procs_per_node)
         try:
+            check_spec(settings.launch_spec(), layout)  # before the running cluster stops
             self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:
             log.debug("the cluster did not start", exc_info=True)

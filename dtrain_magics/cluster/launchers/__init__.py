@@ -24,11 +24,21 @@ def get_launcher(name: str) -> Launcher:
         ) from None
 
 
+def check_spec(spec: LaunchSpec, layout: Layout) -> None:
+    """``ClusterStartError`` if ``spec`` cannot start a cluster of ``layout`` (a hostfile that
+    cannot be read, no ``sbatch``), found without starting anything: before a running cluster
+    is stopped for it."""
+    launcher = get_launcher(spec.launcher)
+    if launcher.owns_processes:
+        launcher.cluster_kwargs(spec, layout)
+
+
 __all__ = [
     "LAUNCHERS",
     "LaunchSpec",
     "Launcher",
     "Layout",
+    "check_spec",
     "find_mpiexec",
     "get_launcher",
     "rank_environment",
