@@ -27,10 +27,10 @@ def test_form_round_trips_to_settings_and_magic_line(magics: Any) -> None:
     panel.fields["procs_per_node"].value = 3
     panel.fields["backend"].value = "torch"
     panel.fields["timeout"].value = "90"
-    panel.fields["env"].value = "NCCL_DEBUG=INFO\nOMP_NUM_THREADS=1"
-    assert panel.magic_line == (
+    panel.fields["env"].value = "NCCL_DEBUG=INFO\nOMP_NUM_THREADS=1\nMSG=hello world"
+    assert panel.magic_line == (  # quoted where a value has a space: it pastes as it reads
         "%%distributed --nodes 2 --procs-per-node 3 --backend torch "
-        "--timeout 90 --env NCCL_DEBUG=INFO --env OMP_NUM_THREADS=1"
+        "--timeout 90 --env 'MSG=hello world' --env NCCL_DEBUG=INFO --env OMP_NUM_THREADS=1"
     )
     assert panel.apply()
     settings = magics.settings.defaults()
@@ -40,7 +40,7 @@ def test_form_round_trips_to_settings_and_magic_line(magics: Any) -> None:
         "torch",
         90.0,
     )
-    assert settings.env == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "1"}
+    assert settings.env == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "1", "MSG": "hello world"}
     # the line parses back to the same settings
     line = panel.magic_line.removeprefix("%%distributed ")
     parsed, _, sources, _ = magics.parse(line)

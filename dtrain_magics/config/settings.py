@@ -9,6 +9,7 @@ flags and the ``%dtrain config`` form are generated from the traits (see ``flags
 from __future__ import annotations
 
 import functools
+import shlex
 from typing import Any
 
 from traitlets import TraitType
@@ -238,11 +239,12 @@ class DistributedSettings(Configurable):
                 continue
             flag = flag_of(traits[name])
             if isinstance(value, dict):
-                parts += [f"{flag} {k}={v}" for k, v in sorted(value.items())]
+                parts += [f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in sorted(value.items())]
             elif isinstance(value, list):
-                parts += [f"{flag}={item}" for item in value]
+                parts += [shlex.quote(f"{flag}={item}") for item in value]
             else:
-                parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                parts.append(f"{flag} {shlex.quote(text)}")
         return " ".join(parts)
 
 

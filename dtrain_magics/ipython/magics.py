@@ -21,7 +21,6 @@ from IPython.core.magic_arguments import (
     MagicArgumentParser,
     argument,
     magic_arguments,
-    parse_argstring,
 )
 
 from .. import tracking
@@ -293,14 +292,14 @@ class DistributedMagics(Magics):
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per kernel; lines repeat)
     def _parse_flags(self, line: str, script: bool = False) -> argparse.Namespace:
         """The parsed flags of a ``%%distributed`` line (its cells run again and again), or of
-        a ``%distributed`` line with ``script`` (the flags, then the script's command)."""
-        if script:  # the script's words as a shell splits them: quotes group, and go
-            try:
-                words = shlex.split(line)
-            except ValueError as e:
-                raise UsageError(f"the line does not split into words ({e}): close it.") from None
-            return self._script_parser.parse_args(words)
-        return parse_argstring(self.distributed, line)  # type: ignore[no-any-return]
+        a ``%distributed`` line with ``script`` (the flags, then the script's command). Words
+        split as a shell splits them: quotes group, and go (``--env "MSG=hello world"``)."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"the line does not split into words ({e}): close it.") from None
+        parser = self._script_parser if script else self.distributed.parser
+        return parser.parse_args(words)
 
     @functools.cached_property
     def _script_parser(self) -> MagicArgumentParser:
