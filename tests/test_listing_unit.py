@@ -64,3 +64,30 @@ def test_only_clusters_of_this_servers_kernels(tmp_path: Path) -> None:
         (tmp_path / f"{kernel}.json").write_text(json.dumps({"kernel_id": kernel, "state": "idle"}))
     found = list_clusters(tmp_path, {"k2": "x.ipynb"})
     assert found == [{"kernel_id": "k2", "state": "idle", "path": "x.ipynb"}]
+
+
+def test_a_cluster_whose_kernel_died_shows_stopped(tmp_path: Path) -> None:
+    """JupyterLab restarts a dead kernel under the same id: its record still named the old
+    cluster busy until another kernel pruned it."""
+    record = {"kernel_id": "k1", "kernel_pid": _dead_pid(), "state": "busy", "run_id": "r1"}
+    (tmp_path / "k1.json").write_text(json.dumps(record))
+    (found,) = list_clusters(tmp_path, {"k1": "x.ipynb"})
+    assert (found["state"], found["run_id"]) == ("stopped", None)
+
+
+def test_a_run_keeps_its_notebook_after_its_kernel_is_gone(tmp_path: Path) -> None:
+    summary = _summary("r1", "succeeded", _dead_pid(), kernel_id="gone")
+    summary["info"]["notebook"] = str(tmp_path / "work" / "train.ipynb")  # JPY_SESSION_NAME
+    assert describe_run(summary, {}, str(tmp_path))["path"] == "work/train.ipynb"
+    assert describe_run(summary, {}, str(tmp_path / "other"))["path"] is None  # not under it
+    assert describe_run(summary, {})["path"] is None
+    summary["info"]["notebook"] = "rel/nb.ipynb"  # a server that gave the path itself
+    assert describe_run(summary, {}, str(tmp_path))["path"] == "rel/nb.ipynb"
+    run = describe_run(summary, {"gone": "live.ipynb"}, str(tmp_path))
+    assert run["path"] == "live.ipynb" and run["live"]  # a live kernel's session comes first
+
+
+def test_the_record_folders_are_not_runs(tmp_path: Path) -> None:
+    for name in ("_clusters", "_logs"):
+        (tmp_path / name).mkdir()
+    assert list_runs(tmp_path, {}) == [] and find_run(tmp_path, "_clusters", {}) is None

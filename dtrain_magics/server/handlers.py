@@ -36,6 +36,12 @@ class _DtrainHandler(APIHandler):
                 paths[kernel["id"]] = session.get("path", "")
         return paths
 
+    @property
+    def server_root(self) -> str | None:
+        """The directory notebook paths start from (a file system's contents manager)."""
+        root = getattr(self.contents_manager, "root_dir", None)
+        return str(root) if root else None
+
     async def interrupt(self, kernel_id: str) -> None:
         """Interrupt a kernel, as the notebook's stop button does."""
         result: Any = self.kernel_manager.interrupt_kernel(kernel_id)  # type: ignore[func-returns-value]
@@ -53,7 +59,7 @@ class StateHandler(_DtrainHandler):
             json.dumps(
                 {
                     "clusters": list_clusters(clusters_dir(), paths),
-                    "runs": list_runs(runs_dir(), paths),
+                    "runs": list_runs(runs_dir(), paths, server_root=self.server_root),
                 }
             )
         )
@@ -74,7 +80,8 @@ class RunsHandler(_DtrainHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         paths = await self.kernel_paths()
-        self.finish(json.dumps({"runs": list_runs(runs_dir(), paths)}))
+        runs = list_runs(runs_dir(), paths, server_root=self.server_root)
+        self.finish(json.dumps({"runs": runs}))
 
 
 class RunHandler(_DtrainHandler):
@@ -82,7 +89,7 @@ class RunHandler(_DtrainHandler):
 
     @tornado.web.authenticated
     async def get(self, run_id: str, action: str | None = None) -> None:
-        run = find_run(runs_dir(), run_id, await self.kernel_paths())
+        run = find_run(runs_dir(), run_id, await self.kernel_paths(), self.server_root)
         if run is None:
             raise tornado.web.HTTPError(404, f"no run {run_id!r}")
         self.finish(json.dumps(run))
@@ -91,7 +98,7 @@ class RunHandler(_DtrainHandler):
     async def post(self, run_id: str, action: str | None = None) -> None:
         if action != "stop":
             raise tornado.web.HTTPError(404, "runs support only POST .../stop")
-        run = find_run(runs_dir(), run_id, await self.kernel_paths())
+        run = find_run(runs_dir(), run_id, await self.kernel_paths(), self.server_root)
         if run is None:
             raise tornado.web.HTTPError(404, f"no run {run_id!r}")
         if run["status"] not in ACTIVE_RUN:

@@ -1,6 +1,6 @@
 """This kernel's cluster state on disk, for the lab extension's server side.
 
-Each kernel keeps one ``clusters/<key>.json`` beside the runs directory (``<key>`` is the
+Each kernel keeps one ``_clusters/<key>.json`` under the runs directory (``<key>`` is the
 Jupyter kernel id, or ``pid-<pid>`` outside a Jupyter kernel). Run records carry the same
 kernel id and the id of the cell that started them. The server reads these files, so it never
 has to ask a kernel that is busy training, and a server restart loses nothing.
@@ -72,6 +72,9 @@ def identity() -> dict[str, Any]:
         "kernel_pid": os.getpid(),
         "cell_id": cell_id(),
         "execution_count": execution_count(),
+        # the notebook, as the server that started this kernel named it: the sidebar finds it
+        # again once the kernel is gone
+        "notebook": os.environ.get("JPY_SESSION_NAME"),
     }
 
 

@@ -24,8 +24,9 @@ def _runs_dir(runs_env: str | None, data_env: str | None) -> Path:
 
 
 def clusters_dir() -> Path:
-    """Each kernel's cluster state, next to the runs directory."""
-    return runs_dir().parent / "clusters"
+    """Each kernel's cluster state, under the runs directory (``$DTRAIN_RUNS_DIR`` moves it
+    too, and leaves nothing beside it)."""
+    return runs_dir() / "_clusters"
 
 
 def logs_dir() -> Path:

@@ -115,7 +115,7 @@ class ClusterStatus(TypedDict, total=False):
 
 
 class ClusterRecord(TypedDict):
-    """``clusters/<kernel id>.json``: one kernel's cluster, as the server reads it."""
+    """``_clusters/<kernel id>.json``: one kernel's cluster, as the server reads it."""
 
     launcher: str
     state: ClusterState
