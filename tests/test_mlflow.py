@@ -50,6 +50,17 @@ def test_a_run_goes_to_mlflow_and_a_failure_is_one_warning(
     rank1 = Path(client.download_artifacts(run_id, "rank-1.log", str(tmp_path)))
     assert "hello from 1" in rank1.read_text()
 
+    # points logged faster than they travel are thinned out, and the run says how many
+    reply = kernel.run(
+        "%%distributed --nodes 2 --mlflow --no-widget\nfor i in range(6000):\n"
+        "    dtrain.log(loss=float(i))"
+    )
+    assert "logged points thinned out" in reply.text, reply.text
+    reply = kernel.run("print('RUN', _dtrain.dropped_points, _dtrain.mlflow.wait(180))")
+    dropped, thinned = reply.text.split("RUN ")[1].split()[:2]
+    assert int(dropped) > 0
+    assert client.get_run(thinned).data.tags["dtrain.dropped_points"] == dropped
+
     # a store MLflow cannot reach: the cell succeeds, and one line says the run was not logged
     reply = kernel.run("%%distributed --nodes 2 --mlflow nosuchscheme://x --no-widget\nx = rank")
     assert reply.status == "ok", reply.text

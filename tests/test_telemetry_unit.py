@@ -78,6 +78,19 @@ def test_run_state_keeps_bounded_lines_and_aggregates_metrics() -> None:
     assert state.chart_series("loss") == [(0, 2.0, 1.0, 3.0)]
 
 
+def test_thinned_points_are_said_and_a_burst_makes_no_rate() -> None:
+    from dtrain_magics.ui.headline import headline
+
+    state = RunState("r", 1, {})
+    burst = [(i, "loss", 1.0, 100.0 + i * 1e-4) for i in range(5)]  # 5 points in 0.4 ms
+    state.add_telemetry(0, {"points": burst, "dropped": 0, "progress": None})
+    assert "steps/s" not in state.throughput()  # was 10,000 steps/s
+    later = [(5 + i, "loss", 1.0, 101.0 + i) for i in range(3)]
+    state.add_telemetry(0, {"points": later, "dropped": 36_864, "progress": None})
+    assert abs(state.throughput()["steps/s"] - 7 / 3.0) < 1e-9
+    assert "36,864 logged points thinned out (over 2,048 a second)" in headline(state)
+
+
 def test_svg_chart_draws_mean_and_spread() -> None:
     svg = svg_chart("loss", [(s, 1.0 / (s + 1), 0.5 / (s + 1), 2.0 / (s + 1)) for s in range(1000)])
     assert 'data-points="1000"' in svg and 'class="mean"' in svg and 'class="spread"' in svg

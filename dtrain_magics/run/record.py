@@ -71,6 +71,7 @@ class RunRecorder:
             log_paths=dict(store.log_paths) if store else {},
             values=state.values(),
             attempts=list(state.attempts),
+            dropped_points=state.dropped,
         )
         records.add(record)
         return record

@@ -265,10 +265,15 @@ class RunState:
         return max(etas) if etas else None
 
     def throughput(self) -> dict[str, float]:
-        """Steps per second (mean over ranks) and samples per second (sum over ranks)."""
+        """Steps per second (mean over ranks) and samples per second (sum over ranks), once a
+        rank has logged for a second (a few points logged at once make no rate)."""
         steps, samples = [], 0.0
         for r in self.ranks:
-            if r.first_time is not None and r.last_time is not None and r.last_time > r.first_time:
+            if (
+                r.first_time is not None
+                and r.last_time is not None
+                and r.last_time - r.first_time >= 1.0
+            ):
                 span = r.last_time - r.first_time
                 steps.append((r.steps - 1) / span if r.steps > 1 else 0.0)
                 samples += r.samples / span

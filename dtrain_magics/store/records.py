@@ -127,6 +127,8 @@ class RunRecord:
     """Every attempt (``--max-restarts``): ``{"attempt", "started", "ended", "status", "cause",
     "failing_rank"}``, the last one this run's own end."""
     mlflow: Any = None  # with --mlflow: the run's export (``.wait()`` gives MLflow's run id)
+    dropped_points: int = 0
+    """Logged points thinned out: a rank logged more than 2,048 in a second (the headline says)."""
 
     @property
     def metrics(self) -> list[MetricRow]:

@@ -213,6 +213,8 @@ def _tags(record: RunRecord) -> dict[str, str]:
     }
     if record.failing_rank is not None:
         tags["dtrain.failing_rank"] = str(record.failing_rank)
+    if record.dropped_points:  # the metrics lack these: logged faster than they travel
+        tags["dtrain.dropped_points"] = str(record.dropped_points)
     notebook = os.environ.get("JPY_SESSION_NAME")
     if notebook:
         tags["mlflow.source.name"] = notebook

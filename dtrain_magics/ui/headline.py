@@ -53,6 +53,8 @@ def headline(state: RunState) -> str:
         parts.append(f"ETA {duration(eta)}")
     for name, value in state.throughput().items():
         parts.append(f"{value:,.1f} {name}")
+    if state.dropped:
+        parts.append(f"{state.dropped:,} logged points thinned out (over 2,048 a second)")
     if state.failing_rank is not None:
         parts.append(f"rank {state.failing_rank}: {state.failure}")
     elif state.message:
