@@ -34,6 +34,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabServer, A
             new_code_cell(SHORT),
             new_code_cell(LONG),
             new_code_cell("%load_ext dtrain_magics\n%dtrain config"),
+            new_code_cell("\n%%distributed --ranks 0\nprint('only', rank)"),
         ]
     )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)"}
@@ -165,6 +166,21 @@ def test_config_form_copies_its_magic_line(lab: tuple[LabServer, Any]) -> None:
     copy.click()
     _cell(page, 2).get_by_role("button", name="Copied").wait_for(timeout=10_000)
     assert page.evaluate("navigator.clipboard.readText()") == line
+
+
+def test_a_cell_with_its_own_line_after_a_blank_one_runs_as_written(
+    lab: tuple[LabServer, Any],
+) -> None:
+    """Run Cell Distributed put a second %%distributed above it (IPython drops the blank
+    line, so the ranks got the cell's own line as code: a UsageError on each)."""
+    _, page = lab
+    _select(page, 3)
+    page.keyboard.press("Control+Shift+Enter")
+    cell = _cell(page, 3)
+    cell.locator(".dtrain-status").filter(has_text="succeeded").wait_for(timeout=120_000)
+    output = cell.locator(".jp-OutputArea").inner_text()
+    assert "[rank 0] only 0" in output and "rank 1" not in output.replace("1 rank", ""), output
+    assert "UsageError" not in output
 
 
 def test_insert_magic_setting_writes_the_line_into_the_cell(lab: tuple[LabServer, Any]) -> None:

@@ -20,9 +20,12 @@ export function magicLine(settings: ISettings): string {
   return flags.join(' ');
 }
 
-/** Whether a cell's source already starts with `%%distributed`. */
+/**
+ * Whether a cell's source already starts with `%%distributed`, after blank lines (which
+ * IPython drops before it looks for a cell magic).
+ */
 export function hasMagic(source: string): boolean {
-  return /^%%distributed(\s|$)/.test(source);
+  return /^([ \t]*\r?\n)*%%distributed(\s|$)/.test(source);
 }
 
 /**
