@@ -217,6 +217,10 @@ def test_cells_read_and_fail_as_local_cells_do() -> None:
             "%%distributed --no-widget\nraise ValueError('\\x1b[1mbold\\x1b[0m words')"
         )
         assert "rank 0 failed with ValueError: bold words." in reply.text, reply.text
+        reply = session.run("%%distributed --no-widget\nimport torch.distributed as d\nd.barrier()")
+        assert "(torch.distributed is set up by --backend torch: run the cell with it)." in (
+            reply.text
+        ), reply.text
         reply = session.run("%%distributed --no-widget\nprint('after', y)")
         assert "[rank 1] after 1" in reply.text, reply.text  # the ranks and namespaces stay
     finally:

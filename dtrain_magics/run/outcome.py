@@ -105,15 +105,24 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
 
 
 def _error_line(e: Any) -> str:
-    """``ValueError: boom`` for a rank's error, without terminal colours. An exception in
-    IPython's display of the cell's value reaches the reply as ``NoneType: None``: the last
-    line of the rank's traceback names it instead."""
+    """``ValueError: boom`` for a rank's error, without terminal colours, and what to do for
+    errors with a known cause. An exception in IPython's display of the cell's value reaches
+    the reply as ``NoneType: None``: the last line of the rank's traceback names it instead."""
     ename, evalue = str(e.ename), _ANSI.sub("", str(e.evalue or ""))
+    line = f"{ename}: {evalue}" if evalue else ename
     if ename == "NoneType":
-        last = [line for line in _ANSI.sub("", _remote_traceback(e)).splitlines() if line.strip()]
-        if last and ":" in last[-1]:
-            return last[-1].strip()
-    return f"{ename}: {evalue}" if evalue else ename
+        last = [t for t in _ANSI.sub("", _remote_traceback(e)).splitlines() if t.strip()]
+        line = last[-1].strip() if last and ":" in last[-1] else line
+    hint = next((h for cause, h in HINTS.items() if cause in line), None)
+    return f"{line.rstrip('.')} ({hint})" if hint else line
+
+
+HINTS = {  # part of an error's text → what to do
+    "Default process group has not been initialized": "torch.distributed is set up by "
+    "--backend torch: run the cell with it",
+    "environment variable RANK expected": "torch.distributed is set up by --backend torch: run "
+    "the cell with it",
+}
 
 
 def _remote_traceback(e: Any) -> str:
