@@ -229,6 +229,18 @@ def test_an_exception_shows_the_scripts_traceback(ip: Any, cluster: Any, scripts
     assert "runpy" not in rendered and "run_script" not in rendered
 
 
+def test_a_script_that_does_not_compile_shows_pythons_lines(
+    ip: Any, cluster: Any, scripts: Path
+) -> None:
+    broken = _script(scripts, "broken.py", "import sys\nx = (1,\n")
+    with pytest.raises(RankError) as info:
+        ip.run_line_magic("distributed", f"--nodes 2 {broken}")
+    assert str(info.value).startswith("rank 0 failed with SyntaxError: '(' was never closed")
+    rendered = "\n".join(info.value._render_traceback_())
+    assert f'File "{scripts / broken}", line 2' in rendered and "x = (1," in rendered, rendered
+    assert "run_script" not in rendered and "interactiveshell" not in rendered, rendered
+
+
 def test_timeout_and_the_cells_after_it(ip: Any, cluster: Any, scripts: Path) -> None:
     loop = _script(
         scripts,

@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import sys
+import traceback
 from importlib.machinery import SourceFileLoader
 from types import ModuleType, TracebackType
 
@@ -30,6 +31,18 @@ class ScriptExit(Exception):
 
     def _render_traceback_(self) -> list[str]:
         return []  # the code says it all, and whatever the script printed is in its output
+
+
+class ScriptSyntaxError(Exception):
+    """The script does not compile; shown as ``python train.py`` shows it (IPython would show
+    a ``SyntaxError`` with the frames of the code that compiled it)."""
+
+    def __init__(self, error: SyntaxError) -> None:
+        super().__init__(f"failed with SyntaxError: {error}")
+        self.lines = "".join(traceback.format_exception_only(type(error), error)).splitlines()
+
+    def _render_traceback_(self) -> list[str]:
+        return self.lines
 
 
 def run_script(path: str, args: list[str], cwd: str) -> None:
@@ -51,7 +64,11 @@ def run_script(path: str, args: list[str], cwd: str) -> None:
     try:
         sys.modules["__main__"] = main = _main_module(file)
         with io.open_code(file) as f:
-            code = compile(f.read(), file, "exec", dont_inherit=True)
+            source = f.read()
+        try:
+            code = compile(source, file, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            raise ScriptSyntaxError(e) from None
         exec(code, main.__dict__)
     except SystemExit as e:
         status = _exit_code(e.code)

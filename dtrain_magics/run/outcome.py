@@ -59,7 +59,13 @@ class RunResult:
         return next((o for o in self.ranks if o.rank == self.failing_rank), None)
 
 
-PHRASED = ("ScriptExit", "CollectiveNeedsEveryRank", "ReplicasDiffer", "NothingToCheck")
+PHRASED = (
+    "ScriptExit",
+    "ScriptSyntaxError",
+    "CollectiveNeedsEveryRank",
+    "ReplicasDiffer",
+    "NothingToCheck",
+)
 """Rank errors (``rank/script.py``, ``rank/subset.py``, ``rank/replicas.py``) whose message says
 what the rank did."""
 
