@@ -83,6 +83,13 @@ def test_one_traceback_numbered_as_the_cell(notebook: Any) -> None:
     assert "rank 1: ValueError: rank one broke" in re.sub("<[^>]+>", "", _record(cell))
 
 
+def test_a_failed_ranks_log_holds_its_traceback(notebook: Any) -> None:
+    """The rank's log file (``_dtrain.log(1)``) was empty: the error went to the cell only."""
+    (run_dir,) = re.findall(r"logs and metrics: <code>([^<]+)</code>", _record(notebook.cells[3]))
+    text = (Path(run_dir) / "rank-1.log").read_text()
+    assert "ValueError: rank one broke" in text and "\x1b[" not in text, text
+
+
 def _record(cell: Any) -> str:
     html = [
         o.data["text/html"]

@@ -4,6 +4,7 @@ its end."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from ..errors import RunInterrupted
@@ -13,6 +14,7 @@ from .outcome import RunResult, exit_reason
 from .state import RunState
 
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class RunRecorder:
@@ -58,6 +60,10 @@ class RunRecorder:
         self.save()
         store = state.store
         if store is not None:
+            for o in result.ranks if result is not None else []:
+                if o.failed:  # what the cell showed of the rank's error: in its log too
+                    text = _ANSI.sub("", o.traceback or f"{o.error}")
+                    store.append_log(o.rank, text.rstrip("\n") + "\n")
             store.close()
         record = RunRecord(
             id=state.id,
