@@ -32,6 +32,11 @@ pytestmark = pytest.mark.cluster
             "--check-replicas 2model",
             "--check-replicas takes comma-separated Python names, and '2model' is not one.",
         ),
+        (
+            "--check-replicas ,",
+            "--check-replicas ',' names nothing; give comma-separated Python names.",
+        ),
+        ("--env 'A=1", "the line does not split into words (No closing quotation): close it."),
         ("--gpus 2", "unrecognized arguments: --gpus 2"),
     ],
 )

@@ -76,6 +76,8 @@ def parse_names(text: str | None, flag: str) -> tuple[str, ...]:
     if not text:
         return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise BadOptions(f"{flag} {text!r} names nothing; give comma-separated Python names.")
     for name in names:
         if not name.isidentifier():
             raise BadOptions(f"{flag} takes comma-separated Python names, and {name!r} is not one.")
@@ -93,7 +95,7 @@ def parse_ranks(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     ranks: set[int] = set()
-    text = text.strip().strip("'\"")  # IPython keeps the quotes of --ranks "0,1"
+    text = text.strip().strip("'\"")  # quoted twice: --ranks "'0,1'"
     for part in (p.strip() for p in text.split(",")):
         match = _RANGE.fullmatch(part)
         if not part:
