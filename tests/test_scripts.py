@@ -241,6 +241,16 @@ def test_a_script_that_does_not_compile_shows_pythons_lines(
     assert "run_script" not in rendered and "interactiveshell" not in rendered, rendered
 
 
+def test_standard_input_is_empty_on_every_rank(
+    ip: Any, cluster: Any, scripts: Path, capsys: Any
+) -> None:
+    """Rank 0 read the notebook's standard input through mpiexec: a read waited for ever."""
+    reads = _script(scripts, "reads.py", "import sys\nprint('READ', repr(sys.stdin.read()))\n")
+    ip.run_line_magic("distributed", f"--nodes 2 --timeout 60 {reads}")
+    out = capsys.readouterr().out
+    assert "[rank 0] READ ''" in out and "[rank 1] READ ''" in out, out
+
+
 def test_timeout_and_the_cells_after_it(ip: Any, cluster: Any, scripts: Path) -> None:
     loop = _script(
         scripts,

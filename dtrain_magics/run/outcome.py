@@ -187,7 +187,7 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
     elif others:
         stopped = f" Ranks {', '.join(map(str, others))} were interrupted."
     raise RankError(
-        f"rank {failing.rank} {failing.phrase()}.{stopped}{restart_note}",
+        f"rank {failing.rank} {failing.phrase().rstrip('.')}.{stopped}{restart_note}",
         failing.rank,
         failing.traceback,
     )

@@ -172,9 +172,10 @@ def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
 
 
 def mpiexec_args(env: Mapping[str, str]) -> list[str]:
-    """mpiexec options: oversubscription allowed, no pinning, ``env`` forwarded to remote ranks."""
+    """mpiexec options: oversubscription allowed, no pinning, no standard input (rank 0's read
+    of it would wait for ever on the notebook's), ``env`` forwarded to remote ranks."""
     forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
-    args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
+    args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none"]
     for name in forwarded:
         args += ["-x", name]
     return args
