@@ -24,7 +24,7 @@ from kernel_session import KernelSession, printed_pids
 import dtrain_magics
 from dtrain_magics.cluster import TrainingCluster
 from dtrain_magics.cluster.launchers import Layout
-from dtrain_magics.errors import RankError, RunTimeoutError
+from dtrain_magics.errors import ClusterStartError, RankError, RunTimeoutError
 
 pytestmark = pytest.mark.cluster
 
@@ -276,6 +276,24 @@ def test_checkpoint_survives_an_interrupted_run_and_training_resumes(
 def test_load_checkpoint_of_a_missing_file_is_none(run: Any, cluster: Any, tmp_path: Path) -> None:
     run(f"missing = dtrain.load_checkpoint({str(tmp_path / 'nope.pt')!r})")
     assert rank_values(cluster, "missing") == [None, None]
+
+
+def test_an_mpi_setting_that_kills_the_ranks_says_what_mpi_said(run: Any, cluster: Any) -> None:
+    """The engines register, then MPI's start in Horovod's init kills them: the cell said only
+    `Engine 0 died while running task …`; it now quotes MPI's report."""
+    started = time.monotonic()
+    with pytest.raises(ClusterStartError) as info:
+        run("x = 1", "--nodes 2 --env OMPI_MCA_pml=nosuchpml")
+    text = str(info.value)
+    assert text.startswith("initialising horovod failed: EngineError: Engine 0 died"), text
+    assert "; MPI said:\n" in text and "Component: nosuchpml" in text, text
+    assert "[IPEngine" not in text  # the engines' own log lines are left out
+    record(
+        "an OMPI_MCA_* setting that MPI cannot load: the cell fails quoting MPI",
+        time.monotonic() - started,
+    )
+    run("x = rank", "--nodes 2")  # the next cell starts a new cluster, without the setting
+    assert rank_values(cluster, "x") == [0, 1]
 
 
 def test_a_checkpoint_on_rank_0_only_fails_the_cell_and_leaves_the_ranks_in_step(

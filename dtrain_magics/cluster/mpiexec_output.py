@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import signal
+import time
+from collections.abc import Callable
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,18 @@ def read_tail(ipp_cluster: Any, tail: int = 20_000) -> str:
         except OSError:  # removed at exit: ipyparallel kept what it held
             parts.append((getattr(engine_set, "_output", None) or "")[-tail:])
     return "\n".join(parts)
+
+
+def mpi_report(ipp_cluster: Any, exited: Callable[[], bool], wait: float = 3.0) -> str:
+    """What MPI itself said at the end of ``mpiexec``'s output once it has ``exited`` (it
+    writes why as it ends the job; ``wait`` seconds at most), without the engines' log lines
+    (``[IPEngine.0.0] Handling apply_request …``)."""
+    deadline = time.monotonic() + wait
+    while not exited() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = read_tail(ipp_cluster, 6000).splitlines()
+    kept = [line for line in lines if "[IPEngine" not in line and not line.startswith("addrs:")]
+    return "\n".join(kept).strip()
 
 
 class OutputFollower:

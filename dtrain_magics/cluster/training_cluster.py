@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from ..errors import ClusterStartError
+from ..errors import ClusterStartError, RankError
 from ..store import diagnostics, kernel_state
 from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
@@ -328,8 +328,8 @@ class TrainingCluster:
     # -- ranks ------------------------------------------------------------------------------
 
     def prepare_ranks(self, key: BackendKey, timeout: float = 120.0) -> None:
-        """Initialise the backend ``key`` on every rank, unless done; on a timeout the cluster
-        is stopped (the next cell starts a new one)."""
+        """Initialise the backend ``key`` on every rank, unless done; stop the cluster on a
+        timeout; a rank that dies doing it (an MPI setting) is shown with MPI's report."""
         try:
             local = self.launcher == "local"
             self.backends.prepare(self.view, key, local, timeout, self.owns_processes)
@@ -339,6 +339,11 @@ class TrainingCluster:
                 f"initialising {key[0]} did not finish on every rank within {timeout:.0f} s; "
                 "the cluster was stopped and the next cell starts a new one."
             ) from None
+        except RankError as e:
+            if "died" not in str(e) or not self.owns_processes:
+                raise
+            report = mpiexec_output.mpi_report(self._cluster, self.engines_exited)
+            raise ClusterStartError(f"{e}; MPI said:\n{report}") from None
 
     def reset_ranks(self) -> bool:
         """Reset the backend on every rank after an aborted cell; False if that failed."""
@@ -373,12 +378,6 @@ class TrainingCluster:
     def add_listener(self, listener: Callable[[ClusterRecord], None]) -> None:
         """Call ``listener(record)`` on every state change (held weakly: a bound method)."""
         self._listeners.add(listener)
-
-    def __enter__(self) -> TrainingCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -259,8 +259,8 @@ class DistributedMagics(Magics):
             key = self.cluster.backends.key
             if key is not None:  # the ranks' backend and device, for cells that name neither
                 self._ranks_ran = (key[0], key[1])
-            if self.cluster.layout is not None:  # to start again if it is lost
-                self._cluster_ran = (self.cluster.layout, self.cluster.spec)
+            if key is not None and self.cluster.layout is not None:  # one whose ranks worked,
+                self._cluster_ran = (self.cluster.layout, self.cluster.spec)  # to start again
             record = last_run()
             if record is not None:
                 self._namespace()["_dtrain"] = record
