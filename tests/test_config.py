@@ -56,6 +56,11 @@ def test_launcher_fields_show_only_for_their_launcher(magics: Any) -> None:
     assert "hostfile" not in shown()
     panel.fields["launcher"].value = "mpi"
     assert "hostfile" in shown() and "slurm_partition" not in shown()
+    # a hidden field is not applied (nor saved): it belongs to a launcher not chosen
+    panel.fields["hostfile"].value = "/tmp"
+    panel.fields["launcher"].value = "local"
+    assert panel.apply()
+    assert "hostfile" not in magics.settings.applied and "--hostfile" not in panel.magic_line
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,11 @@ pytestmark = pytest.mark.cluster
         ),
         ("--env 'A=1", "the line does not split into words (No closing quotation): close it."),
         ("--gpus 2", "unrecognized arguments: --gpus 2"),
+        (
+            "--partition gpu",
+            "--partition is a setting of the slurm launcher, and this cell runs with the local "
+            "launcher: add --launcher slurm, or leave --partition out.",
+        ),
     ],
 )
 def test_bad_flags_raise_usage_error(ip: Any, cluster: Any, line: str, message: str) -> None:

@@ -9,7 +9,7 @@ from ..cluster.launchers import LAUNCHERS, LaunchSpec, Layout
 from ..cluster.training_cluster import TrainingCluster
 from ..config.options import RunOptions
 from ..config.settings import DistributedSettings
-from ..config.traits import MAX_RANKS
+from ..config.traits import MAX_RANKS, flag_of
 from ..errors import BadOptions
 
 RanksRan = tuple[str, str]
@@ -81,6 +81,23 @@ def running_except(
     options.update((name, value) for name, value in asked.options if name in flags)
     env = asked.env if "env" in flags else ran_spec.env
     return layout, LaunchSpec(ran_spec.launcher, tuple(sorted(options.items())), env)
+
+
+def check_launcher_flags(
+    flags: set[str], launcher: str, settings_class: type[DistributedSettings]
+) -> None:
+    """``BadOptions`` for a flag of another launcher than the one the cell runs with (it would
+    be ignored): ``--partition`` on the local launcher."""
+    relevant = set(settings_class.relevant(launcher))
+    traits = settings_class.setting_traits()
+    for name in sorted(flags - relevant):
+        owner = traits[name].metadata.get("launcher")
+        if owner:
+            flag = flag_of(traits[name])
+            raise BadOptions(
+                f"{flag} is a setting of the {owner} launcher, and this cell runs with the "
+                f"{launcher} launcher: add --launcher {owner}, or leave {flag} out."
+            )
 
 
 def ranks_as_they_are(

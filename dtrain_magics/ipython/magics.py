@@ -200,6 +200,7 @@ class DistributedMagics(Magics):
             layout, spec, note = choice.cluster_for(
                 self.cluster, flags, settings, changed, self._cluster_ran
             )
+            choice.check_launcher_flags(flags, spec.launcher, type(settings))
             if self.cluster.needs_start(layout, spec):  # a bad spec keeps the running cluster
                 check_spec(spec, layout)
         except (BadOptions, ClusterStartError) as e:

@@ -182,8 +182,14 @@ class ConfigPanel:
         """The fields as settings values, and the reason each invalid one is invalid."""
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
+        launcher = self.fields["launcher"].value
+        hidden = set(self.traits) - set(self.store.settings_class.relevant(launcher))
+        defaults = self.store.defaults().values() if hidden else {}
         for name, field in self.fields.items():
             trait = self.traits[name]
+            if name in hidden:  # another launcher's field: as the defaults have it
+                values[name] = defaults[name]
+                continue
             try:
                 value = field.value
                 if isinstance(trait, SettingTrait) and isinstance(value, str):
