@@ -28,12 +28,10 @@ _magics: DistributedMagics | None = None
 
 def ConfigPanel(magics: DistributedMagics | None = None) -> Panel:
     """The settings form of ``%dtrain config``, for the loaded extension's magics."""
-    from .ui.config_form import ConfigPanel as Panel
-
     magics = magics or _magics
     if magics is None:
         raise RuntimeError("load the extension first: %load_ext dtrain_magics")
-    return Panel(magics.settings, magics.cluster, magics.runner.gate, magics.runner.request_stop)
+    return magics._dtrain_config()  # type: ignore[no-any-return]
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

@@ -36,9 +36,22 @@ def test_await_in_a_plain_function_keeps_pythons_message() -> None:
     assert caught.value.text == "    await g()"  # the compiler leaves it out; filled in
 
 
-def test_the_transformer_checks_the_cell_and_consoles_skip_it() -> None:
+def test_blank_lines_at_the_start_keep_the_cells_line_numbers() -> None:
+    for body, line in (("\nx = (\n", 3), ("\n!echo hi\n\nx = (\n", 5)):
+        with pytest.raises(SyntaxError) as caught:
+            check_cell_syntax(body, first_line=2)
+        assert caught.value.lineno == line, body
+
+
+def test_the_transformer_checks_the_cell_and_consoles_wait_for_its_end() -> None:
+    from IPython.core.inputtransformer2 import TransformerManager
+
     with pytest.raises(SyntaxError) as caught:
         await_distributed_cells(["%%distributed --nodes 2\n", "x = (\n"])
     assert caught.value.lineno == 2
     assert await_distributed_cells(["%%distributed\n", "\n"])  # empty: the magic's message
-    assert getattr(await_distributed_cells, "has_side_effects", False)
+    manager = TransformerManager()
+    manager.cleanup_transforms.append(await_distributed_cells)
+    # as for any cell magic: more lines to come (the check would have said "invalid")
+    status, _ = manager.check_complete("%%distributed --nodes 2\nfor i in range(3):\n")
+    assert status == "incomplete"

@@ -173,7 +173,7 @@ def test_an_unreadable_hostfile_is_marked_in_the_form(magics: Any, tmp_path: Pat
     ):
         panel.fields["hostfile"].value = str(path)
         shown = html.unescape(panel.errors["hostfile"].value)
-        assert f"Hostfile: cannot read the hostfile {str(path)!r}: {reason}." in shown, shown
+        assert f"cannot read the hostfile {str(path)!r}: {reason}." in shown, shown
         assert not panel.apply()
     assert magics.settings.applied == {}
 
@@ -194,7 +194,7 @@ def test_a_bad_hostfile_on_a_cell_keeps_the_running_cluster(
     assert rank_values(cluster, "important") == [0, 100]
 
 
-def test_start_and_restart_wait_while_a_cell_runs(magics: Any) -> None:
+def test_start_and_restart_are_refused_while_a_cell_runs(magics: Any) -> None:
     panel = ConfigPanel(magics)
     magics.runner.gate.enter()  # as a running cell does
     try:

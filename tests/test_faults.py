@@ -327,6 +327,35 @@ def test_a_checkpoint_on_rank_0_only_fails_the_cell_and_leaves_the_ranks_in_step
     assert rank_values(cluster, "loaded") == [{"step": 6}, {"step": 6}]
 
 
+def test_a_large_load_checkpoint_on_rank_0_only_is_found_and_ended(
+    run: Any, cluster: Any, tmp_path: Path
+) -> None:
+    """A real checkpoint is larger than MPI sends at once: rank 0's broadcast waits for ranks
+    that never come. The report finds it; MPI's wait cannot be interrupted, so the cluster is
+    restarted (it waited for ever without --where-after)."""
+    import torch
+
+    path = str(tmp_path / "big.pt")
+    torch.save({"weights": torch.zeros(256, 1024)}, path)  # 1 MB
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        run(f"if rank == 0:\n    dtrain.load_checkpoint({path!r})", "--nodes 2 --where-after 2")
+    took = time.monotonic() - started
+    text = str(info.value)
+    assert text.startswith("rank 0 waited in a collective that no rank can finish (cell line 2"), (
+        text
+    )
+    assert (
+        "in dtrain.load_checkpoint (MPI bcast); rank 1 (its cell has ended) has not joined" in text
+    )
+    assert "the cluster was restarted" in text, text
+    record(
+        "load_checkpoint of 1 MB on rank 0 only, --where-after 2: found, cluster restarted", took
+    )
+    run("x = rank", "--nodes 2")
+    assert rank_values(cluster, "x") == [0, 1]
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

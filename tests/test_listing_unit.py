@@ -85,9 +85,3 @@ def test_a_run_keeps_its_notebook_after_its_kernel_is_gone(tmp_path: Path) -> No
     assert describe_run(summary, {}, str(tmp_path))["path"] == "rel/nb.ipynb"
     run = describe_run(summary, {"gone": "live.ipynb"}, str(tmp_path))
     assert run["path"] == "live.ipynb" and run["live"]  # a live kernel's session comes first
-
-
-def test_the_record_folders_are_not_runs(tmp_path: Path) -> None:
-    for name in ("_clusters", "_logs"):
-        (tmp_path / name).mkdir()
-    assert list_runs(tmp_path, {}) == [] and find_run(tmp_path, "_clusters", {}) is None

@@ -138,3 +138,41 @@ def test_wait_wrapper_times_the_wait_and_names_the_collective() -> None:
     assert seen[0].name == "allreduce.noname.41" and seen[0].detail == "Sum"
     assert collectives.clock.waiting is None
     assert collectives.clock.waited - before >= 0.02
+
+
+def _at(rank: int, op: str | None = None, name: str = "", **extra: Any) -> dict[str, Any]:
+    collective = None if op is None else {"op": op, "name": name or op, "for": 5.0, **extra}
+    state = "idle" if op is None and extra.get("idle", True) else "running"
+    return {"rank": rank, "state": state, "collective": collective, "pending": []}
+
+
+def test_a_deadlock_is_every_rank_waiting_for_one_that_will_not_come() -> None:
+    from dtrain_magics.run.where import deadlock, deadlock_phrase
+
+    ended = combine([_at(0, "allreduce", "allreduce.x"), _at(1)], "no progress for 30 s")
+    found = deadlock(ended, 0.0)
+    assert found is not None and found["rank"] == 0
+    assert deadlock_phrase(found).startswith("waited in a collective that no rank can finish (")
+    crossed = combine([_at(0, "allreduce", "a"), _at(1, "allreduce", "b")], "x")
+    assert deadlock(crossed, 0.0) is not None
+    running = [_at(0, "allreduce", "a"), {**_at(1), "state": "running"}]  # computing
+    assert deadlock(combine(running, "x"), 0.0) is None
+    together = combine([_at(0, "allreduce", "a"), _at(1, "allreduce", "a")], "x")
+    assert deadlock(together, 0.0) is None  # a slow collective, every rank in it
+    joined = combine([_at(0, "allreduce", "a"), _at(1, "join", "join")], "x")
+    assert deadlock(joined, 0.0) is None  # hvd.join stands in for rank 1
+    group = [_at(0, "all_reduce", subgroup=True), _at(1, "all_reduce", subgroup=True), _at(2)]
+    assert deadlock(combine(group, "x"), 0.0) is None  # rank 2 is not in their group
+    fresh = combine([_at(0, "allreduce", "a"), {**_at(1), "since_done": 0.5}], "asked")
+    assert deadlock(fresh, 2.0) is None  # answers of different moments, just after a collective
+    short = combine(
+        [
+            {
+                **_at(0, "allreduce", "a"),
+                "collective": {"op": "allreduce", "name": "a", "for": 0.3},
+            },
+            _at(1),
+        ],
+        "asked",
+    )
+    assert deadlock(short, 2.0) is None and deadlock(short, 0.0) is not None

@@ -343,7 +343,8 @@ class TrainingCluster:
             if "died" not in str(e) or not self.owns_processes:
                 raise
             report = mpiexec_output.mpi_report(self._cluster, self.engines_exited)
-            raise ClusterStartError(f"{e}; MPI said:\n{report}") from None
+            said = f"; MPI said:\n{report}" if report else " (MPI said nothing more)."
+            raise ClusterStartError(f"{e}{said}") from None
 
     def reset_ranks(self) -> bool:
         """Reset the backend on every rank after an aborted cell; False if that failed."""

@@ -49,12 +49,13 @@ class WhereProbe:
         return out
 
 
-def ask(client: Any, engine_ids: list[int]) -> WhereProbe:
-    """Send the question to the engines of ``engine_ids`` (rank order); returns at once."""
+def ask(client: Any, engine_ids: list[int], ranks: list[int] | None = None) -> WhereProbe:
+    """Send the question to the engines of ``engine_ids``, the ranks ``ranks`` (by default
+    0, 1, ... in that order); returns at once."""
     idents, _ = client._build_targets(list(engine_ids))
     futures = {
         rank: client._send(client._control_stream, REQUEST, content={}, ident=ident)
-        for rank, ident in enumerate(idents)
+        for rank, ident in zip(ranks or range(len(idents)), idents, strict=True)
     }
     return WhereProbe(futures)
 

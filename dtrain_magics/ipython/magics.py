@@ -202,7 +202,7 @@ class DistributedMagics(Magics):
             )
             choice.check_launcher_flags(flags, spec.launcher, type(settings))
             if self.cluster.needs_start(layout, spec):  # a bad spec keeps the running cluster
-                check_spec(spec, layout)
+                check_spec(spec)
         except (BadOptions, ClusterStartError) as e:
             raise UsageError(str(e)) from None
         options = dataclasses.replace(
@@ -353,10 +353,15 @@ class DistributedMagics(Magics):
     def _engine_ids(self) -> list[int]:
         return [self.cluster.engine_id(r) for r in range(len(self.cluster.engines))]
 
+    def stop_cluster(self) -> None:
+        """Stop the cluster (``%dtrain stop``, the form's Stop): the next starts from the
+        settings, not as this one ran."""
+        self.cluster.stop()
+        self._ranks_ran = self._cluster_ran = None
+
     def _dtrain_stop(self) -> None:
         was, owned = self.cluster.running, self.cluster.owns_processes
-        self.cluster.stop()
-        self._ranks_ran = self._cluster_ran = None  # the next cluster starts from the settings
+        self.stop_cluster()
         if was and not owned:
             print("Disconnected; the cluster was not started here, so it keeps running.")
         else:
@@ -374,7 +379,10 @@ class DistributedMagics(Magics):
     def _dtrain_config(self) -> Any:
         from ..ui.config_form import ConfigPanel
 
-        return ConfigPanel(self.settings, self.cluster, self.runner.gate, self.runner.request_stop)
+        runner = self.runner
+        return ConfigPanel(
+            self.settings, self.cluster, runner.gate, runner.request_stop, self.stop_cluster
+        )
 
 
 def show_tracking_warnings(*_: Any) -> None:

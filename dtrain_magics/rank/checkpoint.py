@@ -32,9 +32,13 @@ _broadcasts = 0
 
 def _broadcast(comm: Any, obj: Any, name: str) -> Any:
     global _broadcasts
-    _broadcasts += 1
     with mpi_wait(name, "bcast"):
-        return comm.bcast(obj, root=0)
+        received = comm.bcast(obj, root=0)
+    # counted once done: an interrupt between the two leaves this rank short by one, and the
+    # notebook's ``take_missed`` then waits for a message never sent, fails and restarts the
+    # cluster; counted first, a rank interrupted before the call would hide a stale message
+    _broadcasts += 1
+    return received
 
 
 def take_missed(count: int) -> None:

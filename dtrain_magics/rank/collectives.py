@@ -53,6 +53,7 @@ TORCH_COLLECTIVES = (
     "gather_object",
     "scatter_object_list",
 )
+PROCESS_SET = "process set "  # in a wait's detail: Horovod's, not the global one
 MAX_PENDING = 4096  # handles enqueued and not yet waited on (a rank that only polls)
 
 
@@ -63,8 +64,9 @@ class Waiting:
     op: str
     name: str
     since: float  # time.monotonic()
-    detail: str = ""  # the reduction (Sum, Average, ...)
+    detail: str = ""  # the reduction (Sum, Average, ...), and a Horovod process set
     backend: str = "horovod"  # or "torch" (torch.distributed), "mpi" (the package's own)
+    subgroup: bool = False  # some of the ranks only (a process set, a torch group)
 
 
 @dataclass
@@ -118,16 +120,22 @@ def _wrap_enqueue(original: Callable[..., Any], op: str, ops: dict[int, str]) ->
     params = list(inspect.signature(original).parameters)
     name_at = params.index("name")
     op_at = params.index("op") if "op" in params else None
+    set_at = params.index("process_set") if "process_set" in params else None
 
     @functools.wraps(original)
     def enqueue(*args: Any, **kwargs: Any) -> Any:
         handle = original(*args, **kwargs)
         name = args[name_at] if len(args) > name_at else kwargs.get("name")
-        reduce = ""
+        detail = ""
         if op_at is not None:
             value = args[op_at] if len(args) > op_at else kwargs.get("op")
-            reduce = ops.get(value, "") if isinstance(value, int) else ""
-        clock.enqueued(handle, op, name, reduce)
+            detail = ops.get(value, "") if isinstance(value, int) else ""
+        if set_at is not None:
+            chosen = args[set_at] if len(args) > set_at else kwargs.get("process_set")
+            number = getattr(chosen, "process_set_id", 0)
+            if number:  # not the global set: some of the ranks
+                detail = f"{detail} {PROCESS_SET}{number}".strip()
+        clock.enqueued(handle, op, name, detail)
         return handle
 
     return enqueue
@@ -148,7 +156,7 @@ def _wait_and_clear(original: Callable[[int], None]) -> Callable[[int], None]:
     def wait_and_clear(handle: int) -> None:
         op, name, detail = clock.pending.pop(handle, ("collective", f"handle {handle}", ""))
         started = monotonic()
-        clock.waiting = Waiting(op, name, started, detail)
+        clock.waiting = Waiting(op, name, started, detail, subgroup=PROCESS_SET in detail)
         try:
             original(handle)
         finally:
@@ -183,15 +191,18 @@ def install_horovod() -> None:
         _installed.add("horovod")
 
 
-def _wrap_torch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
+def _wrap_torch(original: Callable[..., Any], op: str, dist: Any) -> Callable[..., Any]:
     monotonic = time.monotonic
+    groups = dist.ProcessGroup
 
     @functools.wraps(original)
     def blocking(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("async_op"):
             return original(*args, **kwargs)
         started = monotonic()
-        clock.waiting = Waiting(op, op, started, backend="torch")
+        group = kwargs.get("group") or next((a for a in args if isinstance(a, groups)), None)
+        some = group is not None and group is not dist.group.WORLD
+        clock.waiting = Waiting(op, op, started, "a subgroup" if some else "", "torch", some)
         try:
             return original(*args, **kwargs)
         finally:
@@ -210,7 +221,7 @@ def install_torch() -> None:
         for op in TORCH_COLLECTIVES:
             original = getattr(dist, op, None)
             if original is not None:
-                _patch(dist, op, _wrap_torch(original, op))
+                _patch(dist, op, _wrap_torch(original, op, dist))
         _installed.add("torch")
 
 

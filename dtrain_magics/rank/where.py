@@ -106,6 +106,7 @@ def report(thread_id: int | None = None) -> dict[str, Any]:
             "name": waiting.name,
             "detail": waiting.detail,
             "backend": waiting.backend,
+            "subgroup": waiting.subgroup,
             "for": round(now - waiting.since, 3),
         }
     return {

@@ -25,13 +25,16 @@ def settle_broadcasts(cluster: Any, watch: RankWatch, restarted: bool) -> Stop |
     counts = watch.broadcasts
     if restarted or not counts or 0 not in watch.ars:  # a new cluster holds no old message
         return None
-    behind = {r: counts[0] - counts.get(r, 0) for r in watch.ars if counts.get(r, 0) < counts[0]}
+    sent = counts.get(0, 0)
+    behind = {r: sent - counts.get(r, 0) for r in watch.ars if counts.get(r, 0) < sent}
+    stopped = ""
     for rank, missed in behind.items():
         try:
-            RankBackends.take_missed_broadcasts(cluster.view([rank]), missed)
+            RankBackends.take_missed_broadcasts(cluster.view([rank]), missed, timeout=5.0)
         except Exception:  # still waiting for a message: only a new cluster is sure to be right
             log.warning("rank %d could not take rank 0's broadcasts", rank, exc_info=True)
             cluster.stop()
+            stopped = "; they could not be put back in step, so the cluster was stopped"
             break
     if not behind or any(o.status != "ok" for o in watch.outcomes.values()):
         return None  # the cell failed already, for the reason it shows
@@ -39,7 +42,7 @@ def settle_broadcasts(cluster: Any, watch: RankWatch, restarted: bool) -> Stop |
     watch.fail(
         first,
         "did not call dtrain.checkpoint or dtrain.load_checkpoint as rank 0 did "
-        f"({counts[0]} calls there, {counts.get(first, 0)} here): every rank must call them, "
-        "and rank 0 alone writes or reads the file; take them out of `if rank == 0:`",
+        f"({sent} calls there, {counts.get(first, 0)} here): every rank must call them, "
+        f"and rank 0 alone writes or reads the file; take them out of `if rank == 0:`{stopped}",
     )
     return "failed"

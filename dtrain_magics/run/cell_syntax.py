@@ -27,7 +27,10 @@ def check_cell_syntax(code: str, first_line: int = 1) -> None:
         pass  # perhaps IPython's syntax; checked below, outside this handler (no chained error)
     from IPython.core.inputtransformer2 import TransformerManager
 
-    _compile(padding + TransformerManager().transform_cell(code))
+    lines = code.splitlines(keepends=True)
+    blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    # IPython drops the blank lines a cell starts with: put them back for the line numbers
+    _compile(padding + "\n" * blank + TransformerManager().transform_cell(code))
 
 
 def _compile(source: str) -> None:

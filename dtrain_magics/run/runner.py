@@ -17,7 +17,7 @@ from ..cluster.mpiexec_output import OutputFollower
 from ..cluster.training_cluster import Report, TrainingCluster, quiet
 from ..cluster.where import ask as ask_where
 from ..config.options import RunOptions, format_ranks
-from ..errors import BadOptions
+from ..errors import BadOptions, RunInterrupted
 from ..store import kernel_state
 from ..store.records import RunStore, new_run_id
 from .aio import Wakeup, run_sync
@@ -68,8 +68,9 @@ class DistributedRunner:
         self._where: WhereWatch | None = None
 
     def request_stop(self) -> None:
-        """Ask the running cell to interrupt every rank (the dashboard's Stop button)."""
+        """Stop the running cell (Stop buttons): interrupt its ranks, or its cluster's start."""
         self._stop_requested = True
+        self.cluster.abort_start.set()  # cleared as a start begins: it stops only this one
         if self._wake is not None:
             self._wake.set()
 
@@ -98,13 +99,11 @@ class DistributedRunner:
         info: dict[str, Any] | None = None,
         notes: list[str] | None = None,
     ) -> RunResult:
-        """Run ``code`` (a cell, or a ``Script``) on every rank, or on ``options.ranks``; raise
-        ``RankError`` if a rank fails.
+        """Run ``code`` (a cell, or a ``Script``) on every rank, or on ``options.ranks``.
 
         Raises ``SyntaxError`` before anything is sent, ``BadOptions`` for names that cannot be
-        pushed or pulled and ranks the cluster lacks, ``RunTimeoutError`` past
-        ``options.timeout`` and ``RunInterrupted`` on a kernel interrupt or the view's Stop
-        button.
+        pushed or pulled and ranks the cluster lacks, ``RankError`` if a rank fails,
+        ``RunTimeoutError`` past ``options.timeout`` and ``RunInterrupted`` on a Stop.
         """
         script = code if isinstance(code, Script) else None
         if script is not None:
@@ -213,6 +212,8 @@ class DistributedRunner:
         recorder: RunRecorder,
     ) -> RunResult:
         """Run the cell once on the started cluster: initialise the backend, push, execute."""
+        if self._stop_requested:  # as the cluster started: the cell does not run
+            raise RunInterrupted("stopped as the cluster started; the cell did not run.")
         self.cluster.prepare_ranks((options.backend, options.device, options.procs_per_node))
         if values:
             self.cluster.view(ranks).push(values)
@@ -233,8 +234,7 @@ class DistributedRunner:
         view: RunView,
         recorder: RunRecorder,
     ) -> RunResult:
-        """``--check-replicas``: compare the models on every rank after the cell (a failure
-        if they differ)."""
+        """``--check-replicas``: compare the models on every rank after the cell."""
         state.set_status("running", "checking that the replicas agree (--check-replicas)")
         checked = await self._execute(
             check_replicas_code(options.check_replicas or ()),
@@ -268,7 +268,7 @@ class DistributedRunner:
         wake = self._wake = Wakeup(client)
         engines = [self.cluster.engine_id(r) for r in ranks]
         where = self._where = WhereWatch(
-            lambda: ask_where(client, engines),
+            lambda: ask_where(client, engines, ranks),
             state.set_where,
             where_after,
             lambda: state.active_at,

@@ -47,11 +47,12 @@ async def ensure_cluster(
     started = asyncio.wrap_future(done)
     # shielded: an interrupt must not cancel the start midway, but ask it to stop
     shielded = asyncio.shield(started)
+    shielded.add_done_callback(_taken)
     try:
         while True:
             finished, _ = await asyncio.wait({shielded}, timeout=START_TICK)
             if finished:
-                shielded.result()  # raises the start's error (taken: asyncio logs none)
+                shielded.result()  # the start's error; its KeyboardInterrupt: a Stop button's
                 return
             if tick is not None:
                 tick()
@@ -64,3 +65,9 @@ async def ensure_cluster(
             "interrupted while the cluster was starting: it was stopped and none of its "
             "processes are left; the next cell starts a new one."
         ) from None
+
+
+def _taken(future: asyncio.Future[bool]) -> None:
+    """Take the start's error, so that asyncio logs no "exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()

@@ -93,8 +93,9 @@ class RankWatch:
         now = time.monotonic()
         if self.where is not None and self.pending:
             self.where.poll(now)
-            if self.where.deadlock is not None and self.deadlocked is None:
-                self.deadlocked = self.where.deadlock  # no rank can go on: stop them all
+            found = self.where.deadlock
+            if found is not None and self.deadlocked is None and not self._any_failed():
+                self.deadlocked = found  # no rank can go on: stop them all
                 failed = True
         if now - self._ticked >= TICK:
             self._ticked = now
@@ -118,7 +119,8 @@ class RankWatch:
         for r in self.ars:
             self._pump(r)
         stuck = self.deadlocked  # its wait, stopped (or killed: MPI's), is why the run failed
-        if stuck is not None and stuck["rank"] not in self.died:
+        ended = self.outcomes.get(stuck["rank"]) if stuck is not None else None
+        if stuck is not None and ended is not None and ended.status in ("interrupted", "killed"):
             self._set(RankOutcome(stuck["rank"], "error", deadlock_phrase(stuck), "", True))
         if self.stuck:  # a rank whose wait another rank's Horovod shutdown ended, unannounced
             notice = next(iter(self.stuck.values()))
@@ -134,6 +136,9 @@ class RankWatch:
                 self._set(RankOutcome(r, "died", cause))
             elif o.status in ("died", "killed"):
                 self._set(RankOutcome(r, "interrupted", f"stopped when rank {rank} died"))
+
+    def _any_failed(self) -> bool:
+        return any(o.failed for o in self.outcomes.values())
 
     def fail(self, rank: int, phrase: str) -> None:
         """``rank`` failed for a reason found after its cell ended (``phrase``, after "rank N")."""

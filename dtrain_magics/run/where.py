@@ -102,15 +102,19 @@ def deadlock(report: WhereReport, settled: float = DEADLOCK_AFTER) -> dict[str, 
     """The first rank that waits for ever, if no rank can go on: each one waits in a
     collective (for ``settled`` seconds or more) or has ended its cell, and every wait lacks a
     rank that has not joined it. Horovod's ``join``, which stands in for the ranks that reached
-    it, never deadlocks."""
+    it, and waits of some of the ranks only (a torch group, a Horovod process set) never do."""
     ranks = report["ranks"]
     waits = [r for r in ranks if r.get("collective")]
     if not waits or any(r.get("error") for r in ranks):
         return None
     if any(r.get("state") == "running" and not r.get("collective") for r in ranks):
         return None  # computing: it may yet join
-    if any(r["collective"]["op"] == "join" or r["collective"]["for"] < settled for r in waits):
-        return None
+    if any(r.get("since_done") is not None and r["since_done"] < settled for r in ranks):
+        return None  # a collective just finished: the answers may be from different moments
+    for r in waits:
+        c = r["collective"]
+        if c["op"] == "join" or c.get("subgroup") or c["for"] < settled:
+            return None  # join stands in for ranks; a subgroup's wait lacks no one outside it
     return waits[0] if all(r["missing"] for r in waits) else None
 
 

@@ -111,6 +111,7 @@ class ConfigPanel:
         cluster: TrainingCluster,
         runs: RunGate | None = None,
         stop_run: Callable[[], None] = lambda: None,
+        stop_cluster: Callable[[], None] | None = None,
     ) -> None:
         import ipywidgets as w
 
@@ -118,6 +119,7 @@ class ConfigPanel:
         self.cluster = cluster
         self.runs = runs or RunGate()  # a cell running on the cluster, stopped by ``stop_run``
         self.stop_run = stop_run
+        self.stop_cluster = stop_cluster or cluster.stop  # the magics' also forgets the last
         self.traits = store.settings_class.setting_traits()
         self.fields: dict[str, Any] = {name: field_for(t) for name, t in self.traits.items()}
         # a fixed place for each field's error, so that the form does not move when one shows
@@ -199,14 +201,11 @@ class ConfigPanel:
                 errors[name] = e.for_form()
         if not errors:
             try:
-                settings = self.store.settings_class(**values).check()
-                if settings.launcher == "mpi":  # its hostfile is read at once (Slurm's sinfo
-                    layout = Layout(settings.nodes, settings.procs_per_node)  # is not)
-                    check_spec(settings.launch_spec(), layout)
+                check_spec(self.store.settings_class(**values).check().launch_spec())
             except SettingError as e:
                 errors[e.name] = e.for_form()
-            except ClusterStartError as e:
-                errors["hostfile"] = f"Hostfile: {e}"
+            except ClusterStartError as e:  # beside the field it is about
+                errors["hostfile" if "hostfile" in str(e) else "launcher"] = str(e)
         return values, errors
 
     def _changed(self, change: Any = None) -> None:
@@ -270,7 +269,7 @@ class ConfigPanel:
         self._say("Starting the cluster …")
         layout = Layout(settings.nodes, settings.procs_per_node)
         try:
-            check_spec(settings.launch_spec(), layout)  # before the running cluster stops
+            check_spec(settings.launch_spec())  # before the running cluster stops
             self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:
             log.debug("the cluster did not start", exc_info=True)
@@ -285,7 +284,7 @@ class ConfigPanel:
         self.runs.after_run(self._stop_cluster)
 
     def _stop_cluster(self) -> None:
-        self.cluster.stop()
+        self.stop_cluster()
         self._say("Cluster stopped.")
         self.refresh_status()
 

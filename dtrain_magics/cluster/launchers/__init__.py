@@ -24,13 +24,11 @@ def get_launcher(name: str) -> Launcher:
         ) from None
 
 
-def check_spec(spec: LaunchSpec, layout: Layout) -> None:
-    """``ClusterStartError`` if ``spec`` cannot start a cluster of ``layout`` (a hostfile that
-    cannot be read, no ``sbatch``), found without starting anything: before a running cluster
-    is stopped for it."""
-    launcher = get_launcher(spec.launcher)
-    if launcher.owns_processes:
-        launcher.cluster_kwargs(spec, layout)
+def check_spec(spec: LaunchSpec) -> None:
+    """``ClusterStartError`` if ``spec`` cannot start a cluster (a hostfile that cannot be
+    read, no ``sbatch``), found at once and without starting anything: before a running
+    cluster is stopped for it."""
+    get_launcher(spec.launcher).check(spec)
 
 
 __all__ = [

@@ -69,6 +69,11 @@ class Launcher(Protocol):
         """``ipyparallel.Cluster`` arguments for ``layout`` (launchers that own processes)."""
         ...
 
+    def check(self, spec: LaunchSpec) -> None:
+        """``ClusterStartError`` if ``spec`` cannot start a cluster, found at once (files and
+        programs it names; nothing that waits on a network service)."""
+        ...
+
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         """A connected ``ipyparallel.Client`` (launchers that do not own processes)."""
         ...
@@ -90,6 +95,9 @@ class OwnedLauncher:
 
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         raise TypeError("this launcher starts its own cluster; it does not connect to one.")
+
+    def check(self, spec: LaunchSpec) -> None:
+        find_mpiexec()
 
     def pending(self, engine_set: Any) -> str | None:
         return None

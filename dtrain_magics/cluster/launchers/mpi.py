@@ -41,11 +41,20 @@ class MpiLauncher(OwnedLauncher):
 
     name: ClassVar[str] = "mpi"
 
-    def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
+    def check(self, spec: LaunchSpec) -> None:
+        find_mpiexec()
+        self._hosts(spec)
+
+    def _hosts(self, spec: LaunchSpec) -> tuple[str, list[str]]:
+        """The hostfile's absolute path and the hosts it names."""
         if not spec.get("hostfile"):
             raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
         hostfile = os.path.abspath(spec.get("hostfile"))
-        local_only = all(is_local_host(h) for h in read_hostfile(hostfile))
+        return hostfile, read_hostfile(hostfile)
+
+    def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
+        hostfile, hosts = self._hosts(spec)
+        local_only = all(is_local_host(h) for h in hosts)
         env = {**multi_host_environment(layout, local_only), **dict(spec.env)}
         config = Config()
         config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]

@@ -125,6 +125,10 @@ class SlurmLauncher(OwnedLauncher):
     name: ClassVar[str] = "slurm"
     uses: ClassVar[tuple[str, ...]] = ("device",)
 
+    def check(self, spec: LaunchSpec) -> None:
+        find_sbatch()
+        SlurmOptions.from_spec(spec)
+
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         find_sbatch()
         options = SlurmOptions.from_spec(spec)
