@@ -119,7 +119,7 @@ class ConfigPanel:
         self.cluster = cluster
         self.runs = runs or RunGate()  # a cell running on the cluster, stopped by ``stop_run``
         self.stop_run = stop_run
-        self.stop_cluster = stop_cluster or cluster.stop  # the magics' also forgets the last
+        self.stop_cluster = stop_cluster  # the magics' (it also forgets the last cluster)
         self.traits = store.settings_class.setting_traits()
         self.fields: dict[str, Any] = {name: field_for(t) for name, t in self.traits.items()}
         # a fixed place for each field's error, so that the form does not move when one shows
@@ -284,7 +284,7 @@ class ConfigPanel:
         self.runs.after_run(self._stop_cluster)
 
     def _stop_cluster(self) -> None:
-        self.stop_cluster()
+        (self.stop_cluster or self.cluster.stop)()
         self._say("Cluster stopped.")
         self.refresh_status()
 
