@@ -3,12 +3,14 @@
 The ranks run a cell as IPython does (``!command``, ``%magic``), so the check accepts what
 IPython accepts: plain Python is compiled as it is, anything else after IPython's own input
 transformations. Top-level ``await`` is refused: ipyparallel's engines run such a cell but
-never answer it, so the cell would wait for ever.
+never answer it, so the cell would wait for ever. A cell found runnable is remembered: a kernel
+checks each cell twice (its input transformer, then the runner), and warm cells repeat.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 
 CELL_FILENAME = "<distributed cell>"
 
@@ -19,7 +21,20 @@ def check_cell_syntax(code: str, first_line: int = 1) -> None:
     ``first_line`` is the cell's line that holds the code's first one, so the error points
     at the line the notebook shows.
     """
-    padding = "\n" * (first_line - 1)
+    if not _runnable(code):
+        _check(code, "\n" * (first_line - 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _runnable(code: str) -> bool:
+    try:
+        _check(code)
+        return True
+    except SyntaxError:
+        return False
+
+
+def _check(code: str, padding: str = "") -> None:
     try:
         _compile(padding + code)
         return

@@ -10,6 +10,13 @@ from ..errors import RankError, RunInterrupted, RunTimeoutError
 from ..store.schema import RankStatus, RunStatus
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colours (IPython colours a rank's traceback and errors)."""
+    return _ANSI.sub("", text)
+
+
 Stop = Literal["failed", "timeout", "interrupted"]
 """Why the runner stopped the ranks before they all finished."""
 
@@ -114,20 +121,19 @@ def _error_line(e: Any) -> str:
     """``ValueError: boom`` for a rank's error, without terminal colours, and what to do for
     errors with a known cause. An exception in IPython's display of the cell's value reaches
     the reply as ``NoneType: None``: the last line of the rank's traceback names it instead."""
-    ename, evalue = str(e.ename), _ANSI.sub("", str(e.evalue or ""))
+    ename, evalue = str(e.ename), strip_ansi(str(e.evalue or ""))
     line = f"{ename}: {evalue}" if evalue else ename
     if ename == "NoneType":
-        last = [t for t in _ANSI.sub("", _remote_traceback(e)).splitlines() if t.strip()]
+        last = [t for t in strip_ansi(_remote_traceback(e)).splitlines() if t.strip()]
         line = last[-1].strip() if last and ":" in last[-1] else line
     hint = next((h for cause, h in HINTS.items() if cause in line), None)
     return f"{line.rstrip('.')} ({hint})" if hint else line
 
 
+_TORCH_HINT = "torch.distributed is set up by --backend torch: run the cell with it"
 HINTS = {  # part of an error's text → what to do
-    "Default process group has not been initialized": "torch.distributed is set up by "
-    "--backend torch: run the cell with it",
-    "environment variable RANK expected": "torch.distributed is set up by --backend torch: run "
-    "the cell with it",
+    "Default process group has not been initialized": _TORCH_HINT,
+    "environment variable RANK expected": _TORCH_HINT,
 }
 
 

@@ -4,17 +4,15 @@ its end."""
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from ..errors import RunInterrupted
 from ..store import records
 from ..store.records import RunRecord
-from .outcome import RunResult, exit_reason
+from .outcome import RunResult, exit_reason, strip_ansi
 from .state import RunState
 
 log = logging.getLogger(__name__)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class RunRecorder:
@@ -62,7 +60,7 @@ class RunRecorder:
         if store is not None:
             for o in result.ranks if result is not None else []:
                 if o.failed:  # what the cell showed of the rank's error: in its log too
-                    text = _ANSI.sub("", o.traceback or f"{o.error}")
+                    text = strip_ansi(o.traceback or o.error)
                     store.append_log(o.rank, text.rstrip("\n") + "\n")
             store.close()
         record = RunRecord(

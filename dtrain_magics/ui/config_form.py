@@ -269,7 +269,6 @@ class ConfigPanel:
         self._say("Starting the cluster …")
         layout = Layout(settings.nodes, settings.procs_per_node)
         try:
-            check_spec(settings.launch_spec())  # before the running cluster stops
             self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:
             log.debug("the cluster did not start", exc_info=True)

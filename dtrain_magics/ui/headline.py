@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from ..run.outcome import strip_ansi
 from ..run.state import SAMPLE_COUNTS, RankState, RunState
 from ..run.straggler import split_text
 from .charts import svg_chart
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STATUS_COLOURS = {
     "succeeded": "#2e7d32",
     "failed": "#c62828",
@@ -145,10 +144,6 @@ def restarts_html(state: RunState) -> str:
         '<div class="dtrain-restarts" style="font-size:90%;background:#fff3e0;padding:4px;'
         f'margin:2px 0">{items}</div>'
     )
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 def html_line(stream: str, line: str) -> str:

@@ -179,11 +179,15 @@ def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
     return env
 
 
+MPIEXEC_OPTIONS = ("--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none")
+"""More ranks than cores allowed, no pinning, no standard input (rank 0's read of the notebook's
+would wait for ever)."""
+
+
 def mpiexec_args(env: Mapping[str, str]) -> list[str]:
-    """mpiexec options: oversubscription allowed, no pinning, no standard input (rank 0's read
-    of it would wait for ever on the notebook's), ``env`` forwarded to remote ranks."""
+    """``MPIEXEC_OPTIONS``, and ``env`` forwarded to remote ranks."""
     forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
-    args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none"]
+    args = list(MPIEXEC_OPTIONS)
     for name in forwarded:
         args += ["-x", name]
     return args

@@ -6,7 +6,14 @@ from typing import Any, ClassVar
 
 from traitlets.config import Config
 
-from .base import LaunchSpec, Layout, OwnedLauncher, find_mpiexec, rank_environment
+from .base import (
+    MPIEXEC_OPTIONS,
+    LaunchSpec,
+    Layout,
+    OwnedLauncher,
+    find_mpiexec,
+    rank_environment,
+)
 
 
 class LocalLauncher(OwnedLauncher):
@@ -17,10 +24,7 @@ class LocalLauncher(OwnedLauncher):
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         config = Config()
         config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
-        # more ranks than cores is allowed, ranks are not pinned to cores, and rank 0 reads
-        # no standard input (the notebook's: a read would wait for ever)
-        args = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none"]
-        config.MPIEngineSetLauncher.mpi_args = args
+        config.MPIEngineSetLauncher.mpi_args = list(MPIEXEC_OPTIONS)  # every rank here: no -x
         config.MPIEngineSetLauncher.environment = {**rank_environment(layout), **dict(spec.env)}
         # every engine runs here: the cluster signals them itself (``TrainingCluster.interrupt``)
         # and no engine waits for a nanny process to start before it registers
