@@ -8,11 +8,12 @@ collective happen here, on every engine at once, with a timeout; the rank-side w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadOptions, RankError
+from .launchers.base import is_local_host
 
 log = logging.getLogger(__name__)
 BackendKey = tuple[str, str, int]  # backend, device, procs per node
@@ -49,6 +50,11 @@ def describe(client: Any) -> list[RankEngine]:
         ),
         key=lambda e: e.rank,
     )
+
+
+def local_pids(engines: Iterable[RankEngine]) -> set[int]:
+    """The pids of the engines on this host: another host's pid names some process here."""
+    return {e.pid for e in engines if is_local_host(e.host)}
 
 
 def first_remote_error(e: BaseException) -> str:

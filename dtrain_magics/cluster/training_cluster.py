@@ -27,7 +27,7 @@ from .launchers import LaunchSpec, Layout, get_launcher
 from .launchers.base import is_local_host
 from .listeners import StateListeners
 from .processes import kill_trees, trees
-from .ranks import BackendKey, RankBackends, RankEngine, describe
+from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids
 from .registration import launcher_exited, launchers_stopped, wait_for_engines
 
 Report = Callable[[str], None]
@@ -250,7 +250,7 @@ class TrainingCluster:
             self.abort_start,
         )
         self.engines = describe(self._client)
-        self._pids.update(e.pid for e in self.engines)
+        self._pids.update(local_pids(self.engines))  # never another host's pid
         security.restrict_files(self._cluster.profile_dir)
         report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
 
