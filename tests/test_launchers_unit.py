@@ -5,8 +5,23 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
+from IPython.core.error import UsageError
+
+from dtrain_magics.cluster.launchers import LaunchSpec, Layout, check_spec, get_launcher
+from dtrain_magics.cluster.launchers.base import (
+    find_open_mpi,
+    mpiexec_options,
+    rank_environment,
+)
 from dtrain_magics.cluster.ranks import RankEngine, local_pids
+from dtrain_magics.errors import ClusterStartError
+from dtrain_magics.install import doctor
+from dtrain_magics.install.facts import MpiInfo
 
 
 def test_only_engines_on_this_host_are_tracked_for_stopping() -> None:
@@ -16,3 +31,105 @@ def test_only_engines_on_this_host_are_tracked_for_stopping() -> None:
         RankEngine(2, 12, 4242, "localhost"),
     ]
     assert local_pids(engines) == {os.getpid(), 4242}
+
+
+# -- the MPI found decides the options -----------------------------------------------------------
+
+OMPI4 = MpiInfo("Open MPI", "4.1.8", "/opt/ompi4/bin/mpiexec", None)
+OMPI5 = MpiInfo("Open MPI", "5.0.11", "/venv/bin/mpiexec", None)
+BANNERS = {
+    "ompi4": "mpiexec (OpenRTE) 4.1.8\n\nReport bugs to http://www.open-mpi.org/community/help/",
+    "mpich": "HYDRA build details:\n    Version:                                 4.1.2\n"
+    "    Release Date:                            Wed Jun  7 15:22:45 CDT 2023",
+    "intel": "Intel(R) MPI Library for Linux* OS, Version 2021.10 Build 20230619 (id: c2e19c2f3e)",
+}
+
+
+def test_open_mpi_4_and_5_get_their_own_options_and_transport() -> None:
+    assert mpiexec_options(OMPI5) == [
+        *("--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none")
+    ]
+    assert mpiexec_options(OMPI4) == ["--oversubscribe", "--bind-to", "none", "--stdin", "none"]
+    assert mpiexec_options(OMPI5, per_node=3)[:2] == ["--map-by", "ppr:3:node:OVERSUBSCRIBE"]
+    assert mpiexec_options(OMPI4, per_node=3)[:3] == ["--map-by", "ppr:3:node", "--oversubscribe"]
+    assert rank_environment(Layout(1, 2), OMPI5)["OMPI_MCA_btl"] == "self,sm"
+    assert rank_environment(Layout(1, 2), OMPI4)["OMPI_MCA_btl"] == "self,vader"  # no sm in 4.x
+    # the doctor's test run makes the same choice
+    assert doctor.mpiexec_args(OMPI4)[0] == "--oversubscribe"
+    assert doctor.run_environment(OMPI4, 2)["OMPI_MCA_btl"] == "self,vader"
+
+
+def _fake_mpiexec(folder: Path, banner: str) -> Path:
+    """An ``mpiexec`` in ``folder`` that prints ``banner`` for ``--version``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "mpiexec"
+    script.write_text(f"#!/bin/sh\ncat <<'END'\n{banner}\nEND\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_launchers_follow_the_version_of_the_mpiexec_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mpiexec = _fake_mpiexec(tmp_path / "bin", BANNERS["ompi4"])
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))  # the environment's own bin comes first
+    assert find_open_mpi() == MpiInfo("Open MPI", "4.1.8", str(mpiexec), None)
+    config = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(1, 2))["config"]
+    assert config.MPIEngineSetLauncher.mpi_cmd == [str(mpiexec)]
+    assert "--oversubscribe" in config.MPIEngineSetLauncher.mpi_args
+    assert ":OVERSUBSCRIBE" not in config.MPIEngineSetLauncher.mpi_args
+    assert config.MPIEngineSetLauncher.environment["OMPI_MCA_btl"] == "self,vader"
+
+
+@pytest.mark.parametrize(
+    ("mpi", "named"), [("mpich", "MPICH 4.1.2"), ("intel", "Intel MPI 2021.10")]
+)
+def test_another_mpi_is_refused_before_the_cluster_is_touched(
+    magics: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mpi: str, named: str
+) -> None:
+    mpiexec = _fake_mpiexec(tmp_path / "bin", BANNERS[mpi])
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    with pytest.raises(UsageError) as info:
+        magics.distributed("--no-widget", "x = 1")
+    message = str(info.value)
+    assert message.startswith(f"{mpiexec} is {named}, but the cluster starts its ranks with Open")
+    assert 'pip install "dtrain-magics[mpi]"' in message and message.count(". ") == 0
+    assert magics.cluster.status()["state"] == "stopped" and not magics.cluster.processes()
+
+    # the same MPI first on PATH, where this environment has no mpiexec: put Open MPI first
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(UsageError, match="put Open MPI's mpiexec first on PATH"):
+        magics.distributed("--no-widget", "x = 1")
+
+
+# -- the mpi (hostfile) launcher -----------------------------------------------------------------
+
+
+def _mpi_spec(hostfile: Path) -> LaunchSpec:
+    return LaunchSpec("mpi", (("hostfile", str(hostfile)),))
+
+
+def test_the_mpi_launcher_puts_procs_per_node_on_each_host(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=8\nnode-b.example.org slots=8\nnode-c slots=8\n")
+    kwargs = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 3))
+    args = kwargs["config"].MPIEngineSetLauncher.mpi_args
+    assert kwargs["n"] == 6
+    assert args[:2] == ["--hostfile", str(hostfile)]
+    assert args[2 : 2 + len(mpiexec_options(per_node=3))] == mpiexec_options(per_node=3)
+    assert "ppr:3:node" in " ".join(args)
+
+
+def test_a_hostfile_naming_fewer_hosts_than_nodes_is_refused(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a slots=4\nnode-a slots=4\nnode-b\n")  # node-a's lines add slots
+    check_spec(_mpi_spec(hostfile), Layout(2, 4))
+    with pytest.raises(ClusterStartError) as info:
+        check_spec(_mpi_spec(hostfile), Layout(3, 1))
+    assert str(info.value) == (
+        f"the hostfile {str(hostfile)!r} names 2 hosts (node-a, node-b) and --nodes asks for 3: "
+        "add hosts to it or lower --nodes."
+    )
+    with pytest.raises(ClusterStartError, match="names 2 hosts"):
+        get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(3, 1))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ...errors import ClusterStartError
+from ...install.facts import MpiInfo, map_by, read_mpi, shared_memory_btl
 
 # names that always mean this host in a hostfile or a Slurm node list
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -69,9 +70,9 @@ class Launcher(Protocol):
         """``ipyparallel.Cluster`` arguments for ``layout`` (launchers that own processes)."""
         ...
 
-    def check(self, spec: LaunchSpec) -> None:
-        """``ClusterStartError`` if ``spec`` cannot start a cluster, found at once (files and
-        programs it names; nothing that waits on a network service)."""
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
+        """``ClusterStartError`` if ``spec`` (for ``layout``, if given) cannot start a cluster,
+        found at once (files and programs it names; nothing that waits on a network service)."""
         ...
 
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
@@ -96,8 +97,8 @@ class OwnedLauncher:
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         raise TypeError("this launcher starts its own cluster; it does not connect to one.")
 
-    def check(self, spec: LaunchSpec) -> None:
-        find_mpiexec()
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
+        find_open_mpi()
 
     def pending(self, engine_set: Any) -> str | None:
         return None
@@ -118,8 +119,34 @@ def find_mpiexec() -> str:
     return found
 
 
-def rank_environment(layout: Layout) -> dict[str, str]:
-    """Environment for every rank of a local cluster."""
+_MPI_FOUND: dict[tuple[str, int, int], MpiInfo | str] = {}
+PIP_MPI = '`pip install "dtrain-magics[mpi]"`'
+
+
+def find_open_mpi() -> MpiInfo:
+    """The MPI of ``find_mpiexec()`` (its ``--version`` read once per file);
+    ``ClusterStartError`` unless it is Open MPI, whose options the launchers pass."""
+    path = find_mpiexec()
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _MPI_FOUND:
+        _MPI_FOUND[key] = read_mpi(path, timeout=30)
+    mpi = _MPI_FOUND[key]
+    if not isinstance(mpi, str) and mpi.implementation == "Open MPI":
+        return mpi
+    what = mpi if isinstance(mpi, str) else f"{path} is {mpi.implementation} {mpi.version}"
+    if os.path.dirname(path) == os.path.join(sys.prefix, "bin"):
+        fix = f"replace that MPI in this environment with Open MPI ({PIP_MPI})"
+    else:
+        fix = f"put Open MPI's mpiexec first on PATH, or install it here with {PIP_MPI}"
+    raise ClusterStartError(
+        f"{what}, but the cluster starts its ranks with Open MPI's mpiexec and options: {fix}."
+    )
+
+
+def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
+    """Environment for every rank of a local cluster (``mpi``: the one found by default)."""
+    mpi = mpi or find_open_mpi()
     cores = os.cpu_count() or 1
     env = {
         # Open MPI refuses root unless told; harmless for other users.
@@ -128,7 +155,7 @@ def rank_environment(layout: Layout) -> dict[str, str]:
         # keep MPI's own TCP traffic on loopback for a one-host cluster
         "OMPI_MCA_btl_tcp_if_include": "lo",
         # ranks on one host talk over shared memory: no MPI TCP listener on any interface
-        "OMPI_MCA_btl": "self,sm",
+        "OMPI_MCA_btl": f"self,{shared_memory_btl(mpi)}",
         "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
     }
     # share the cores between ranks instead of every rank's torch using all of them
@@ -170,24 +197,31 @@ def controller_address(local_only: bool) -> dict[str, str]:
     return {"controller_ip": "*", "controller_location": socket.gethostname()}
 
 
-def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
+def multi_host_environment(
+    layout: Layout, local_only: bool, mpi: MpiInfo | None = None
+) -> dict[str, str]:
     """``rank_environment`` without the loopback-only MPI transport when ranks span hosts."""
-    env = rank_environment(layout)
+    env = rank_environment(layout, mpi)
     if not local_only:
         del env["OMPI_MCA_btl_tcp_if_include"]
         del env["OMPI_MCA_btl"]
     return env
 
 
-MPIEXEC_OPTIONS = ("--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none")
-"""More ranks than cores allowed, no pinning, no standard input (rank 0's read of the notebook's
-would wait for ever)."""
+def mpiexec_options(mpi: MpiInfo | None = None, per_node: int | None = None) -> list[str]:
+    """More ranks than cores allowed (``per_node`` on each host if given), no pinning, no
+    standard input (rank 0's read of the notebook's would wait for ever), in the syntax of
+    ``mpi``'s version (the one found by default)."""
+    mpi = mpi or find_open_mpi()
+    return [*map_by(mpi, per_node), "--bind-to", "none", "--stdin", "none"]
 
 
-def mpiexec_args(env: Mapping[str, str]) -> list[str]:
-    """``MPIEXEC_OPTIONS``, and ``env`` forwarded to remote ranks."""
+def mpiexec_args(
+    env: Mapping[str, str], mpi: MpiInfo | None = None, per_node: int | None = None
+) -> list[str]:
+    """``mpiexec_options``, and ``env`` forwarded to remote ranks."""
     forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
-    args = list(MPIEXEC_OPTIONS)
+    args = mpiexec_options(mpi, per_node)
     for name in forwarded:
         args += ["-x", name]
     return args
