@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
+from dtrain_magics.cluster.engine import share_cores
 from dtrain_magics.cluster.launchers import LaunchSpec, Layout, check_spec, get_launcher
 from dtrain_magics.cluster.launchers.base import (
+    YIELD,
     find_open_mpi,
     mpiexec_options,
     rank_environment,
@@ -133,3 +135,64 @@ def test_a_hostfile_naming_fewer_hosts_than_nodes_is_refused(tmp_path: Path) -> 
     )
     with pytest.raises(ClusterStartError, match="names 2 hosts"):
         get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(3, 1))
+
+
+# -- sharing the cores of each rank's host -------------------------------------------------------
+
+
+def test_local_ranks_share_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(YIELD, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # a cgroup's share
+    env = rank_environment(Layout(1, 2), OMPI5)
+    assert env["OMP_NUM_THREADS"] == "2" and YIELD not in env
+    env = rank_environment(Layout(2, 2), OMPI5)
+    assert env["OMP_NUM_THREADS"] == "1" and env[YIELD] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rank_environment(Layout(2, 2), OMPI5)["OMP_NUM_THREADS"] == "3"
+
+
+def test_remote_ranks_get_no_share_of_the_notebook_hosts_cores(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(YIELD, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost\nnode-b.example.org\n")
+    kwargs = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 1))
+    env = kwargs["config"].MPIEngineSetLauncher.environment
+    assert "OMP_NUM_THREADS" not in env and YIELD not in env
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")  # the user's choice goes to every host
+    kwargs = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 1))
+    assert kwargs["config"].MPIEngineSetLauncher.environment["OMP_NUM_THREADS"] == "6"
+    assert "OMP_NUM_THREADS" in kwargs["config"].MPIEngineSetLauncher.mpi_args
+
+
+def _rank_env(rank: int, size: int, here: int) -> dict[str, str]:
+    """What Open MPI's mpiexec puts into a rank's environment."""
+    return {
+        "OMPI_COMM_WORLD_RANK": str(rank),
+        "OMPI_COMM_WORLD_SIZE": str(size),
+        "OMPI_COMM_WORLD_LOCAL_RANK": str(rank % here),
+        "OMPI_COMM_WORLD_LOCAL_SIZE": str(here),
+    }
+
+
+def test_an_engine_shares_its_own_hosts_cores_where_the_launcher_did_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    env = _rank_env(5, 8, here=4)  # 4 ranks on a host of 8 cores
+    share_cores(env)
+    assert env["OMP_NUM_THREADS"] == "2" and YIELD not in env
+    env = _rank_env(5, 16, here=8)
+    share_cores(env)
+    assert env["OMP_NUM_THREADS"] == "1" and env[YIELD] == "1"
+    env = {**_rank_env(0, 2, here=2), "OMP_NUM_THREADS": "3", YIELD: "0"}  # launcher's or user's
+    share_cores(env)
+    assert env["OMP_NUM_THREADS"] == "3" and env[YIELD] == "0"
+    env = {}  # not under mpiexec
+    share_cores(env)
+    assert env == {}

@@ -16,6 +16,8 @@ from ...install.facts import MpiInfo, map_by, read_mpi, shared_memory_btl
 # names that always mean this host in a hostfile or a Slurm node list
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 MALLOC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+YIELD = "OMPI_MCA_mpi_yield_when_idle"
+SHARING = ("OMP_NUM_THREADS", YIELD)  # set from the cores of the ranks' host
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,6 @@ def find_open_mpi() -> MpiInfo:
 def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
     """Environment for every rank of a local cluster (``mpi``: the one found by default)."""
     mpi = mpi or find_open_mpi()
-    cores = os.cpu_count() or 1
     env = {
         # Open MPI refuses root unless told; harmless for other users.
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
@@ -158,14 +159,29 @@ def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, st
         "OMPI_MCA_btl": f"self,{shared_memory_btl(mpi)}",
         "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
     }
-    # share the cores between ranks instead of every rank's torch using all of them
-    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, cores // layout.ranks)))
     env["GLIBC_TUNABLES"] = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
-    if layout.ranks >= cores:
+    for name, value in sharing_environment(cores_here(), layout.ranks).items():
+        env[name] = os.environ.get(name, value)  # the user's own setting wins
+    return env
+
+
+def cores_here() -> int:
+    """The cores this process may run on: its affinity (a cgroup, ``taskset``, a Slurm job's
+    share), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def sharing_environment(cores: int, ranks_here: int) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` and MPI's yielding for ``ranks_here`` ranks sharing ``cores``."""
+    # share the cores between ranks instead of every rank's torch using all of them
+    env = {"OMP_NUM_THREADS": str(max(1, cores // max(1, ranks_here)))}
+    if ranks_here >= cores:
         # a rank waiting in an MPI call spins at 100% CPU; with every core taken by a rank, it
         # then competes with the rank still computing, and with the notebook and controller.
-        yield_var = "OMPI_MCA_mpi_yield_when_idle"
-        env[yield_var] = os.environ.get(yield_var, "1")
+        env[YIELD] = "1"
     return env
 
 
@@ -200,11 +216,16 @@ def controller_address(local_only: bool) -> dict[str, str]:
 def multi_host_environment(
     layout: Layout, local_only: bool, mpi: MpiInfo | None = None
 ) -> dict[str, str]:
-    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts."""
+    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts,
+    and without this host's share of cores: each rank's engine works out its own host's
+    (``cluster/engine.py``) unless the user set it here."""
     env = rank_environment(layout, mpi)
     if not local_only:
         del env["OMPI_MCA_btl_tcp_if_include"]
         del env["OMPI_MCA_btl"]
+        for name in SHARING:
+            if name not in os.environ:
+                env.pop(name, None)
     return env
 
 
