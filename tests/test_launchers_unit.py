@@ -3,6 +3,7 @@ the launchers give ``mpiexec`` for each MPI."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -196,3 +197,17 @@ def test_an_engine_shares_its_own_hosts_cores_where_the_launcher_did_not(
     env = {}  # not under mpiexec
     share_cores(env)
     assert env == {}
+
+
+def test_the_mpi_launcher_forwards_where_programs_libraries_and_modules_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/lib")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost\nnode-b.example.org\n")
+    config = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 1))["config"]
+    args = config.MPIEngineSetLauncher.mpi_args
+    forwarded = {name for flag, name in itertools.pairwise(args) if flag == "-x"}
+    assert {"PATH", "LD_LIBRARY_PATH", "IPP_CLUSTER_ID"} <= forwarded
+    assert "PYTHONPATH" not in forwarded  # not set here: nothing to forward

@@ -238,10 +238,15 @@ def mpiexec_options(mpi: MpiInfo | None = None, per_node: int | None = None) -> 
 
 
 def mpiexec_args(
-    env: Mapping[str, str], mpi: MpiInfo | None = None, per_node: int | None = None
+    env: Mapping[str, str],
+    mpi: MpiInfo | None = None,
+    per_node: int | None = None,
+    also: tuple[str, ...] = (),
 ) -> list[str]:
-    """``mpiexec_options``, and ``env`` forwarded to remote ranks."""
-    forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
+    """``mpiexec_options``, and ``env`` forwarded to remote ranks with the variables ``also``
+    names that the notebook's environment has."""
+    extra = [name for name in also if name in os.environ and name not in env]
+    forwarded = [*env, *extra, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster
     args = mpiexec_options(mpi, per_node)
     for name in forwarded:
         args += ["-x", name]

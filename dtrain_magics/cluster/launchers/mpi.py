@@ -20,6 +20,10 @@ from .base import (
     multi_host_environment,
 )
 
+SEARCH_PATHS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH")
+"""Where the notebook finds programs, libraries and modules: remote ranks get the same (Open MPI
+forwards no environment by itself)."""
+
 
 def read_hostfile(path: str) -> list[str]:
     """The host names of an Open MPI hostfile (first word of each line, comments skipped)."""
@@ -66,10 +70,10 @@ class MpiLauncher(OwnedLauncher):
         hostfile, hosts = self._hosts(spec, layout)
         local_only = all(is_local_host(h) for h in hosts)
         env = {**multi_host_environment(layout, local_only, mpi), **dict(spec.env)}
-        per_node = mpiexec_args(env, mpi, per_node=layout.procs_per_node)
+        args = mpiexec_args(env, mpi, layout.procs_per_node, also=SEARCH_PATHS)
         config = Config()
         config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
-        config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *per_node]
+        config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *args]
         config.MPIEngineSetLauncher.environment = env
         return {
             "engines": "mpi",
