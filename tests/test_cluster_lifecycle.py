@@ -81,3 +81,14 @@ def test_missing_mpiexec_is_one_clear_sentence(monkeypatch: Any, tmp_path: Any) 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ClusterStartError, match="mpiexec was not found in"):
         launchers.find_mpiexec()
+
+
+def test_the_start_timeout_setting_bounds_a_start(magics: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises(ClusterStartError) as info:  # engines take seconds to import torch
+        magics.distributed("--no-widget --start-timeout 0.5", "x = 1")
+    assert time.monotonic() - started < 30
+    assert "engines registered within 0.5 s; raise the start timeout (--start-timeout" in str(
+        info.value
+    )
+    assert magics.cluster.status()["state"] == "stopped" and not magics.cluster.processes()

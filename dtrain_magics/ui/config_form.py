@@ -270,6 +270,7 @@ class ConfigPanel:
         settings = self.store.defaults()
         self._say("Starting the cluster …")
         layout = Layout(settings.nodes, settings.procs_per_node)
+        self.cluster.start_timeout = settings.start_timeout
         try:
             self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:
