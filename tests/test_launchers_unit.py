@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from dtrain_magics.cluster.launchers.base import (
     mpiexec_options,
     rank_environment,
 )
-from dtrain_magics.cluster.ranks import RankEngine, local_pids
+from dtrain_magics.cluster.ranks import RankEngine, local_pids, signal_engines
 from dtrain_magics.errors import ClusterStartError
 from dtrain_magics.install import doctor
 from dtrain_magics.install.facts import MpiInfo
@@ -30,7 +34,7 @@ from dtrain_magics.install.facts import MpiInfo
 def test_only_engines_on_this_host_are_tracked_for_stopping() -> None:
     engines = [
         RankEngine(0, 10, os.getpid(), socket.gethostname()),
-        RankEngine(1, 11, 1, "node-b.example.org"),  # pid 1 here is init: never ours to stop
+        RankEngine(1, 11, 4343, "node-b.example.org"),  # that pid here is another process
         RankEngine(2, 12, 4242, "localhost"),
     ]
     assert local_pids(engines) == {os.getpid(), 4242}
@@ -211,3 +215,32 @@ def test_the_mpi_launcher_forwards_where_programs_libraries_and_modules_are(
     forwarded = {name for flag, name in itertools.pairwise(args) if flag == "-x"}
     assert {"PATH", "LD_LIBRARY_PATH", "IPP_CLUSTER_ID"} <= forwarded
     assert "PYTHONPATH" not in forwarded  # not set here: nothing to forward
+
+
+# -- signals -------------------------------------------------------------------------------------
+
+
+def test_a_signal_waits_for_no_nanny_that_never_answers() -> None:
+    class LostNode:
+        """A client whose nannies never answer (their node is gone)."""
+
+        def send_signal(self, sig: int, targets: list[int], block: bool) -> Future[Any]:
+            assert block is False and targets == [11]
+            return Future()
+
+    here = subprocess.Popen(["sleep", "60"])  # an engine on this host
+    other = subprocess.Popen(["sleep", "60"])  # a process here with the remote engine's pid
+    try:
+        engines = [
+            RankEngine(0, 10, here.pid, "localhost"),
+            RankEngine(1, 11, other.pid, "node-b.example.org"),
+        ]
+        started = time.monotonic()
+        signal_engines(LostNode(), engines, signal.SIGTERM, timeout=0.5)
+        assert 0.5 <= time.monotonic() - started < 5
+        assert here.wait(timeout=10) == -signal.SIGTERM
+        assert other.poll() is None
+    finally:
+        for proc in (here, other):
+            proc.kill()
+            proc.wait(timeout=10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import signal
 import threading
 import weakref
@@ -24,10 +23,9 @@ from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
-from .launchers.base import is_local_host
 from .listeners import StateListeners
 from .processes import kill_trees, trees
-from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids
+from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids, signal_engines
 from .registration import launcher_exited, launchers_stopped, wait_for_engines
 
 Report = Callable[[str], None]
@@ -310,20 +308,11 @@ class TrainingCluster:
         """Send ``sig`` (SIGINT, like the notebook's stop button) to ``ranks`` (all by default).
 
         Engines on this machine get it straight from here (the local launcher starts them
-        without ipyparallel's nanny); others through their nanny.
+        without ipyparallel's nanny); others through their nanny, waited for a few seconds at
+        most (``ranks.signal_engines``).
         """
         chosen = range(len(self.engines)) if ranks is None else ranks
-        remote = []
-        for rank_engine in (self.engines[r] for r in chosen):
-            if is_local_host(rank_engine.host):
-                try:
-                    os.kill(rank_engine.pid, sig)
-                except ProcessLookupError:  # it died: the run notices
-                    log.debug("rank %d is gone", rank_engine.rank, exc_info=True)
-            else:
-                remote.append(rank_engine.engine_id)
-        if remote:
-            self.client.send_signal(sig, targets=remote, block=True)
+        signal_engines(self.client, [self.engines[r] for r in chosen], sig)
 
     # -- ranks ------------------------------------------------------------------------------
 
