@@ -21,6 +21,7 @@ from dtrain_magics.cluster.engine import share_cores
 from dtrain_magics.cluster.launchers import LaunchSpec, Layout, check_spec, get_launcher
 from dtrain_magics.cluster.launchers.base import (
     YIELD,
+    check_horovod_build,
     find_open_mpi,
     mpiexec_options,
     rank_environment,
@@ -244,3 +245,28 @@ def test_a_signal_waits_for_no_nanny_that_never_answers() -> None:
         for proc in (here, other):
             proc.kill()
             proc.wait(timeout=10)
+
+
+# -- Horovod built for another MPI -----------------------------------------------------------------
+
+
+def test_a_horovod_built_for_another_mpi_is_refused_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = tmp_path / "horovod"  # found, never imported
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('horovod must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "horovod", raising=False)
+    check_horovod_build(OMPI5)  # no marker: not built by install-horovod, nothing to compare
+    marker = package / ".dtrain-build"
+    marker.write_text("horovod-0.28.1-torch2.13.0_cpu-py311-ompi5.0.11\n")
+    check_horovod_build(OMPI5)
+    marker.write_text("horovod-0.28.1-torch2.13.0_cpu-py311-ompi4.1.8\n")
+    with pytest.raises(ClusterStartError) as info:
+        check_horovod_build(OMPI5)
+    assert str(info.value) == (
+        "Horovod was built for another MPI (ompi4.1.8) than the cluster's mpiexec, "
+        "/venv/bin/mpiexec (ompi5.0.11): run `dtrain-magics install-horovod` to build it for "
+        "this one, then %dtrain restart."
+    )

@@ -23,6 +23,7 @@ from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
+from .launchers.base import check_horovod_build
 from .listeners import StateListeners
 from .processes import kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids, signal_engines
@@ -318,7 +319,10 @@ class TrainingCluster:
 
     def prepare_ranks(self, key: BackendKey, timeout: float = 120.0) -> None:
         """Initialise the backend ``key`` on every rank, unless done; stop the cluster on a
-        timeout; a rank that dies doing it (an MPI setting) is shown with MPI's report."""
+        timeout; a rank that dies doing it (an MPI setting) is shown with MPI's report. A
+        Horovod built for another MPI than the cluster's is refused first, in one sentence."""
+        if key[0] == "horovod" and self.backends.key != key and self.owns_processes:
+            check_horovod_build()  # before a rank starts MPI under it
         try:
             local = self.launcher == "local"
             self.backends.prepare(self.view, key, local, timeout, self.owns_processes)

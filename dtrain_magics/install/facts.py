@@ -6,6 +6,7 @@ can crash an interpreter, so every probe runs in a subprocess of the target Pyth
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -216,6 +217,24 @@ def read_mpi(mpiexec: str, mpicxx: str | None = None, timeout: float = 60) -> Mp
         first = (out.stdout + out.stderr).strip().splitlines() or ["no output"]
         return f"{mpiexec} is an MPI this tool does not recognise ({first[0]})"
     return MpiInfo(parsed[0], parsed[1], mpiexec, mpicxx)
+
+
+def horovod_built_for() -> str | None:
+    """The MPI tag (``ompi5.0.11``, ``MpiInfo.key``) that ``dtrain-magics install-horovod`` built
+    this Python's Horovod for, read from the marker it leaves in the package, without importing
+    Horovod; None for a Horovod it did not build, or none."""
+    try:
+        spec = importlib.util.find_spec("horovod")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    marker = Path(next(iter(spec.submodule_search_locations))) / ".dtrain-build"  # MARKER
+    try:
+        key = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return key.rsplit("-", 1)[-1] or None  # the cache key ends with the MPI's tag
 
 
 # -- what Open MPI's version changes on the command line and in the environment -----------------

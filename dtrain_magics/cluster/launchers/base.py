@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ...errors import ClusterStartError
-from ...install.facts import MpiInfo, map_by, read_mpi, shared_memory_btl
+from ...install.facts import (
+    MpiInfo,
+    horovod_built_for,
+    map_by,
+    read_mpi,
+    shared_memory_btl,
+)
 
 # names that always mean this host in a hostfile or a Slurm node list
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -143,6 +149,20 @@ def find_open_mpi() -> MpiInfo:
         fix = f"put Open MPI's mpiexec first on PATH, or install it here with {PIP_MPI}"
     raise ClusterStartError(
         f"{what}, but the cluster starts its ranks with Open MPI's mpiexec and options: {fix}."
+    )
+
+
+def check_horovod_build(mpi: MpiInfo | None = None) -> None:
+    """``ClusterStartError`` if ``install-horovod`` built this Python's Horovod for another MPI
+    than ``mpi`` (the one found by default), which the ranks would run it under."""
+    built = horovod_built_for()
+    mpi = mpi or find_open_mpi()
+    if built is None or built == mpi.key:
+        return
+    raise ClusterStartError(
+        f"Horovod was built for another MPI ({built}) than the cluster's mpiexec, {mpi.mpiexec} "
+        f"({mpi.key}): run `dtrain-magics install-horovod` to build it for this one, then "
+        "%dtrain restart."
     )
 
 
