@@ -66,7 +66,7 @@ def test_no_sbatch_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_local_hostfile_keeps_the_controller_on_loopback(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# one host\nlocalhost slots=2\n127.0.0.1\n")
-    kwargs = cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile))
+    kwargs = cluster_kwargs("mpi", Layout(1, 2), hostfile=str(hostfile))
     assert kwargs["controller_ip"] == "127.0.0.1" and "controller_location" not in kwargs
     args = kwargs["config"].MPIEngineSetLauncher.mpi_args
     assert args[:2] == ["--hostfile", str(hostfile)]
@@ -223,7 +223,7 @@ def test_a_hostfile_with_fewer_hosts_than_nodes_leaves_the_cluster_alone(
     ip: Any, cluster: Any, tmp_path: Path
 ) -> None:
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("localhost slots=4\nLOCALHOST slots=4  # the same host again\n")
+    hostfile.write_text("localhost slots=4\n127.0.0.1 slots=4  # the same host again\n")
     engines, cluster_id = list(cluster.engines), cluster.cluster_id
     with pytest.raises(UsageError) as info:
         ip.run_cell_magic("distributed", f"--launcher mpi --hostfile {hostfile} -n 2", "x = 1")

@@ -56,7 +56,9 @@ class MpiLauncher(OwnedLauncher):
             raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
         hostfile = os.path.abspath(spec.get("hostfile"))
         hosts = read_hostfile(hostfile)
-        distinct = list(dict.fromkeys(h.lower() for h in hosts))  # a host's lines add slots
+        # a host's lines add slots, and Open MPI takes every name of this machine as one host
+        names = ("localhost" if is_local_host(h) else h.lower() for h in hosts)
+        distinct = list(dict.fromkeys(names))
         if layout is not None and len(distinct) < layout.nodes:
             raise ClusterStartError(
                 f"the hostfile {hostfile!r} names {len(distinct)} host"
