@@ -92,3 +92,29 @@ def test_the_start_timeout_setting_bounds_a_start(magics: Any) -> None:
         info.value
     )
     assert magics.cluster.status()["state"] == "stopped" and not magics.cluster.processes()
+
+
+def test_the_local_launcher_keeps_its_ranks_here_inside_a_slurm_allocation(
+    monkeypatch: Any,
+) -> None:
+    # what salloc puts into the notebook's environment: Open MPI would start the ranks on
+    # these nodes through srun (it failed: "srun returned non-zero exit status")
+    allocation = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOBID": "4242",
+        "SLURM_NODELIST": "othernode[1-2]",
+        "SLURM_JOB_NODELIST": "othernode[1-2]",
+        "SLURM_TASKS_PER_NODE": "2(x2)",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_CPUS_PER_NODE": "2(x2)",
+    }
+    for name, value in allocation.items():
+        monkeypatch.setenv(name, value)
+    cluster = TrainingCluster(start_timeout=60)
+    try:
+        cluster.ensure(Layout(1, 2))
+        assert [e.rank for e in cluster.engines] == [0, 1]
+        assert all(e.pid in {p.pid for p in cluster.processes()} for e in cluster.engines)
+    finally:
+        cluster.stop()

@@ -25,6 +25,7 @@ from dtrain_magics.cluster.launchers.base import (
     find_open_mpi,
     mpiexec_options,
     rank_environment,
+    this_host_only,
 )
 from dtrain_magics.cluster.ranks import RankEngine, local_pids, signal_engines
 from dtrain_magics.errors import ClusterStartError
@@ -270,3 +271,10 @@ def test_a_horovod_built_for_another_mpi_is_refused_in_one_sentence(
         "/venv/bin/mpiexec (ompi5.0.11): run `dtrain-magics install-horovod` to build it for "
         "this one, then %dtrain restart."
     )
+
+
+def test_the_local_launcher_switches_off_open_mpis_slurm_components_per_version() -> None:
+    assert this_host_only(OMPI5) == [*("--prtemca", "ras", "^slurm", "--prtemca", "plm", "^slurm")]
+    assert this_host_only(OMPI4) == ["--mca", "ras", "^slurm", "--mca", "plm", "^slurm"]
+    config = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(1, 2))["config"]
+    assert config.MPIEngineSetLauncher.mpi_args[-6:] == this_host_only(find_open_mpi())

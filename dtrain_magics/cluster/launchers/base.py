@@ -15,6 +15,7 @@ from ...install.facts import (
     MpiInfo,
     horovod_built_for,
     map_by,
+    open_mpi_major,
     read_mpi,
     shared_memory_btl,
 )
@@ -255,6 +256,15 @@ def mpiexec_options(mpi: MpiInfo | None = None, per_node: int | None = None) -> 
     ``mpi``'s version (the one found by default)."""
     mpi = mpi or find_open_mpi()
     return [*map_by(mpi, per_node), "--bind-to", "none", "--stdin", "none"]
+
+
+def this_host_only(mpi: MpiInfo) -> list[str]:
+    """``mpiexec`` arguments that keep every rank on this host inside a Slurm allocation
+    (``salloc``), where Open MPI would otherwise take the allocation's nodes and start ranks
+    on them through ``srun``: its Slurm allocation and launch components switched off
+    (``--prtemca`` for Open MPI 5's ``prterun``, ``--mca`` for 4.x's ``orterun``)."""
+    flag = "--prtemca" if (open_mpi_major(mpi) or 5) >= 5 else "--mca"
+    return [flag, "ras", "^slurm", flag, "plm", "^slurm"]
 
 
 def mpiexec_args(

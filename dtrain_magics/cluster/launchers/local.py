@@ -13,6 +13,7 @@ from .base import (
     find_open_mpi,
     mpiexec_options,
     rank_environment,
+    this_host_only,
 )
 
 
@@ -25,7 +26,8 @@ class LocalLauncher(OwnedLauncher):
         config = Config()
         mpi = find_open_mpi()
         config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
-        config.MPIEngineSetLauncher.mpi_args = mpiexec_options(mpi)  # every rank here: no -x
+        # every rank here: no -x, and not on a Slurm allocation's other nodes
+        config.MPIEngineSetLauncher.mpi_args = [*mpiexec_options(mpi), *this_host_only(mpi)]
         env = {**rank_environment(layout, mpi), **dict(spec.env)}
         config.MPIEngineSetLauncher.environment = env
         # every engine runs here: the cluster signals them itself (``TrainingCluster.interrupt``)
