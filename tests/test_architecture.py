@@ -22,7 +22,7 @@ ALLOWED = {
     "install": set(),
     "store": set(),
     "server": {"store"},
-    "cluster": {"store", "rank", "errors"},
+    "cluster": {"store", "rank", "errors", "install"},  # install.facts: which MPI was found
     "config": {"cluster", "errors"},
     "run": {"cluster", "config", "store", "errors"},
     "ui": {"run", "config", "cluster", "store", "errors"},

@@ -81,3 +81,40 @@ def test_missing_mpiexec_is_one_clear_sentence(monkeypatch: Any, tmp_path: Any) 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ClusterStartError, match="mpiexec was not found in"):
         launchers.find_mpiexec()
+
+
+def test_the_start_timeout_setting_bounds_a_start(magics: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises(ClusterStartError) as info:  # engines take seconds to import torch
+        magics.distributed("--no-widget --start-timeout 0.5", "x = 1")
+    assert time.monotonic() - started < 30
+    assert "engines registered within 0.5 s; raise the start timeout (--start-timeout" in str(
+        info.value
+    )
+    assert magics.cluster.status()["state"] == "stopped" and not magics.cluster.processes()
+
+
+def test_the_local_launcher_keeps_its_ranks_here_inside_a_slurm_allocation(
+    monkeypatch: Any,
+) -> None:
+    # what salloc puts into the notebook's environment: Open MPI would start the ranks on
+    # these nodes through srun (it failed: "srun returned non-zero exit status")
+    allocation = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOBID": "4242",
+        "SLURM_NODELIST": "othernode[1-2]",
+        "SLURM_JOB_NODELIST": "othernode[1-2]",
+        "SLURM_TASKS_PER_NODE": "2(x2)",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_CPUS_PER_NODE": "2(x2)",
+    }
+    for name, value in allocation.items():
+        monkeypatch.setenv(name, value)
+    cluster = TrainingCluster(start_timeout=60)
+    try:
+        cluster.ensure(Layout(1, 2))
+        assert [e.rank for e in cluster.engines] == [0, 1]
+        assert all(e.pid in {p.pid for p in cluster.processes()} for e in cluster.engines)
+    finally:
+        cluster.stop()

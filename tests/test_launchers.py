@@ -13,6 +13,7 @@ from typing import Any
 import ipyparallel as ipp
 import psutil
 import pytest
+from IPython.core.error import UsageError
 
 from dtrain_magics.cluster.launchers import LaunchSpec, Layout, find_mpiexec, get_launcher
 from dtrain_magics.cluster.launchers import base as launchers
@@ -65,7 +66,7 @@ def test_no_sbatch_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_local_hostfile_keeps_the_controller_on_loopback(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# one host\nlocalhost slots=2\n127.0.0.1\n")
-    kwargs = cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile))
+    kwargs = cluster_kwargs("mpi", Layout(1, 2), hostfile=str(hostfile))
     assert kwargs["controller_ip"] == "127.0.0.1" and "controller_location" not in kwargs
     args = kwargs["config"].MPIEngineSetLauncher.mpi_args
     assert args[:2] == ["--hostfile", str(hostfile)]
@@ -196,16 +197,41 @@ def _stop(cluster: Any, client: Any) -> None:
     assert left, f"processes left behind: {_cluster_processes(cluster.cluster_id)}"
 
 
+@ipp.interactive
+def _ranks_here() -> int:
+    """Runs on an engine: how many ranks mpiexec put on its host."""
+    import os
+
+    return int(os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"])
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
 def test_mpi_launcher_runs_horovod_over_a_hostfile(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("localhost slots=2\n")
-    cluster, client = _start(cluster_kwargs("mpi", Layout(2, 1), hostfile=str(hostfile)))
+    hostfile.write_text("localhost slots=1\n")  # --procs-per-node 2 oversubscribes its slot
+    cluster, client = _start(cluster_kwargs("mpi", Layout(1, 2), hostfile=str(hostfile)))
     try:
         _check_horovod(client)
+        assert client[:].apply_sync(_ranks_here) == [2, 2]
     finally:
         _stop(cluster, client)
+
+
+@pytest.mark.cluster
+def test_a_hostfile_with_fewer_hosts_than_nodes_leaves_the_cluster_alone(
+    ip: Any, cluster: Any, tmp_path: Path
+) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=4\n127.0.0.1 slots=4  # the same host again\n")
+    engines, cluster_id = list(cluster.engines), cluster.cluster_id
+    with pytest.raises(UsageError) as info:
+        ip.run_cell_magic("distributed", f"--launcher mpi --hostfile {hostfile} -n 2", "x = 1")
+    assert str(info.value) == (
+        f"the hostfile {str(hostfile)!r} names 1 host (localhost) and --nodes asks for 2: "
+        "add hosts to it or lower --nodes."
+    )
+    assert cluster.running and cluster.engines == engines and cluster.cluster_id == cluster_id
 
 
 def _squeue_ids() -> set[str]:

@@ -181,3 +181,19 @@ def test_a_cells_cluster_flags_change_only_what_they_name() -> None:
             Layout(32, 1), LaunchSpec(), {"procs_per_node"}, DistributedSettings(procs_per_node=64)
         )
     assert described(ran, ran_spec) == "2 ranks (2 nodes × 1 proc), mpi launcher, --env A"
+
+
+def test_the_start_timeout_is_a_setting_with_a_flag_and_a_field() -> None:
+    @magic_arguments()
+    @setting_arguments(DistributedSettings)
+    def magic(line: str) -> None:
+        """Every setting."""
+
+    assert DistributedSettings().start_timeout == 120.0
+    flags = settings_from_args(parse_argstring(magic, "--start-timeout 300"), DistributedSettings)
+    assert flags == {"start_timeout": 300.0}
+    with pytest.raises(SettingError) as info:
+        DistributedSettings(start_timeout=0)
+    assert str(info.value) == "--start-timeout must be a positive number of seconds, got 0."
+    assert info.value.for_form().startswith("Start timeout (s) must be a positive number")
+    assert "start_timeout" not in DistributedSettings.cluster_settings()  # no restart for it

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
 
 PRELOAD = ("torch", "horovod.torch")
 log = logging.getLogger(__name__)
@@ -34,6 +36,20 @@ def preload() -> None:
             log.debug("could not import %s before the engine started", name, exc_info=True)
 
 
+def share_cores(env: MutableMapping[str, str]) -> None:
+    """Give this rank its share of its own host's cores (``OMP_NUM_THREADS``, MPI's yielding
+    when every core has a rank) where the launcher left them out: ranks on other hosts than
+    the notebook's. Settings already in ``env`` (the launcher's, the user's) are kept."""
+    from ..rank.world import from_environment
+    from .launchers.base import cores_here, sharing_environment
+
+    here = from_environment(env)
+    if here is None:
+        return
+    for name, value in sharing_environment(cores_here(), here.host_size).items():
+        env.setdefault(name, value)
+
+
 def arguments(argv: list[str]) -> list[str]:
     """ipengine's arguments: ``--mpi`` replaced by the rank from the environment, if there."""
     from ..rank.world import from_environment
@@ -45,7 +61,9 @@ def arguments(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Import the training stack, then run ipyparallel's engine."""
+    """Share the cores, import the training stack (which reads the thread count), then run
+    ipyparallel's engine."""
+    share_cores(os.environ)
     preload()
     from ipyparallel.engine.app import main as ipengine
 

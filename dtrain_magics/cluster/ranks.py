@@ -7,12 +7,15 @@ collective happen here, on every engine at once, with a timeout; the rank-side w
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadOptions, RankError
+from .launchers.base import is_local_host
 
 log = logging.getLogger(__name__)
 BackendKey = tuple[str, str, int]  # backend, device, procs per node
@@ -49,6 +52,38 @@ def describe(client: Any) -> list[RankEngine]:
         ),
         key=lambda e: e.rank,
     )
+
+
+def local_pids(engines: Iterable[RankEngine]) -> set[int]:
+    """The pids of the engines on this host: another host's pid names some process here."""
+    return {e.pid for e in engines if is_local_host(e.host)}
+
+
+def signal_engines(
+    client: Any, engines: Iterable[RankEngine], sig: int, timeout: float = 5.0
+) -> None:
+    """Send ``sig`` to ``engines``: straight to those on this host (their launcher may start
+    them without a nanny), through their nanny to the others, whose answers are awaited for
+    ``timeout`` seconds at most (a lost node's never comes; its rank's heartbeat stops)."""
+    remote = []
+    for engine in engines:
+        if not is_local_host(engine.host):
+            remote.append(engine.engine_id)
+            continue
+        try:
+            os.kill(engine.pid, sig)
+        except ProcessLookupError:  # it died: the run notices
+            log.debug("rank %d is gone", engine.rank, exc_info=True)
+    if not remote:
+        return
+    try:
+        replies = client.send_signal(sig, targets=remote, block=False).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        log.warning("engines %s did not confirm signal %d within %g s", remote, sig, timeout)
+        return
+    for reply in replies:
+        if reply["content"]["status"] != "ok":
+            log.warning("an engine's nanny could not send signal %d: %s", sig, reply["content"])
 
 
 def first_remote_error(e: BaseException) -> str:

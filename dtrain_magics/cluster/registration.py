@@ -97,8 +97,8 @@ def wait_for_engines(
             )
         if time.monotonic() > deadline:
             raise ClusterStartError(
-                f"only {count}/{n} engines registered within {timeout:.0f} s; "
-                "raise the start timeout or look at the engine output below.\n"
+                f"only {count}/{n} engines registered within {timeout:g} s; raise the start "
+                "timeout (--start-timeout, or the form's) or look at the engine output below.\n"
                 + output_tail(ipp_cluster)
             )
         time.sleep(0.05)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import signal
 import threading
 import weakref
@@ -24,10 +23,10 @@ from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .launchers import LaunchSpec, Layout, get_launcher
-from .launchers.base import is_local_host
+from .launchers.base import check_horovod_build
 from .listeners import StateListeners
 from .processes import kill_trees, trees
-from .ranks import BackendKey, RankBackends, RankEngine, describe
+from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids, signal_engines
 from .registration import launcher_exited, launchers_stopped, wait_for_engines
 
 Report = Callable[[str], None]
@@ -250,7 +249,7 @@ class TrainingCluster:
             self.abort_start,
         )
         self.engines = describe(self._client)
-        self._pids.update(e.pid for e in self.engines)
+        self._pids.update(local_pids(self.engines))  # never another host's pid
         security.restrict_files(self._cluster.profile_dir)
         report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
 
@@ -310,26 +309,20 @@ class TrainingCluster:
         """Send ``sig`` (SIGINT, like the notebook's stop button) to ``ranks`` (all by default).
 
         Engines on this machine get it straight from here (the local launcher starts them
-        without ipyparallel's nanny); others through their nanny.
+        without ipyparallel's nanny); others through their nanny, waited for a few seconds at
+        most (``ranks.signal_engines``).
         """
         chosen = range(len(self.engines)) if ranks is None else ranks
-        remote = []
-        for rank_engine in (self.engines[r] for r in chosen):
-            if is_local_host(rank_engine.host):
-                try:
-                    os.kill(rank_engine.pid, sig)
-                except ProcessLookupError:  # it died: the run notices
-                    log.debug("rank %d is gone", rank_engine.rank, exc_info=True)
-            else:
-                remote.append(rank_engine.engine_id)
-        if remote:
-            self.client.send_signal(sig, targets=remote, block=True)
+        signal_engines(self.client, [self.engines[r] for r in chosen], sig)
 
     # -- ranks ------------------------------------------------------------------------------
 
     def prepare_ranks(self, key: BackendKey, timeout: float = 120.0) -> None:
         """Initialise the backend ``key`` on every rank, unless done; stop the cluster on a
-        timeout; a rank that dies doing it (an MPI setting) is shown with MPI's report."""
+        timeout; a rank that dies doing it (an MPI setting) is shown with MPI's report. A
+        Horovod built for another MPI than the cluster's is refused first, in one sentence."""
+        if key[0] == "horovod" and self.backends.key != key and self.owns_processes:
+            check_horovod_build()  # before a rank starts MPI under it
         try:
             local = self.launcher == "local"
             self.backends.prepare(self.view, key, local, timeout, self.owns_processes)

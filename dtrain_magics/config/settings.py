@@ -108,6 +108,14 @@ class DistributedSettings(Configurable):
         label="Max restarts",
         placeholder="0",
     )
+    start_timeout = setting(
+        Seconds(
+            120.0,
+            help="Seconds a new cluster's engines have to register before the start is given "
+            "up (default 120); a Slurm job's wait in the queue is not counted.",
+        ),
+        label="Start timeout (s)",
+    )
     env = setting(
         EnvVars(help="NAME=VALUE environment variable for every rank (repeatable)."),
         label="Rank env",

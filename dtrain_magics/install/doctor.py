@@ -14,7 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .cache import cache_key, torch_flavour
-from .facts import EnvFacts, HorovodFacts, InstallError, MpiInfo, find_mpi, read_env, read_horovod
+from .facts import (
+    EnvFacts,
+    HorovodFacts,
+    InstallError,
+    MpiInfo,
+    find_mpi,
+    map_by,
+    open_mpi_major,
+    read_env,
+    read_horovod,
+    shared_memory_btl,
+)
 from .horovod import describe_build
 from .plan import HOROVOD_VERSION
 
@@ -116,11 +127,9 @@ def _horovod_finding(
 
 def mpiexec_args(mpi: MpiInfo) -> list[str]:
     """Arguments that let ranks share a small machine (more ranks than cores, no pinning)."""
-    if mpi.implementation != "Open MPI":
+    if open_mpi_major(mpi) is None:
         return []
-    if int(mpi.version.split(".")[0]) >= 5:
-        return ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
-    return ["--oversubscribe", "--bind-to", "none"]
+    return [*map_by(mpi), "--bind-to", "none"]
 
 
 def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
@@ -132,8 +141,8 @@ def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // ranks)),
     )
-    if mpi.implementation == "Open MPI" and int(mpi.version.split(".")[0]) >= 5:
-        env.update(OMPI_MCA_btl="self,sm", OMPI_MCA_btl_tcp_if_include="lo")
+    if open_mpi_major(mpi) is not None:
+        env.update(OMPI_MCA_btl=f"self,{shared_memory_btl(mpi)}", OMPI_MCA_btl_tcp_if_include="lo")
     return env
 
 

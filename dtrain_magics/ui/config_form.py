@@ -201,7 +201,9 @@ class ConfigPanel:
                 errors[name] = e.for_form()
         if not errors:
             try:
-                check_spec(self.store.settings_class(**values).check().launch_spec())
+                settings = self.store.settings_class(**values).check()
+                layout = Layout(settings.nodes, settings.procs_per_node)
+                check_spec(settings.launch_spec(), layout)
             except SettingError as e:
                 errors[e.name] = e.for_form()
             except ClusterStartError as e:  # beside the field it is about
@@ -268,6 +270,7 @@ class ConfigPanel:
         settings = self.store.defaults()
         self._say("Starting the cluster …")
         layout = Layout(settings.nodes, settings.procs_per_node)
+        self.cluster.start_timeout = settings.start_timeout
         try:
             self.cluster.ensure(layout, self._say, settings.launch_spec())
         except Exception as e:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .base import Launcher, LaunchSpec, Layout, find_mpiexec, rank_environment
+from .base import (
+    Launcher,
+    LaunchSpec,
+    Layout,
+    find_mpiexec,
+    find_open_mpi,
+    rank_environment,
+)
 from .local import LocalLauncher
 from .mpi import MpiLauncher
 from .profile import ProfileLauncher
@@ -24,11 +31,11 @@ def get_launcher(name: str) -> Launcher:
         ) from None
 
 
-def check_spec(spec: LaunchSpec) -> None:
-    """``ClusterStartError`` if ``spec`` cannot start a cluster (a hostfile that cannot be
-    read, no ``sbatch``), found at once and without starting anything: before a running
-    cluster is stopped for it."""
-    get_launcher(spec.launcher).check(spec)
+def check_spec(spec: LaunchSpec, layout: Layout | None = None) -> None:
+    """``ClusterStartError`` if ``spec`` cannot start a cluster (of ``layout``, if given: a
+    hostfile that cannot be read or names too few hosts, no ``sbatch``), found at once and
+    without starting anything: before a running cluster is stopped for it."""
+    get_launcher(spec.launcher).check(spec, layout)
 
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "Layout",
     "check_spec",
     "find_mpiexec",
+    "find_open_mpi",
     "get_launcher",
     "rank_environment",
 ]

@@ -11,10 +11,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ...errors import ClusterStartError
+from ...install.facts import (
+    MpiInfo,
+    horovod_built_for,
+    map_by,
+    open_mpi_major,
+    read_mpi,
+    shared_memory_btl,
+)
 
 # names that always mean this host in a hostfile or a Slurm node list
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 MALLOC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+YIELD = "OMPI_MCA_mpi_yield_when_idle"
+SHARING = ("OMP_NUM_THREADS", YIELD)  # set from the cores of the ranks' host
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,9 @@ class Launcher(Protocol):
         """``ipyparallel.Cluster`` arguments for ``layout`` (launchers that own processes)."""
         ...
 
-    def check(self, spec: LaunchSpec) -> None:
-        """``ClusterStartError`` if ``spec`` cannot start a cluster, found at once (files and
-        programs it names; nothing that waits on a network service)."""
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
+        """``ClusterStartError`` if ``spec`` (for ``layout``, if given) cannot start a cluster,
+        found at once (files and programs it names; nothing that waits on a network service)."""
         ...
 
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
@@ -96,8 +106,8 @@ class OwnedLauncher:
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         raise TypeError("this launcher starts its own cluster; it does not connect to one.")
 
-    def check(self, spec: LaunchSpec) -> None:
-        find_mpiexec()
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
+        find_open_mpi()
 
     def pending(self, engine_set: Any) -> str | None:
         return None
@@ -118,9 +128,48 @@ def find_mpiexec() -> str:
     return found
 
 
-def rank_environment(layout: Layout) -> dict[str, str]:
-    """Environment for every rank of a local cluster."""
-    cores = os.cpu_count() or 1
+_MPI_FOUND: dict[tuple[str, int, int], MpiInfo | str] = {}
+PIP_MPI = '`pip install "dtrain-magics[mpi]"`'
+
+
+def find_open_mpi() -> MpiInfo:
+    """The MPI of ``find_mpiexec()`` (its ``--version`` read once per file);
+    ``ClusterStartError`` unless it is Open MPI, whose options the launchers pass."""
+    path = find_mpiexec()
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _MPI_FOUND:
+        _MPI_FOUND[key] = read_mpi(path, timeout=30)
+    mpi = _MPI_FOUND[key]
+    if not isinstance(mpi, str) and mpi.implementation == "Open MPI":
+        return mpi
+    what = mpi if isinstance(mpi, str) else f"{path} is {mpi.implementation} {mpi.version}"
+    if os.path.dirname(path) == os.path.join(sys.prefix, "bin"):
+        fix = f"replace that MPI in this environment with Open MPI ({PIP_MPI})"
+    else:
+        fix = f"put Open MPI's mpiexec first on PATH, or install it here with {PIP_MPI}"
+    raise ClusterStartError(
+        f"{what}, but the cluster starts its ranks with Open MPI's mpiexec and options: {fix}."
+    )
+
+
+def check_horovod_build(mpi: MpiInfo | None = None) -> None:
+    """``ClusterStartError`` if ``install-horovod`` built this Python's Horovod for another MPI
+    than ``mpi`` (the one found by default), which the ranks would run it under."""
+    built = horovod_built_for()
+    mpi = mpi or find_open_mpi()
+    if built is None or built == mpi.key:
+        return
+    raise ClusterStartError(
+        f"Horovod was built for another MPI ({built}) than the cluster's mpiexec, {mpi.mpiexec} "
+        f"({mpi.key}): run `dtrain-magics install-horovod` to build it for this one, then "
+        "%dtrain restart."
+    )
+
+
+def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
+    """Environment for every rank of a local cluster (``mpi``: the one found by default)."""
+    mpi = mpi or find_open_mpi()
     env = {
         # Open MPI refuses root unless told; harmless for other users.
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
@@ -128,17 +177,32 @@ def rank_environment(layout: Layout) -> dict[str, str]:
         # keep MPI's own TCP traffic on loopback for a one-host cluster
         "OMPI_MCA_btl_tcp_if_include": "lo",
         # ranks on one host talk over shared memory: no MPI TCP listener on any interface
-        "OMPI_MCA_btl": "self,sm",
+        "OMPI_MCA_btl": f"self,{shared_memory_btl(mpi)}",
         "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
     }
-    # share the cores between ranks instead of every rank's torch using all of them
-    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, cores // layout.ranks)))
     env["GLIBC_TUNABLES"] = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
-    if layout.ranks >= cores:
+    for name, value in sharing_environment(cores_here(), layout.ranks).items():
+        env[name] = os.environ.get(name, value)  # the user's own setting wins
+    return env
+
+
+def cores_here() -> int:
+    """The cores this process may run on: its affinity (a cgroup, ``taskset``, a Slurm job's
+    share), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def sharing_environment(cores: int, ranks_here: int) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` and MPI's yielding for ``ranks_here`` ranks sharing ``cores``."""
+    # share the cores between ranks instead of every rank's torch using all of them
+    env = {"OMP_NUM_THREADS": str(max(1, cores // max(1, ranks_here)))}
+    if ranks_here >= cores:
         # a rank waiting in an MPI call spins at 100% CPU; with every core taken by a rank, it
         # then competes with the rank still computing, and with the notebook and controller.
-        yield_var = "OMPI_MCA_mpi_yield_when_idle"
-        env[yield_var] = os.environ.get(yield_var, "1")
+        env[YIELD] = "1"
     return env
 
 
@@ -170,24 +234,50 @@ def controller_address(local_only: bool) -> dict[str, str]:
     return {"controller_ip": "*", "controller_location": socket.gethostname()}
 
 
-def multi_host_environment(layout: Layout, local_only: bool) -> dict[str, str]:
-    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts."""
-    env = rank_environment(layout)
+def multi_host_environment(
+    layout: Layout, local_only: bool, mpi: MpiInfo | None = None
+) -> dict[str, str]:
+    """``rank_environment`` without the loopback-only MPI transport when ranks span hosts,
+    and without this host's share of cores: each rank's engine works out its own host's
+    (``cluster/engine.py``) unless the user set it here."""
+    env = rank_environment(layout, mpi)
     if not local_only:
         del env["OMPI_MCA_btl_tcp_if_include"]
         del env["OMPI_MCA_btl"]
+        for name in SHARING:
+            if name not in os.environ:
+                env.pop(name, None)
     return env
 
 
-MPIEXEC_OPTIONS = ("--map-by", ":OVERSUBSCRIBE", "--bind-to", "none", "--stdin", "none")
-"""More ranks than cores allowed, no pinning, no standard input (rank 0's read of the notebook's
-would wait for ever)."""
+def mpiexec_options(mpi: MpiInfo | None = None, per_node: int | None = None) -> list[str]:
+    """More ranks than cores allowed (``per_node`` on each host if given), no pinning, no
+    standard input (rank 0's read of the notebook's would wait for ever), in the syntax of
+    ``mpi``'s version (the one found by default)."""
+    mpi = mpi or find_open_mpi()
+    return [*map_by(mpi, per_node), "--bind-to", "none", "--stdin", "none"]
 
 
-def mpiexec_args(env: Mapping[str, str]) -> list[str]:
-    """``MPIEXEC_OPTIONS``, and ``env`` forwarded to remote ranks."""
-    forwarded = [*env, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster by these
-    args = list(MPIEXEC_OPTIONS)
+def this_host_only(mpi: MpiInfo) -> list[str]:
+    """``mpiexec`` arguments that keep every rank on this host inside a Slurm allocation
+    (``salloc``), where Open MPI would otherwise take the allocation's nodes and start ranks
+    on them through ``srun``: its Slurm allocation and launch components switched off
+    (``--prtemca`` for Open MPI 5's ``prterun``, ``--mca`` for 4.x's ``orterun``)."""
+    flag = "--prtemca" if (open_mpi_major(mpi) or 5) >= 5 else "--mca"
+    return [flag, "ras", "^slurm", flag, "plm", "^slurm"]
+
+
+def mpiexec_args(
+    env: Mapping[str, str],
+    mpi: MpiInfo | None = None,
+    per_node: int | None = None,
+    also: tuple[str, ...] = (),
+) -> list[str]:
+    """``mpiexec_options``, and ``env`` forwarded to remote ranks with the variables ``also``
+    names that the notebook's environment has."""
+    extra = [name for name in also if name in os.environ and name not in env]
+    forwarded = [*env, *extra, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster
+    args = mpiexec_options(mpi, per_node)
     for name in forwarded:
         args += ["-x", name]
     return args

@@ -7,12 +7,13 @@ from typing import Any, ClassVar
 from traitlets.config import Config
 
 from .base import (
-    MPIEXEC_OPTIONS,
     LaunchSpec,
     Layout,
     OwnedLauncher,
-    find_mpiexec,
+    find_open_mpi,
+    mpiexec_options,
     rank_environment,
+    this_host_only,
 )
 
 
@@ -23,9 +24,12 @@ class LocalLauncher(OwnedLauncher):
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         config = Config()
-        config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
-        config.MPIEngineSetLauncher.mpi_args = list(MPIEXEC_OPTIONS)  # every rank here: no -x
-        config.MPIEngineSetLauncher.environment = {**rank_environment(layout), **dict(spec.env)}
+        mpi = find_open_mpi()
+        config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
+        # every rank here: no -x, and not on a Slurm allocation's other nodes
+        config.MPIEngineSetLauncher.mpi_args = [*mpiexec_options(mpi), *this_host_only(mpi)]
+        env = {**rank_environment(layout, mpi), **dict(spec.env)}
+        config.MPIEngineSetLauncher.environment = env
         # every engine runs here: the cluster signals them itself (``TrainingCluster.interrupt``)
         # and no engine waits for a nanny process to start before it registers
         config.MPIEngineSetLauncher.engine_args = ["--IPEngine.enable_nanny=False"]

@@ -1,4 +1,5 @@
-"""``mpi``: engines started by ``mpiexec --hostfile``, on the hosts the hostfile names."""
+"""``mpi``: engines started by ``mpiexec --hostfile``, ``--procs-per-node`` on each of
+``--nodes`` hosts the hostfile names."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from .base import (
     Layout,
     OwnedLauncher,
     controller_address,
-    find_mpiexec,
+    find_open_mpi,
     is_local_host,
     mpiexec_args,
     multi_host_environment,
 )
+
+SEARCH_PATHS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH")
+"""Where the notebook finds programs, libraries and modules: remote ranks get the same (Open MPI
+forwards no environment by itself)."""
 
 
 def read_hostfile(path: str) -> list[str]:
@@ -36,29 +41,41 @@ def read_hostfile(path: str) -> list[str]:
 
 
 class MpiLauncher(OwnedLauncher):
-    """Ranks spread as the hostfile says; the controller listens beyond loopback only when
-    a host other than this one takes part."""
+    """``--procs-per-node`` ranks on each of the hostfile's first ``--nodes`` hosts; the
+    controller listens beyond loopback only when a host other than this one takes part."""
 
     name: ClassVar[str] = "mpi"
 
-    def check(self, spec: LaunchSpec) -> None:
-        find_mpiexec()
-        self._hosts(spec)
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
+        find_open_mpi()
+        self._hosts(spec, layout)
 
-    def _hosts(self, spec: LaunchSpec) -> tuple[str, list[str]]:
-        """The hostfile's absolute path and the hosts it names."""
+    def _hosts(self, spec: LaunchSpec, layout: Layout | None = None) -> tuple[str, list[str]]:
+        """The hostfile's absolute path and the hosts it names (enough for ``layout``)."""
         if not spec.get("hostfile"):
             raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
         hostfile = os.path.abspath(spec.get("hostfile"))
-        return hostfile, read_hostfile(hostfile)
+        hosts = read_hostfile(hostfile)
+        # a host's lines add slots, and Open MPI takes every name of this machine as one host
+        names = ("localhost" if is_local_host(h) else h.lower() for h in hosts)
+        distinct = list(dict.fromkeys(names))
+        if layout is not None and len(distinct) < layout.nodes:
+            raise ClusterStartError(
+                f"the hostfile {hostfile!r} names {len(distinct)} host"
+                f"{'' if len(distinct) == 1 else 's'} ({', '.join(distinct)}) and --nodes asks "
+                f"for {layout.nodes}: add hosts to it or lower --nodes."
+            )
+        return hostfile, hosts
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
-        hostfile, hosts = self._hosts(spec)
+        mpi = find_open_mpi()
+        hostfile, hosts = self._hosts(spec, layout)
         local_only = all(is_local_host(h) for h in hosts)
-        env = {**multi_host_environment(layout, local_only), **dict(spec.env)}
+        env = {**multi_host_environment(layout, local_only, mpi), **dict(spec.env)}
+        args = mpiexec_args(env, mpi, layout.procs_per_node, also=SEARCH_PATHS)
         config = Config()
-        config.MPIEngineSetLauncher.mpi_cmd = [find_mpiexec()]
-        config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *mpiexec_args(env)]
+        config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
+        config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *args]
         config.MPIEngineSetLauncher.environment = env
         return {
             "engines": "mpi",

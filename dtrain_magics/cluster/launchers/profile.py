@@ -27,7 +27,7 @@ class ProfileLauncher:
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         raise TypeError("the profile launcher connects to a running cluster; it starts none.")
 
-    def check(self, spec: LaunchSpec) -> None:
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         """Nothing to find before connecting: the connection says what is wrong."""
 
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:

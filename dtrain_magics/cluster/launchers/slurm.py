@@ -22,6 +22,7 @@ from .base import (
     OwnedLauncher,
     controller_address,
     find_mpiexec,
+    find_open_mpi,
     is_local_host,
     mpiexec_args,
     multi_host_environment,
@@ -125,8 +126,9 @@ class SlurmLauncher(OwnedLauncher):
     name: ClassVar[str] = "slurm"
     uses: ClassVar[tuple[str, ...]] = ("device",)
 
-    def check(self, spec: LaunchSpec) -> None:
+    def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_sbatch()
+        find_open_mpi()  # the job runs its mpiexec with Open MPI's options
         SlurmOptions.from_spec(spec)
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
@@ -138,7 +140,7 @@ class SlurmLauncher(OwnedLauncher):
         if layout.nodes > 1 and "OMPI_MCA_btl" in env:
             # several Slurm nodes on this one host: MPI sees separate nodes, which need its TCP
             # transport between them (still on loopback only, per btl_tcp_if_include)
-            env["OMPI_MCA_btl"] = "self,sm,tcp"
+            env["OMPI_MCA_btl"] += ",tcp"
         name = f"dtrain-engines-{uuid.uuid4().hex[:12]}.sbatch"
         config = Config()
         config.SlurmEngineSetLauncher.batch_template = slurm_batch_template(layout, options, env)
