@@ -267,6 +267,13 @@ def describe_build(h: HorovodFacts) -> str:
     return ", ".join(flags) or "no controllers"
 
 
+def kept_as_built_elsewhere(current: HorovodFacts, gpu: bool) -> bool:
+    """Whether an installed Horovod that this command did not build (a site's, or one built by
+    hand from another version) is kept: it imports with this torch, has MPI, and NCCL where
+    torch uses CUDA."""
+    return current.key is None and current.mpi and (current.nccl or not gpu)
+
+
 def install_horovod(
     python: str | None = None,
     *,
@@ -313,6 +320,12 @@ def install_horovod(
             and current.nccl == gpu
         ):
             report(f"Horovod {HOROVOD_VERSION} for {key} is already installed")
+            return current
+        if isinstance(current, HorovodFacts) and kept_as_built_elsewhere(current, gpu):
+            report(
+                f"Horovod {current.version} ({describe_build(current)}) was built without this "
+                "command and works with this torch: kept (--rebuild replaces it)"
+            )
             return current
     cache = cache_dir or default_cache_dir()
     with locked(cache, key):
