@@ -92,3 +92,44 @@ def test_quickstart_with_device_cuda() -> None:
     ).execute()
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "held-out accuracy" in text
+
+
+@needs_gpu
+def test_pulled_cuda_tensors_arrive_on_the_notebooks_cpu(gpu_run: Any, ip: Any) -> None:
+    gpu_run(
+        "import torch\nweights = {'w': torch.full((3,), rank + 2.0, device=device)}",
+        "--pull weights",
+    )
+    pulled = ip.user_ns["weights"]["w"]
+    assert pulled.device.type == "cpu" and pulled.tolist() == [2.0, 2.0, 2.0]
+
+
+@needs_gpu
+def test_horovod_stays_up_between_cells_on_gpus(gpu_run: Any, cluster: Any) -> None:
+    """A restart of Horovod rebuilds NCCL's communicators: ranks on GPUs keep it up."""
+    import time
+
+    gpu_run("pass")
+    time.sleep(5)  # past rank/idle.py's SUSPEND_AFTER; asked outside a cell, which would resume
+    up = cluster.view().apply_sync(eval, "__import__('horovod.torch').torch.is_initialized()")
+    assert list(up) == [True] * RANKS
+
+
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs: one per simulated node")
+def test_local_rank_names_the_gpu_when_nodes_are_simulated(run: Any, cluster: Any) -> None:
+    run("where = (local_rank, device.index)", "--nodes 2 --procs-per-node 1 --device cuda")
+    try:
+        assert rank_values(cluster, "where") == [(0, 0), (1, 1)]
+    finally:
+        run("pass")
+
+
+@pytest.mark.skipif(GPUS != 1, reason="needs exactly 1 GPU: 2 ranks would have to share it")
+def test_more_ranks_than_gpus(run: Any, cluster: Any) -> None:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="NCCL cannot share a GPU between ranks"):
+        run("pass", "--nodes 2 --device cuda")
+    run("where = str(device)", "--nodes 2 --device auto")
+    assert rank_values(cluster, "where") == ["cpu", "cpu"]
+    assert "auto: 1 GPU for 2 ranks" in (cluster.device or "")

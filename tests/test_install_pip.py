@@ -114,6 +114,20 @@ def test_install_horovod_takes_the_cached_wheel(venv: Venv) -> None:
     assert "is already installed" in again, again
 
 
+def test_a_horovod_built_elsewhere_is_kept(venv: Venv) -> None:
+    code = "import horovod, os; print(os.path.dirname(horovod.__file__))"
+    where = venv.run([venv.python, "-c", code])
+    marker = Path(where.stdout.strip()) / ".dtrain-build"
+    saved = marker.read_text()
+    marker.unlink()  # as a site's own build has none
+    try:
+        out = install_horovod(venv)
+        assert "was built without this command and works with this torch: kept" in out, out
+        assert "taking the cached wheel" not in out and not marker.exists(), out
+    finally:
+        marker.write_text(saved)
+
+
 def test_doctor_exits_0(venv: Venv) -> None:
     done = venv.run([venv.bin("dtrain-magics"), "doctor"], timeout=300)
     assert done.returncode == 0, done.stdout

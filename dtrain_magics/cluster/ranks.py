@@ -105,6 +105,7 @@ class RankBackends:
     def __init__(self) -> None:
         self.key: BackendKey | None = None
         self.device: str | None = None
+        self.kind: str | None = None  # cpu or cuda, for every rank
         self.versions: dict[str, Any] = {}  # rank 0's Python, torch and Horovod
         self.first_done: float | None = None  # when a rank first ended the last cell
         self.resume_next = False  # Horovod may be down whatever the time (a script, a subset)
@@ -118,6 +119,7 @@ class RankBackends:
         """The ranks are gone or new: the next cell initialises again."""
         self.key = None
         self.device = None
+        self.kind = None
         self.versions = {}
         self.first_done = None
         self.resume_next = False
@@ -154,6 +156,8 @@ class RankBackends:
 
         if self.name != "horovod":
             return False
+        if self.kind == "cuda":  # ranks on GPUs keep Horovod up between cells (rank/idle.py)
+            return self.resume_next
         idle = self.first_done is not None and now - self.first_done >= RESUME_AFTER
         return idle or self.resume_next
 
@@ -181,20 +185,21 @@ class RankBackends:
         self.forget()
         ranks = make_view()
         try:
+            kind, note = _choose_device(ranks, device, timeout)
             rendezvous = _rendezvous(ranks, timeout) if backend == "torch" else None
             ar = ranks.apply_async(
-                init_rank, backend, device, procs_per_node, simulate_nodes, rendezvous, own_engines
+                init_rank, backend, kind, procs_per_node, simulate_nodes, rendezvous, own_engines
             )
             described = ar.get(timeout=timeout)
-        except TimeoutError:
+        except (TimeoutError, BadOptions):
             raise
         except Exception as e:
             message = first_remote_error(e)
-            if "--device cuda" in message:
-                raise BadOptions(message) from None
             raise RankError(f"initialising {backend} failed: {message}") from None
-        self.key = key
+        self.key, self.kind = key, kind
         self.device = ", ".join(sorted({d["device"] for d in described}))
+        if note:
+            self.device += f" ({note})"
         first: dict[str, Any] = min(described, key=lambda d: d["rank"], default={})
         self.versions = dict(first.get("versions") or {})
         return True
@@ -244,6 +249,16 @@ class RankBackends:
         except Exception:
             log.debug("resetting the backend failed", exc_info=True)
             return False
+
+
+def _choose_device(view: Any, requested: str, timeout: float) -> tuple[str, str | None]:
+    """``cpu`` or ``cuda`` for every rank of ``view`` (``cluster/devices.py``), and a note."""
+    from ..rank.devices import survey
+    from .devices import choose_device
+
+    if requested == "cpu":
+        return "cpu", None
+    return choose_device(requested, view.apply_async(survey, requested).get(timeout=timeout))
 
 
 def _rendezvous(view: Any, timeout: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +32,20 @@ def torch_flavour(torch_cuda: str | None, torch_hip: str | None = None) -> str:
     if torch_hip:
         return "rocm" + torch_hip.split("-")[0]
     return "cpu"
+
+
+def arch_tag(cc_list: str | None = None) -> str:
+    """``-sm80_90`` where ``HOROVOD_BUILD_CUDA_CC_LIST`` narrows the GPUs a CUDA build serves, else
+    ``""``: a wheel for some GPUs must not be taken from a shared cache for others."""
+    if cc_list is None:
+        cc_list = os.environ.get("HOROVOD_BUILD_CUDA_CC_LIST", "")
+    archs = sorted({int(x) for x in cc_list.split(",") if x.strip()})
+    return "-sm" + "_".join(map(str, archs)) if archs else ""
+
+
+def without_arch_tag(key: str) -> str:
+    """``key`` as any GPUs' build would have it (``arch_tag`` removed)."""
+    return re.sub(r"-sm[0-9_]+(?=-py)", "", key)
 
 
 def cache_key(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cache import cache_key, torch_flavour
+from .cache import cache_key, torch_flavour, without_arch_tag
 from .facts import (
     EnvFacts,
     HorovodFacts,
@@ -38,7 +38,14 @@ hvd.init()
 device = sys.argv[1]
 if device == "cuda":
     torch.cuda.set_device(hvd.local_rank())
-total = hvd.allreduce(torch.tensor([hvd.rank() + 1.0], device=device), op=hvd.Sum)
+mine = torch.tensor([hvd.rank() + 1.0], device=device)
+total = hvd.allreduce(mine, op=hvd.Sum)
+# a Horovod built with NCCL for allreduce only sends CUDA broadcasts and allgathers through MPI,
+# which a CUDA-unaware MPI cannot do: try the three that training uses
+first = hvd.broadcast(mine, root_rank=0).item()
+every = hvd.allgather(mine).tolist()
+if first != 1.0 or every != [r + 1.0 for r in range(hvd.size())]:
+    sys.exit(f"broadcast gave {first} (not 1.0), allgather {every}")
 print(f"DTRAIN-RANK {hvd.rank()} {hvd.size()} {total.item()}", flush=True)
 hvd.shutdown()
 """
@@ -90,7 +97,21 @@ def assess(env: EnvFacts, mpi: MpiInfo | str, horovod: HorovodFacts | str) -> li
         found.append(_horovod_finding(env, mpi, horovod, gpus))
     names = ", ".join(sorted(set(env.gpus)))
     gpu_line = f"{gpus} ({names})" if gpus else "none seen"
-    if gpus and env.torch is not None and not env.torch_cuda:
+    if not gpus and env.gpu_reason:
+        gpu_line += f" (torch: {env.gpu_reason})"
+    if not gpus and "too old" in (env.gpu_reason or ""):
+        found.append(
+            Finding(
+                "GPUs",
+                gpu_line,
+                f"the NVIDIA driver is older than the CUDA {env.torch_cuda} torch was built for: "
+                "update the driver, or install a torch built for the CUDA the driver supports "
+                "(pip install torch --index-url https://download.pytorch.org/whl/cu1XX), "
+                f"then {FIX}.",
+                blocking=False,
+            )
+        )
+    elif gpus and env.torch is not None and not env.torch_cuda:
         found.append(
             Finding(
                 "GPUs",
@@ -114,7 +135,7 @@ def _horovod_finding(
         value += f" (built for {horovod.key})"
     if not horovod.mpi:
         return Finding("Horovod", value, f"Horovod was built without MPI: {FIX} --rebuild.")
-    if want is not None and horovod.key is not None and horovod.key != want:
+    if want is not None and horovod.key is not None and without_arch_tag(horovod.key) != want:
         return Finding("Horovod", value, f"this environment now needs the build {want}: {FIX}.")
     if env.torch_cuda and not horovod.nccl:
         sentence = (
@@ -236,10 +257,16 @@ def doctor(
         ranks = min(2, len(env.gpus))
         failed, elapsed = run_allreduce(env.executable, mpi, ranks, "cuda", timeout)
         if failed:
-            emit(f"{'GPU run':<9} a NCCL allreduce of CUDA tensors on {ranks} rank(s): {failed}")
+            emit(
+                f"{'GPU run':<9} NCCL allreduce, broadcast and allgather of CUDA tensors on "
+                f"{ranks} rank(s): {failed}"
+            )
             emit(f"{'':<9} fix: check the GPUs with nvidia-smi, then {FIX} --rebuild.")
             emit("not ready")
             return False
-        emit(f"{'GPU run':<9} NCCL allreduce of CUDA tensors on {ranks} rank(s) ({elapsed:.1f} s)")
+        emit(
+            f"{'GPU run':<9} NCCL allreduce, broadcast and allgather of CUDA tensors on {ranks} "
+            f"rank(s) ({elapsed:.1f} s)"
+        )
     emit("ready: a 2-rank run works")
     return True

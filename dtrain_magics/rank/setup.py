@@ -22,7 +22,7 @@ _bound: set[str] = set()
 
 def init_rank(
     backend: str,
-    device: str,
+    kind: str,
     procs_per_node: int,
     simulate_nodes: bool,
     rendezvous: str | None = None,
@@ -31,10 +31,12 @@ def init_rank(
     """Initialise ``backend`` on this rank and bind ``hvd``/``dist``, ``rank``, ``local_rank``,
     ``size``, ``device`` and ``dtrain`` in the rank's namespace.
 
+    ``kind``: ``cpu`` or ``cuda``, chosen for every rank (``cluster/devices.py``).
     ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
-    local cluster whose ranks all share this host; ``rendezvous`` is the torch backend's
-    address on rank 0 (``backends.rendezvous_address``); ``own_engine``: the magic started
-    this engine, so its log is the magic's to tune (``quiet_requests``).
+    local cluster on CPUs whose ranks all share this host (on GPUs ``local_rank`` stays the
+    index of the rank's GPU, as ``device`` is ``cuda:<local_rank>``); ``rendezvous`` is the
+    torch backend's address on rank 0 (``backends.rendezvous_address``); ``own_engine``: the
+    magic started this engine, so its log is the magic's to tune (``quiet_requests``).
 
     Returns a picklable summary.
     """
@@ -56,20 +58,21 @@ def init_rank(
         # a cell's sys.exit() fails it on the rank; IPython's hint for a console is not for it
         warnings.filterwarnings("ignore", "To exit: use 'exit', 'quit'", UserWarning)
         if backend == "horovod":
-            idle.install(shell)
+            idle.install(shell, suspend=kind != "cuda")
         if own_engine:
             quiet_requests(shell)
-    if _backend is not None and _backend.name != backend:
+    # a torch process group is made for one device kind (gloo on CPU, NCCL on CUDA)
+    if _backend is not None and (_backend.name, _backend.kind) != (backend, kind):
         shutdown_rank()
         for name in _bound:
             ns.pop(name, None)
 
     here = place()
-    torch_device = resolve_device(device, here.host_rank, here.rank)
+    torch_device = resolve_device(kind, here.host_rank)
     check_backend_device(backend, torch_device)
     _backend = make_backend(backend, torch_device, rendezvous)
     rank, size, names = _backend.init()
-    if simulate_nodes:
+    if simulate_nodes and kind != "cuda":
         local_rank, local_size = rank % procs_per_node, procs_per_node
     else:
         local_rank, local_size = here.host_rank, here.host_size

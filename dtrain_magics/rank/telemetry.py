@@ -40,6 +40,16 @@ def publish_data(data: dict[str, Any]) -> None:
         publisher.publish_data(data)
 
 
+def _scalar(name: str, value: Any) -> Any:
+    """``value`` as a float, or, for a tensor on a GPU, a copy of it read when the buffer is sent:
+    reading it now would wait for the GPU at every ``dtrain.log``."""
+    if getattr(value, "is_cuda", False):
+        if value.numel() != 1:
+            raise ValueError(f"dtrain.log: {name} has {value.numel()} elements; log a scalar.")
+        return value.detach().clone()
+    return float(value.item() if hasattr(value, "item") else value)
+
+
 class Telemetry:
     """One rank's metric buffer and progress state."""
 
@@ -49,7 +59,7 @@ class Telemetry:
 
     def reset(self) -> None:
         """Start a new cell: step counter, buffer and message sequence from zero."""
-        self._points: list[tuple[int, str, float, float]] = []
+        self._points: list[tuple[int, str, Any, float]] = []  # float, or a GPU tensor
         self._dropped = 0
         self._step = 0
         self._progress: dict[str, Any] | None = None
@@ -74,9 +84,7 @@ class Telemetry:
             mark[1], mark[2] = now, _clock.waited
         points = self._points
         for name, value in scalars.items():
-            points.append(
-                (step, name, float(value.item() if hasattr(value, "item") else value), now)
-            )
+            points.append((step, name, _scalar(name, value), now))
         if len(points) > MAX_BUFFER:
             self._dropped += len(points) - len(points[::2])
             self._points = points[::2]
@@ -125,7 +133,10 @@ class Telemetry:
         if not self._dirty:
             return
         payload = {
-            "points": self._points,
+            "points": [
+                p if type(p[2]) is float else (*p[:2], float(p[2].item()), p[3])
+                for p in self._points
+            ],
             "dropped": self._dropped,
             "progress": dict(self._progress) if self._progress else None,
             "timing": self._timing(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..cluster.ranks import first_remote_error
@@ -43,9 +44,46 @@ def pull(view: Any, names: tuple[str, ...], rank: int = 0) -> dict[str, Any]:
             "or drop it from --pull."
         )
     try:
-        values = view.pull(list(names), block=True)
+        values = view.apply_sync(_take, list(names))
+        if isinstance(values, SavedByTorch):
+            values = values.load()
     except Exception as e:
         raise BadOptions(
             f"--pull: could not copy {', '.join(names)} from rank {rank}: {first_remote_error(e)}"
         ) from None
     return dict(zip(names, values, strict=True))
+
+
+@dataclass(frozen=True)
+class SavedByTorch:
+    """Values saved by ``torch.save`` on a rank that uses CUDA, loaded onto the notebook's CPU:
+    pickled as they are, a GPU tensor comes back on its GPU (or fails in a kernel without
+    CUDA, as on a cluster's login node)."""
+
+    data: bytes
+
+    def load(self) -> Any:
+        import io
+
+        import torch
+
+        return torch.load(io.BytesIO(self.data), map_location="cpu", weights_only=False)
+
+
+def _take(names: list[str]) -> Any:
+    """Runs on a rank: the values of ``names``, saved by torch where they may hold GPU tensors
+    (``SavedByTorch``)."""
+    import sys
+
+    from IPython import get_ipython
+
+    ns = get_ipython().user_ns
+    values = [ns[n] for n in names]
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return values
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(values, buffer)
+    return SavedByTorch(buffer.getvalue())
