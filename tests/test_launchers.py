@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -305,3 +306,28 @@ def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
             assert _wait_until(lambda: job not in _squeue_ids(), 30), "pending job not cancelled"
         finally:
             session.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_slurm_start_asks_squeue_sparingly(
+    slurm_up: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtrain_magics.cluster import TrainingCluster
+
+    calls = tmp_path / "squeue.log"
+    wrapper = tmp_path / "squeue"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("squeue")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cluster = TrainingCluster(launcher="slurm", profile="dtrain-launchers")
+    started = time.monotonic()
+    try:
+        cluster.start(Layout(2, 1))
+        took = time.monotonic() - started
+        asked = calls.read_text().splitlines()
+        print(f"[timing] slurm start {took:.1f} s, squeue asked {len(asked)} times")
+        assert len(asked) <= took / 2 + 2, asked
+        _check_horovod(cluster.client)
+    finally:
+        cluster.stop()

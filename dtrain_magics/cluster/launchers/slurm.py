@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from traitlets.config import Config
 
 from ...errors import ClusterStartError
+from ..slurm_jobs import JobPoll, query_state
 from .base import (
     LaunchSpec,
     Layout,
@@ -78,8 +79,9 @@ def slurm_hosts(partition: str = "") -> list[str]:
 
 
 def slurm_job_state(job_id: str) -> str:
-    """The job's state as ``squeue`` reports it (``PENDING``, ``RUNNING``…); ``""`` once gone."""
-    return _query(["squeue", "-h", "-j", str(job_id), "-o", "%T"]).strip()
+    """Slurm's word for the job's state (``PENDING``, ``RUNNING``…); ``""`` if it is gone or
+    ``squeue`` did not answer."""
+    return query_state(job_id)[1]
 
 
 def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
@@ -125,6 +127,9 @@ class SlurmLauncher(OwnedLauncher):
     name: ClassVar[str] = "slurm"
     uses: ClassVar[tuple[str, ...]] = ("device",)
 
+    def __init__(self) -> None:
+        self._polls: dict[str, JobPoll] = {}  # by job id: squeue asked at most every 2 s
+
     def check(self, spec: LaunchSpec) -> None:
         find_sbatch()
         SlurmOptions.from_spec(spec)
@@ -152,12 +157,23 @@ class SlurmLauncher(OwnedLauncher):
             **controller_address(local_only),
         }
 
+    def _poll(self, job_id: str) -> JobPoll:
+        poll = self._polls.get(job_id)
+        if poll is None:
+            if len(self._polls) >= 16:  # forget the oldest jobs
+                del self._polls[next(iter(self._polls))]
+            poll = self._polls[job_id] = JobPoll(job_id)
+        return poll
+
     def pending(self, engine_set: Any) -> str | None:
         job_id = getattr(engine_set, "job_id", None)
         if not job_id:
             return "(not yet submitted)"
-        return str(job_id) if slurm_job_state(job_id) == "PENDING" else None
+        poll = self._poll(str(job_id))
+        if poll.poll() != "pending":
+            return None
+        return f"{job_id} (nodes booting)" if poll.word == "CONFIGURING" else str(job_id)
 
     def job_ended(self, engine_set: Any) -> bool:
         job_id = getattr(engine_set, "job_id", None)
-        return bool(job_id) and not slurm_job_state(str(job_id))
+        return bool(job_id) and self._poll(str(job_id)).poll() == "ended"

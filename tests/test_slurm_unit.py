@@ -1,0 +1,104 @@
+"""Pure logic of the Slurm launcher: squeue's answers and how often it is asked (no Slurm
+needed)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtrain_magics.cluster.launchers.slurm import SlurmLauncher
+from dtrain_magics.cluster.slurm_jobs import JobPoll, JobState, parse_squeue
+
+INVALID = "slurm_load_jobs error: Invalid job id specified\n"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stdout", "stderr", "state"),
+    [
+        (0, "PENDING\n", "", ("pending", "PENDING")),
+        (0, "CONFIGURING\n", "", ("pending", "CONFIGURING")),  # its nodes boot
+        (0, "RUNNING\n", "", ("running", "RUNNING")),
+        (0, "SUSPENDED\n", "", ("running", "SUSPENDED")),
+        (0, "COMPLETING\n", "", ("ended", "COMPLETING")),
+        (0, "FAILED\n", "", ("ended", "FAILED")),
+        (0, "", "", ("ended", "")),  # the controller answered without the job
+        (1, "", INVALID, ("ended", "")),  # the controller no longer knows it
+        (1, "", "squeue: error: Socket timed out on send/recv operation\n", ("unknown", "")),
+        (1, "", "slurm_load_jobs error: Unable to contact slurm controller\n", ("unknown", "")),
+        (None, "", "", ("unknown", "")),  # squeue timed out or is missing
+    ],
+)
+def test_squeue_answers(
+    returncode: int | None, stdout: str, stderr: str, state: tuple[str, str]
+) -> None:
+    assert parse_squeue(returncode, stdout, stderr) == state
+
+
+def test_squeue_is_asked_at_most_every_two_seconds() -> None:
+    now = [0.0]
+    answers: list[tuple[JobState, str]] = [("pending", "PENDING"), ("unknown", "")]
+    answers += [("running", "RUNNING")] * 10
+    asked: list[float] = []
+
+    def query(job_id: str) -> tuple[JobState, str]:
+        asked.append(now[0])
+        return answers[len(asked) - 1]
+
+    poll = JobPoll("42", query=query, clock=lambda: now[0])
+    states = []
+    for _ in range(1000):  # every 10 ms for 10 s, as a start's loop does
+        states.append(poll.poll())
+        now[0] += 0.01
+    assert asked[0] == 0.0 and len(asked) == 5, asked
+    assert all(b - a >= 2.0 - 1e-9 for a, b in itertools.pairwise(asked)), asked
+    # a failed question (the second) keeps the job pending instead of calling it gone
+    assert set(states[: int(4.0 / 0.01)]) == {"pending"} and states[-1] == "running"
+
+
+@pytest.fixture
+def fake_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``fake_squeue(stdout, stderr, code)``: an ``squeue`` on PATH that answers so."""
+
+    def install(stdout: str, stderr: str = "", code: int = 0) -> None:
+        script = tmp_path / "squeue"
+        script.write_text(
+            f"#!/bin/sh\nprintf '%s' '{stdout}'\nprintf '%s' '{stderr}' >&2\nexit {code}\n"
+        )
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return install
+
+
+class _EngineSet:
+    job_id = "42"
+    batch_template = ""
+
+
+def test_a_failed_squeue_does_not_end_a_job(fake_squeue: Any) -> None:
+    fake_squeue("", "squeue: error: Socket timed out on send/recv operation\n", 1)
+    launcher = SlurmLauncher()
+    assert not launcher.job_ended(_EngineSet()) and launcher.pending(_EngineSet()) is None
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "code", "pending", "ended"),
+    [
+        ("PENDING\n", "", 0, "42", False),
+        ("CONFIGURING\n", "", 0, "42 (nodes booting)", False),
+        ("RUNNING\n", "", 0, None, False),
+        ("", INVALID, 1, None, True),
+    ],
+)
+def test_launcher_reads_squeue(
+    fake_squeue: Any, stdout: str, stderr: str, code: int, pending: str | None, ended: bool
+) -> None:
+    fake_squeue(stdout, stderr, code)
+    launcher = SlurmLauncher()
+    assert launcher.pending(_EngineSet()) == pending
+    assert launcher.job_ended(_EngineSet()) is ended
