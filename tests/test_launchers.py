@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -331,3 +333,32 @@ def test_slurm_start_asks_squeue_sparingly(
         _check_horovod(cluster.client)
     finally:
         cluster.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_killed_kernel_cancels_its_slurm_job(slurm_up: None) -> None:
+    from kernel_session import KernelSession
+
+    session = KernelSession()
+    try:
+        assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = session.run(
+            "%%distributed --launcher slurm --procs-per-node 2 --no-widget\n"
+            "import os\nprint('JOB', os.environ['SLURM_JOB_ID'])",
+            timeout=180,
+        )
+        found = re.search(r"JOB (\d+)", reply.text)
+        assert reply.status == "ok" and found, reply.text
+        job = found.group(1)
+        assert job in _squeue_ids()
+        kernel_pid = int(session.run("import os; print(os.getpid())").text)
+        killed = time.monotonic()
+        os.kill(kernel_pid, signal.SIGKILL)
+        assert _wait_until(lambda: job not in _squeue_ids(), 15), "the job outlived the kernel"
+        print(f"[timing] job {job} left squeue {time.monotonic() - killed:.1f} s after the kill")
+    finally:
+        session.kc.stop_channels()
+        # also once the kernel is dead: it closes the manager's sockets, which would otherwise
+        # hold pytest's exit (zmq's context waits for them)
+        session.km.shutdown_kernel(now=True)

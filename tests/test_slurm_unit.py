@@ -1,16 +1,19 @@
-"""Pure logic of the Slurm launcher: squeue's answers and how often it is asked (no Slurm
-needed)."""
+"""Pure logic of the Slurm launcher: squeue's answers, how often it is asked, and the
+watchdog's arguments (no Slurm needed)."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dtrain_magics.cluster import watchdog
 from dtrain_magics.cluster.launchers.slurm import SlurmLauncher
 from dtrain_magics.cluster.slurm_jobs import JobPoll, JobState, parse_squeue
 
@@ -102,3 +105,23 @@ def test_launcher_reads_squeue(
     launcher = SlurmLauncher()
     assert launcher.pending(_EngineSet()) == pending
     assert launcher.job_ended(_EngineSet()) is ended
+
+
+def test_watchdog_arguments() -> None:
+    assert watchdog.main(["12", "--slurm-job"]) == 2
+    assert watchdog.main(["12", "--slurm-job", "abc"]) == 2
+    assert watchdog.main(["--slurm-job", "5"]) == 2
+
+
+def test_watchdog_cancels_the_job_when_the_kernel_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "scancel.log"
+    scancel = tmp_path / "scancel"
+    scancel.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scancel.chmod(scancel.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    kernel = subprocess.Popen([sys.executable, "-c", "pass"])
+    kernel.wait()
+    assert watchdog.watch(kernel.pid, [], ["1234"], poll=0.05) == 0
+    assert calls.read_text().split() == ["1234"]

@@ -1,9 +1,9 @@
-"""A Slurm job's state from ``squeue``, asked at most every few seconds.
+"""A Slurm job's state from ``squeue``, asked at most every few seconds, and ``scancel``.
 
 Schedulers rate-limit their clients, so a start asks ``squeue`` at most every ``POLL_EVERY``
 seconds however often it checks. A query that fails (a timeout, "Socket timed out", another
 error) tells nothing: only an answer without the job, or Slurm's "Invalid job id", means the
-job is gone. Kept free of the launchers' imports.
+job is gone. Kept free of the launchers' imports: the watchdog process uses it.
 """
 
 from __future__ import annotations
@@ -113,3 +113,21 @@ class JobPoll:
             if state != "unknown":
                 self.state, self.word = state, word
         return self.state
+
+
+def cancel(job_id: str, tries: int = 3, pause: float = 2.0) -> bool:
+    """``scancel job_id``, tried again after a failure; True once Slurm accepted it (or no
+    longer knows the job)."""
+    for attempt in range(tries):
+        try:
+            done = subprocess.run(
+                ["scancel", str(job_id)], capture_output=True, text=True, timeout=QUERY_TIMEOUT
+            )
+            if done.returncode == 0 or _GONE in done.stderr:
+                return True
+            log.debug("scancel %s: exit %s: %s", job_id, done.returncode, done.stderr.strip())
+        except (OSError, subprocess.SubprocessError):
+            log.debug("scancel failed", exc_info=True)
+        if attempt + 1 < tries:
+            time.sleep(pause)
+    return False
