@@ -103,7 +103,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
         account="proj",
         time_limit="01:00:00",
         extra_sbatch_options=["--qos=high", "--comment={x}"],
-        gpus_per_task=1,
+        gpus_per_node=4,
     )
     env = launchers.rank_environment(Layout(2, 4))
     template = slurm_batch_template(Layout(2, 4), options, env)
@@ -111,7 +111,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     for line in [
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
-        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --gpus-per-node=4",
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
         "#SBATCH --time=01:00:00",
@@ -124,7 +124,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     assert run.startswith(f"exec {find_mpiexec()} ") and "srun" not in template
     assert run.endswith("-n {n} {program} --mpi {program_args}")
     no_gpu = slurm_batch_template(Layout(1, 2), SlurmOptions(), env)
-    assert "--gpus-per-task" not in no_gpu and "--partition" not in no_gpu
+    assert "--gpus-per" not in no_gpu and "--partition" not in no_gpu
 
 
 # -- real clusters -------------------------------------------------------------------------------
@@ -351,6 +351,8 @@ def test_a_killed_kernel_cancels_its_slurm_job(slurm_up: None) -> None:
         found = re.search(r"JOB (\d+)", reply.text)
         assert reply.status == "ok" and found, reply.text
         job = found.group(1)
+        # --device auto on nodes without GPU gres: the start says that it asked for none
+        assert f"Slurm job {job} submitted, without GPUs" in reply.text, reply.text
         assert job in _squeue_ids()
         kernel_pid = int(session.run("import os; print(os.getpid())").text)
         killed = time.monotonic()

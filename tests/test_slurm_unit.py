@@ -1,5 +1,5 @@
-"""Pure logic of the Slurm launcher: squeue's answers, how often it is asked, and the
-watchdog's arguments (no Slurm needed)."""
+"""Pure logic of the Slurm launcher: squeue's answers, how often it is asked, the GPUs a job
+asks for, and the watchdog's arguments (no Slurm needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from dtrain_magics.cluster import watchdog
-from dtrain_magics.cluster.launchers.slurm import SlurmLauncher
+from dtrain_magics.cluster.launchers import LaunchSpec, Layout
+from dtrain_magics.cluster.launchers.slurm import (
+    SlurmLauncher,
+    SlurmNode,
+    SlurmOptions,
+    gpu_count,
+    gpus_per_node,
+    parse_sinfo,
+    slurm_batch_template,
+)
 from dtrain_magics.cluster.slurm_jobs import JobPoll, JobState, parse_squeue
 
 INVALID = "slurm_load_jobs error: Invalid job id specified\n"
@@ -105,6 +114,50 @@ def test_launcher_reads_squeue(
     launcher = SlurmLauncher()
     assert launcher.pending(_EngineSet()) == pending
     assert launcher.job_ended(_EngineSet()) is ended
+
+
+def test_gpu_counts_from_gres() -> None:
+    assert gpu_count("(null)") == 0
+    assert gpu_count("gpu:4") == 4
+    assert gpu_count("gpu:a100:4(S:0-1)") == 4
+    assert gpu_count("gpu:tesla:2(S:0,1),gpu:k80:2(S:1),mps:200") == 4
+    assert gpu_count("mps:100,gpumem:8G") == 0
+
+
+def test_sinfo_rows_of_the_partition() -> None:
+    text = "a|cpu*|(null)\nb|cpu*|(null)\ng1|gpu|gpu:a100:4(S:0-1)\ng2|gpu|gpu:2\nb|gpu|(null)\n"
+    assert parse_sinfo(text) == [SlurmNode("a", 0), SlurmNode("b", 0)]  # the default one
+    assert parse_sinfo(text, "gpu") == [SlurmNode("b", 0), SlurmNode("g1", 4), SlurmNode("g2", 2)]
+    assert parse_sinfo("x|p1|gpu:1\n") == [SlurmNode("x", 1)]  # no default: every node
+    assert parse_sinfo("") == []
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "expected"),
+    [
+        ("cuda", [0], 4),  # asked for: Slurm says if it cannot be had
+        ("auto", [4, 8], 4),
+        ("auto", [4, 2], 0),  # a node with fewer GPUs than ranks
+        ("auto", [], 0),  # sinfo did not answer
+        ("cpu", [8], 0),
+    ],
+)
+def test_gpus_per_node(device: str, gpus: list[int], expected: int) -> None:
+    nodes = [SlurmNode(f"n{i}", g) for i, g in enumerate(gpus)]
+    assert gpus_per_node(device, Layout(2, 4), nodes) == expected
+
+
+def test_gpus_are_asked_per_node_not_per_task() -> None:
+    template = slurm_batch_template(Layout(2, 4), SlurmOptions(gpus_per_node=4), {})
+    assert "#SBATCH --gpus-per-node=4" in template.splitlines()
+    assert "gpus-per-task" not in template
+    engine_set = _EngineSet()
+    engine_set.batch_template = template
+    note = SlurmLauncher().job_note(LaunchSpec("slurm", (("device", "auto"),)), engine_set)
+    assert note == "Slurm job 42 submitted, with 4 GPUs per node"
+    engine_set.batch_template = slurm_batch_template(Layout(2, 4), SlurmOptions(), {})
+    note = SlurmLauncher().job_note(LaunchSpec("slurm", (("device", "auto"),)), engine_set)
+    assert "without GPUs" in note and "--device cuda" in note
 
 
 def test_watchdog_arguments() -> None:

@@ -67,6 +67,9 @@ def wait_for_engines(
     deadline = time.monotonic() + timeout
     registered = -1
     pending_since: float | None = None
+    job_note = getattr(launcher, "job_note", None)  # a batch job: what it asks for
+    if job_note is not None:
+        report(job_note(spec, engine_set))
     while True:
         if abort.is_set():
             raise KeyboardInterrupt("the start was interrupted")

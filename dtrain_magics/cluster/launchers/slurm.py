@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -39,8 +41,9 @@ class SlurmOptions:
     account: str = ""
     time_limit: str = ""
     extra_sbatch_options: list[str] = field(default_factory=list)
-    # set to 1 when the device is cuda
-    gpus_per_task: int = 0
+    device: str = "auto"
+    # GPUs asked for on each node (--gpus-per-node); set by gpus_per_node()
+    gpus_per_node: int = 0
 
     @classmethod
     def from_spec(cls, spec: LaunchSpec) -> SlurmOptions:
@@ -49,7 +52,7 @@ class SlurmOptions:
             account=spec.get("slurm_account", ""),
             time_limit=spec.get("slurm_time_limit", ""),
             extra_sbatch_options=list(spec.get("slurm_options", ())),
-            gpus_per_task=1 if spec.get("device") == "cuda" else 0,
+            device=spec.get("device") or "auto",
         )
 
 
@@ -72,10 +75,43 @@ def _query(cmd: list[str]) -> str:
         return ""
 
 
+@dataclass(frozen=True)
+class SlurmNode:
+    """A node of the partition the job goes to, as ``sinfo`` lists it."""
+
+    host: str
+    gpus: int
+
+
+_GPU_GRES = re.compile(r"(?:^|,)gpu(?::[^:,()]*)?:(\d+)")
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in a node's ``sinfo %G`` (``gpu:4``, ``gpu:a100:4(S:0-1)``, ``(null)``)."""
+    return sum(int(n) for n in _GPU_GRES.findall(gres))
+
+
+def parse_sinfo(text: str, partition: str = "") -> list[SlurmNode]:
+    """The nodes of ``partition`` (else the default one, marked ``*``) in ``sinfo -h -N -o
+    '%n|%P|%G'`` output; all nodes listed if none is marked."""
+    rows = [line.split("|") for line in text.splitlines() if line.count("|") == 2]
+    if partition:
+        chosen = [r for r in rows if r[1].rstrip("*") == partition]
+    else:
+        chosen = [r for r in rows if r[1].endswith("*")] or rows
+    nodes = {host: SlurmNode(host, gpu_count(gres)) for host, _, gres in chosen}
+    return sorted(nodes.values(), key=lambda n: n.host)
+
+
+def slurm_nodes(partition: str = "") -> list[SlurmNode]:
+    """The nodes of ``partition`` (else the default one); empty if ``sinfo`` cannot tell."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%n|%P|%G", *(["-p", partition] if partition else [])]
+    return parse_sinfo(_query(cmd), partition)
+
+
 def slurm_hosts(partition: str = "") -> list[str]:
-    """Host names of the Slurm nodes (of ``partition``); empty if ``sinfo`` cannot tell."""
-    cmd = ["sinfo", "-h", "-N", "-o", "%n", *(["-p", partition] if partition else [])]
-    return sorted(set(_query(cmd).split()))
+    """Host names of the Slurm nodes of ``partition`` (else the default one)."""
+    return [n.host for n in slurm_nodes(partition)]
 
 
 def slurm_job_state(job_id: str) -> str:
@@ -84,11 +120,23 @@ def slurm_job_state(job_id: str) -> str:
     return query_state(job_id)[1]
 
 
+def gpus_per_node(device: str, layout: Layout, nodes: list[SlurmNode]) -> int:
+    """GPUs to ask for on each node: one per rank with ``cuda``; with ``auto`` too when every
+    node of the partition has that many (``sinfo``'s gres), else none."""
+    if device == "cuda":
+        return layout.procs_per_node
+    if device == "auto" and nodes and all(n.gpus >= layout.procs_per_node for n in nodes):
+        return layout.procs_per_node
+    return 0
+
+
 def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
     """The ``#SBATCH`` lines for ``layout`` and ``options`` (braces escaped for the template)."""
     opts = [f"--nodes={layout.nodes}", f"--ntasks-per-node={layout.procs_per_node}"]
-    if options.gpus_per_task:
-        opts.append(f"--gpus-per-task={options.gpus_per_task}")
+    if options.gpus_per_node:
+        # not --gpus-per-task: mpiexec starts one daemon per node with srun, and every rank
+        # on the node would inherit its single task's GPU; ranks pick theirs by local rank
+        opts.append(f"--gpus-per-node={options.gpus_per_node}")
     if options.partition:
         opts.append(f"--partition={options.partition}")
     if options.account:
@@ -122,7 +170,8 @@ def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str
 
 class SlurmLauncher(OwnedLauncher):
     """``--nodes`` → ``#SBATCH --nodes``, ``--procs-per-node`` → ``--ntasks-per-node``, one GPU
-    per task with ``--device cuda``."""
+    per rank (``--gpus-per-node``) with ``--device cuda``, and with ``auto`` where the
+    partition's nodes have them."""
 
     name: ClassVar[str] = "slurm"
     uses: ClassVar[tuple[str, ...]] = ("device",)
@@ -137,8 +186,11 @@ class SlurmLauncher(OwnedLauncher):
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         find_sbatch()
         options = SlurmOptions.from_spec(spec)
-        hosts = slurm_hosts(options.partition)
-        local_only = bool(hosts) and all(is_local_host(h) for h in hosts)
+        nodes = slurm_nodes(options.partition)
+        options = dataclasses.replace(
+            options, gpus_per_node=gpus_per_node(options.device, layout, nodes)
+        )
+        local_only = bool(nodes) and all(is_local_host(n.host) for n in nodes)
         env = {**multi_host_environment(layout, local_only), **dict(spec.env)}
         if layout.nodes > 1 and "OMPI_MCA_btl" in env:
             # several Slurm nodes on this one host: MPI sees separate nodes, which need its TCP
@@ -177,3 +229,17 @@ class SlurmLauncher(OwnedLauncher):
     def job_ended(self, engine_set: Any) -> bool:
         job_id = getattr(engine_set, "job_id", None)
         return bool(job_id) and self._poll(str(job_id)).poll() == "ended"
+
+    def job_note(self, spec: LaunchSpec, engine_set: Any) -> str:
+        """What the submitted job asks for, GPUs included, for the start's progress line."""
+        job_id = getattr(engine_set, "job_id", "") or "(not yet submitted)"
+        template = getattr(engine_set, "batch_template", "")
+        found = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", template, re.MULTILINE)
+        if found:
+            return f"Slurm job {job_id} submitted, with {found.group(1)} GPUs per node"
+        if (spec.get("device") or "auto") != "auto":
+            return f"Slurm job {job_id} submitted, without GPUs (--device cpu)"
+        return (
+            f"Slurm job {job_id} submitted, without GPUs: sinfo shows fewer GPUs than ranks on "
+            "the partition's nodes; --device cuda asks for one per rank"
+        )
