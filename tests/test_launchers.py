@@ -312,7 +312,7 @@ def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-def test_slurm_start_asks_squeue_sparingly(
+def test_slurm_start_from_inside_a_job_asks_squeue_sparingly(
     slurm_up: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dtrain_magics.cluster import TrainingCluster
@@ -322,6 +322,11 @@ def test_slurm_start_asks_squeue_sparingly(
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("squeue")} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    # the notebook runs inside a Slurm job: srun (Open MPI's, to reach the second node) refuses
+    # these two together, and a job id that is not the new job's
+    outer = {"SLURM_JOB_ID": "999999", "SLURM_MEM_PER_CPU": "100", "SLURM_MEM_PER_NODE": "200"}
+    for name, value in outer.items():
+        monkeypatch.setenv(name, value)
     cluster = TrainingCluster(launcher="slurm", profile="dtrain-launchers")
     started = time.monotonic()
     try:
@@ -330,6 +335,8 @@ def test_slurm_start_asks_squeue_sparingly(
         asked = calls.read_text().splitlines()
         print(f"[timing] slurm start {took:.1f} s, squeue asked {len(asked)} times")
         assert len(asked) <= took / 2 + 2, asked
+        job_ids = {job for job, _ in cluster.client[:].apply_sync(_slurm_place)}
+        assert len(job_ids) == 1 and "999999" not in job_ids, job_ids
         _check_horovod(cluster.client)
     finally:
         cluster.stop()

@@ -1,5 +1,5 @@
-"""Pure logic of the Slurm launcher: squeue's answers, how often it is asked, the GPUs a job
-asks for, and the watchdog's arguments (no Slurm needed)."""
+"""Pure logic of the Slurm launcher: squeue's answers, how often it is asked, the GPUs and the
+environment a job gets, and the watchdog's arguments (no Slurm needed)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from dtrain_magics.cluster.launchers.slurm import (
     gpus_per_node,
     parse_sinfo,
     slurm_batch_template,
+    stale_job_variables,
+    submit_command,
 )
 from dtrain_magics.cluster.slurm_jobs import JobPoll, JobState, parse_squeue
 
@@ -158,6 +160,41 @@ def test_gpus_are_asked_per_node_not_per_task() -> None:
     engine_set.batch_template = slurm_batch_template(Layout(2, 4), SlurmOptions(), {})
     note = SlurmLauncher().job_note(LaunchSpec("slurm", (("device", "auto"),)), engine_set)
     assert "without GPUs" in note and "--device cuda" in note
+
+
+def test_a_job_inside_a_job_drops_the_outer_jobs_variables() -> None:
+    outer = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_MEM_PER_NODE": "1000",
+        "SLURM_CONF": "/etc/slurm/other.conf",
+        "SBATCH_MEM_BIND": "local",
+        "SRUN_CPUS_PER_TASK": "4",
+        "SLURM_USER_SET": "kept by --env",
+        "PATH": "/usr/bin",
+        "MY_SLURM_THING": "x",
+    }
+    assert stale_job_variables(outer, keep={"SLURM_USER_SET"}) == [
+        "SBATCH_MEM_BIND",
+        "SLURM_JOB_ID",
+        "SLURM_MEM_PER_NODE",
+        "SRUN_CPUS_PER_TASK",
+    ]
+    outside = {k: v for k, v in outer.items() if k != "SLURM_JOB_ID"}
+    assert stale_job_variables(outside) == []
+
+
+def test_sbatch_runs_without_the_stale_variables(tmp_path: Path) -> None:
+    environ = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "10", "KEPT": "1"}
+    command = submit_command(environ)
+    assert command[0].endswith("env") and command[-1].endswith("sbatch")
+    # what sbatch would see: run `env` itself in its place
+    done = subprocess.run(
+        [*command[:-1], "env"], env=environ, capture_output=True, text=True, check=True
+    )
+    names = {line.partition("=")[0] for line in done.stdout.splitlines()}
+    assert "KEPT" in names and not names & {"SLURM_JOB_ID", "SLURM_MEM_PER_CPU"}
+    outside = {k: v for k, v in environ.items() if not k.startswith("SLURM_")}
+    assert submit_command(outside) == [command[-1]]
 
 
 def test_watchdog_arguments() -> None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -130,6 +130,32 @@ def gpus_per_node(device: str, layout: Layout, nodes: list[SlurmNode]) -> int:
     return 0
 
 
+_JOB_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_")
+_JOB_KEEP = frozenset({"SLURM_CONF"})  # where Slurm's configuration is, not a job's setting
+
+
+def stale_job_variables(environ: Mapping[str, str], keep: Collection[str] = ()) -> list[str]:
+    """The names of ``environ``'s ``SLURM_*``, ``SBATCH_*`` and ``SRUN_*`` variables when it
+    comes from inside a Slurm job (but ``SLURM_CONF`` and ``keep``): sbatch must not pass the
+    enclosing job's settings on to the new job."""
+    if not (environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")):
+        return []
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(_JOB_PREFIXES) and name not in _JOB_KEEP and name not in keep
+    )
+
+
+def submit_command(environ: Mapping[str, str], keep: Collection[str] = ()) -> list[str]:
+    """``sbatch``, run without the enclosing job's variables (``env -u NAME ... sbatch``)."""
+    stale = stale_job_variables(environ, keep)
+    if not stale:
+        return [find_sbatch()]
+    unset = [arg for name in stale for arg in ("-u", name)]
+    return [shutil.which("env") or "/usr/bin/env", *unset, find_sbatch()]
+
+
 def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
     """The ``#SBATCH`` lines for ``layout`` and ``options`` (braces escaped for the template)."""
     opts = [f"--nodes={layout.nodes}", f"--ntasks-per-node={layout.procs_per_node}"]
@@ -202,6 +228,8 @@ class SlurmLauncher(OwnedLauncher):
         # not the notebook's directory
         config.SlurmEngineSetLauncher.batch_file_name = os.path.join(tempfile.gettempdir(), name)
         config.SlurmEngineSetLauncher.environment = env  # sbatch --export=ALL passes it on
+        # but not the variables of a job the notebook itself runs in
+        config.SlurmEngineSetLauncher.submit_command = submit_command(os.environ, keep=env)
         return {
             "engines": "slurm",
             "n": layout.ranks,
