@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -101,7 +104,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
         account="proj",
         time_limit="01:00:00",
         extra_sbatch_options=["--qos=high", "--comment={x}"],
-        gpus_per_task=1,
+        gpus_per_node=4,
     )
     env = launchers.rank_environment(Layout(2, 4))
     template = slurm_batch_template(Layout(2, 4), options, env)
@@ -109,7 +112,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     for line in [
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
-        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --gpus-per-node=4",
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
         "#SBATCH --time=01:00:00",
@@ -122,7 +125,7 @@ def test_slurm_template_runs_mpiexec_in_the_allocation() -> None:
     assert run.startswith(f"exec {find_mpiexec()} ") and "srun" not in template
     assert run.endswith("-n {n} {program} --mpi {program_args}")
     no_gpu = slurm_batch_template(Layout(1, 2), SlurmOptions(), env)
-    assert "--gpus-per-task" not in no_gpu and "--partition" not in no_gpu
+    assert "--gpus-per" not in no_gpu and "--partition" not in no_gpu
 
 
 # -- real clusters -------------------------------------------------------------------------------
@@ -331,3 +334,66 @@ def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
             assert _wait_until(lambda: job not in _squeue_ids(), 30), "pending job not cancelled"
         finally:
             session.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_slurm_start_from_inside_a_job_asks_squeue_sparingly(
+    slurm_up: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtrain_magics.cluster import TrainingCluster
+
+    calls = tmp_path / "squeue.log"
+    wrapper = tmp_path / "squeue"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("squeue")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    # the notebook runs inside a Slurm job: srun (Open MPI's, to reach the second node) refuses
+    # these two together, and a job id that is not the new job's
+    outer = {"SLURM_JOB_ID": "999999", "SLURM_MEM_PER_CPU": "100", "SLURM_MEM_PER_NODE": "200"}
+    for name, value in outer.items():
+        monkeypatch.setenv(name, value)
+    cluster = TrainingCluster(launcher="slurm", profile="dtrain-launchers")
+    started = time.monotonic()
+    try:
+        cluster.start(Layout(2, 1))
+        took = time.monotonic() - started
+        asked = calls.read_text().splitlines()
+        print(f"[timing] slurm start {took:.1f} s, squeue asked {len(asked)} times")
+        assert len(asked) <= took / 2 + 2, asked
+        job_ids = {job for job, _ in cluster.client[:].apply_sync(_slurm_place)}
+        assert len(job_ids) == 1 and "999999" not in job_ids, job_ids
+        _check_horovod(cluster.client)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_killed_kernel_cancels_its_slurm_job(slurm_up: None) -> None:
+    from kernel_session import KernelSession
+
+    session = KernelSession()
+    try:
+        assert session.run("%load_ext dtrain_magics").status == "ok"
+        reply = session.run(
+            "%%distributed --launcher slurm --procs-per-node 2 --no-widget\n"
+            "import os\nprint('JOB', os.environ['SLURM_JOB_ID'])",
+            timeout=180,
+        )
+        found = re.search(r"JOB (\d+)", reply.text)
+        assert reply.status == "ok" and found, reply.text
+        job = found.group(1)
+        # --device auto on nodes without GPU gres: the start says that it asked for none
+        assert f"Slurm job {job} submitted, without GPUs" in reply.text, reply.text
+        assert job in _squeue_ids()
+        kernel_pid = int(session.run("import os; print(os.getpid())").text)
+        killed = time.monotonic()
+        os.kill(kernel_pid, signal.SIGKILL)
+        assert _wait_until(lambda: job not in _squeue_ids(), 15), "the job outlived the kernel"
+        print(f"[timing] job {job} left squeue {time.monotonic() - killed:.1f} s after the kill")
+    finally:
+        session.kc.stop_channels()
+        # also once the kernel is dead: it closes the manager's sockets, which would otherwise
+        # hold pytest's exit (zmq's context waits for them)
+        session.km.shutdown_kernel(now=True)

@@ -56,13 +56,20 @@ def wait_for_engines(
     abort: threading.Event,
 ) -> None:
     """Return once ``layout.ranks`` engines registered; raise ``ClusterStartError`` if they
-    cannot, ``KeyboardInterrupt`` once ``abort`` is set (also while a batch job is queued)."""
+    cannot, ``KeyboardInterrupt`` once ``abort`` is set (also while a batch job is queued).
+
+    Registration is checked every 50 ms (the controller is local); the launcher asks the batch
+    scheduler at most every few seconds however often ``pending`` and ``job_ended`` are called.
+    """
     n = layout.ranks
     launcher = get_launcher(spec.launcher)
     engine_set = next(iter(ipp_cluster.engines.values()))
     deadline = time.monotonic() + timeout
     registered = -1
     pending_since: float | None = None
+    job_note = getattr(launcher, "job_note", None)  # a batch job: what it asks for
+    if job_note is not None:
+        report(job_note(spec, engine_set))
     while True:
         if abort.is_set():
             raise KeyboardInterrupt("the start was interrupted")

@@ -237,7 +237,7 @@ class TrainingCluster:
         self._cluster.start_engines_sync(layout.ranks)
         for engine_set in self._cluster.engines.values():
             self._track(engine_set)
-        watchdog.guard(self, self._pids)  # kills these trees if the kernel dies
+        watchdog.guard(self, self._pids, watchdog.batch_jobs(self._cluster))  # if the kernel dies
         self._client = connect(self._cluster)
         wait_for_engines(
             self._cluster,

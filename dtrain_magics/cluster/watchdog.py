@@ -3,10 +3,11 @@
 ipyparallel starts the controller and ``mpiexec`` in their own sessions and stops them only at
 the kernel's exit (``atexit``), so a kernel killed with SIGKILL (a restart, or the shutdown of a
 busy kernel) would leave them running. The watchdog is a tiny process started with the cluster
-(``python -m dtrain_magics.cluster.watchdog KERNEL_PID PID...``): it polls the kernel, and once
-the kernel is gone it terminates the process trees of the cluster (controller, mpiexec, engines,
-nannies).
-It exits by itself when those processes are gone, and is stopped when the cluster stops.
+(``python -m dtrain_magics.cluster.watchdog KERNEL_PID PID... [--slurm-job ID]...``): it polls
+the kernel, and once the kernel is gone it terminates the process trees of the cluster
+(controller, mpiexec, engines, nannies) and cancels its Slurm jobs (engines on compute nodes
+have no process here; they would otherwise hold their nodes until their heartbeat noticed).
+It exits by itself when those processes and jobs are gone, and is stopped when the cluster stops.
 """
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ import sys
 import time
 import weakref
 from collections.abc import Iterable
+from typing import Any
 
 import psutil
 
 from .processes import alive, kill_trees, trees
+from .slurm_jobs import JobPoll, cancel
 
 POLL = 0.5
+JOB_POLL = 30.0  # seconds between squeue calls once the processes are gone and a job is left
+SLURM_JOB = "--slurm-job"
 _guards: weakref.WeakKeyDictionary[object, subprocess.Popen[bytes]] = weakref.WeakKeyDictionary()
 
 
-def guard(owner: object, pids: Iterable[int]) -> None:
-    """Start a watchdog that kills ``pids`` (and their children) if this process dies."""
+def guard(owner: object, pids: Iterable[int], slurm_jobs: Iterable[str] = ()) -> None:
+    """Start a watchdog that kills ``pids`` (and their children) and cancels ``slurm_jobs``
+    if this process dies."""
     release(owner)
     roots = sorted({int(p) for p in pids})
-    if not roots:
+    jobs = [a for job in dict.fromkeys(slurm_jobs) for a in (SLURM_JOB, str(job))]
+    if not roots and not jobs:
         return
     _guards[owner] = subprocess.Popen(
         [
@@ -40,6 +47,7 @@ def guard(owner: object, pids: Iterable[int]) -> None:
             "dtrain_magics.cluster.watchdog",
             str(os.getpid()),
             *map(str, roots),
+            *jobs,
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -64,31 +72,60 @@ def watchdog_pid(owner: object) -> int | None:
     return proc.pid if proc is not None and proc.poll() is None else None
 
 
-def watch(kernel_pid: int, pids: list[int], poll: float = POLL) -> int:
-    """Wait for the kernel to die (then kill the trees) or for the cluster to be gone."""
+def batch_jobs(ipp_cluster: Any) -> list[str]:
+    """The batch job ids of ``ipp_cluster``'s engine sets (Slurm's; none for ``mpiexec``)."""
+    found = (getattr(s, "job_id", "") for s in ipp_cluster.engines.values())
+    return [str(job) for job in found if job]
+
+
+def watch(
+    kernel_pid: int,
+    pids: list[int],
+    slurm_jobs: list[str] | None = None,
+    poll: float = POLL,
+    job_poll: float = JOB_POLL,
+) -> int:
+    """Wait for the kernel to die (then kill the trees and cancel the jobs) or for the cluster
+    to be gone."""
     roots = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             roots.append(psutil.Process(pid))
+    jobs = [JobPoll(job, every=job_poll) for job in slurm_jobs or ()]
+
+    def end_cluster() -> int:
+        for job in jobs:  # first: nodes and GPUs are the scarcer
+            cancel(job.job_id)
+        kill_trees(trees(p.pid for p in roots))
+        return 0
+
     try:
         kernel = psutil.Process(kernel_pid)
     except psutil.Error:
-        kill_trees(trees(p.pid for p in roots))
-        return 0
+        return end_cluster()
     while True:
         if not alive(kernel):
-            kill_trees(trees(p.pid for p in roots))
-            return 0
-        if not any(alive(p) for p in roots):
+            return end_cluster()
+        if not any(alive(p) for p in roots) and all(j.poll() == "ended" for j in jobs):
             return 0
         time.sleep(poll)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not all(a.isdigit() for a in argv):
-        print("usage: python -m dtrain_magics.cluster.watchdog KERNEL_PID PID...", file=sys.stderr)
+    pids, jobs = argv, []
+    if SLURM_JOB in argv:
+        at = argv.index(SLURM_JOB)
+        pids, rest = argv[:at], argv[at:]
+        jobs = rest[1::2]
+        if rest[::2] != [SLURM_JOB] * len(jobs) or len(rest) != 2 * len(jobs):
+            pids = []  # malformed: the usage below
+    if not pids or not all(a.isdigit() for a in pids + jobs):
+        print(
+            "usage: python -m dtrain_magics.cluster.watchdog KERNEL_PID PID... [--slurm-job ID]...",
+            file=sys.stderr,
+        )
         return 2
-    return watch(int(argv[0]), [int(a) for a in argv[1:]])
+    return watch(int(pids[0]), [int(a) for a in pids[1:]], jobs)
 
 
 if __name__ == "__main__":

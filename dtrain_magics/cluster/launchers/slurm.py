@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from traitlets.config import Config
 
 from ...errors import ClusterStartError
+from ..slurm_jobs import JobPoll, query_state
 from .base import (
     LaunchSpec,
     Layout,
@@ -39,8 +42,9 @@ class SlurmOptions:
     account: str = ""
     time_limit: str = ""
     extra_sbatch_options: list[str] = field(default_factory=list)
-    # set to 1 when the device is cuda
-    gpus_per_task: int = 0
+    device: str = "auto"
+    # GPUs asked for on each node (--gpus-per-node); set by gpus_per_node()
+    gpus_per_node: int = 0
 
     @classmethod
     def from_spec(cls, spec: LaunchSpec) -> SlurmOptions:
@@ -49,7 +53,7 @@ class SlurmOptions:
             account=spec.get("slurm_account", ""),
             time_limit=spec.get("slurm_time_limit", ""),
             extra_sbatch_options=list(spec.get("slurm_options", ())),
-            gpus_per_task=1 if spec.get("device") == "cuda" else 0,
+            device=spec.get("device") or "auto",
         )
 
 
@@ -72,22 +76,94 @@ def _query(cmd: list[str]) -> str:
         return ""
 
 
+@dataclass(frozen=True)
+class SlurmNode:
+    """A node of the partition the job goes to, as ``sinfo`` lists it."""
+
+    host: str
+    gpus: int
+
+
+_GPU_GRES = re.compile(r"(?:^|,)gpu(?::[^:,()]*)?:(\d+)")
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in a node's ``sinfo %G`` (``gpu:4``, ``gpu:a100:4(S:0-1)``, ``(null)``)."""
+    return sum(int(n) for n in _GPU_GRES.findall(gres))
+
+
+def parse_sinfo(text: str, partition: str = "") -> list[SlurmNode]:
+    """The nodes of ``partition`` (else the default one, marked ``*``) in ``sinfo -h -N -o
+    '%n|%P|%G'`` output; all nodes listed if none is marked."""
+    rows = [line.split("|") for line in text.splitlines() if line.count("|") == 2]
+    if partition:
+        chosen = [r for r in rows if r[1].rstrip("*") == partition]
+    else:
+        chosen = [r for r in rows if r[1].endswith("*")] or rows
+    nodes = {host: SlurmNode(host, gpu_count(gres)) for host, _, gres in chosen}
+    return sorted(nodes.values(), key=lambda n: n.host)
+
+
+def slurm_nodes(partition: str = "") -> list[SlurmNode]:
+    """The nodes of ``partition`` (else the default one); empty if ``sinfo`` cannot tell."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%n|%P|%G", *(["-p", partition] if partition else [])]
+    return parse_sinfo(_query(cmd), partition)
+
+
 def slurm_hosts(partition: str = "") -> list[str]:
-    """Host names of the Slurm nodes (of ``partition``); empty if ``sinfo`` cannot tell."""
-    cmd = ["sinfo", "-h", "-N", "-o", "%n", *(["-p", partition] if partition else [])]
-    return sorted(set(_query(cmd).split()))
+    """Host names of the Slurm nodes of ``partition`` (else the default one)."""
+    return [n.host for n in slurm_nodes(partition)]
 
 
 def slurm_job_state(job_id: str) -> str:
-    """The job's state as ``squeue`` reports it (``PENDING``, ``RUNNING``…); ``""`` once gone."""
-    return _query(["squeue", "-h", "-j", str(job_id), "-o", "%T"]).strip()
+    """Slurm's word for the job's state (``PENDING``, ``RUNNING``…); ``""`` if it is gone or
+    ``squeue`` did not answer."""
+    return query_state(job_id)[1]
+
+
+def gpus_per_node(device: str, layout: Layout, nodes: list[SlurmNode]) -> int:
+    """GPUs to ask for on each node: one per rank with ``cuda``; with ``auto`` too when every
+    node of the partition has that many (``sinfo``'s gres), else none."""
+    if device == "cuda":
+        return layout.procs_per_node
+    if device == "auto" and nodes and all(n.gpus >= layout.procs_per_node for n in nodes):
+        return layout.procs_per_node
+    return 0
+
+
+_JOB_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_")
+_JOB_KEEP = frozenset({"SLURM_CONF"})  # where Slurm's configuration is, not a job's setting
+
+
+def stale_job_variables(environ: Mapping[str, str], keep: Collection[str] = ()) -> list[str]:
+    """The names of ``environ``'s ``SLURM_*``, ``SBATCH_*`` and ``SRUN_*`` variables when it
+    comes from inside a Slurm job (but ``SLURM_CONF`` and ``keep``): sbatch must not pass the
+    enclosing job's settings on to the new job."""
+    if not (environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")):
+        return []
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(_JOB_PREFIXES) and name not in _JOB_KEEP and name not in keep
+    )
+
+
+def submit_command(environ: Mapping[str, str], keep: Collection[str] = ()) -> list[str]:
+    """``sbatch``, run without the enclosing job's variables (``env -u NAME ... sbatch``)."""
+    stale = stale_job_variables(environ, keep)
+    if not stale:
+        return [find_sbatch()]
+    unset = [arg for name in stale for arg in ("-u", name)]
+    return [shutil.which("env") or "/usr/bin/env", *unset, find_sbatch()]
 
 
 def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
     """The ``#SBATCH`` lines for ``layout`` and ``options`` (braces escaped for the template)."""
     opts = [f"--nodes={layout.nodes}", f"--ntasks-per-node={layout.procs_per_node}"]
-    if options.gpus_per_task:
-        opts.append(f"--gpus-per-task={options.gpus_per_task}")
+    if options.gpus_per_node:
+        # not --gpus-per-task: mpiexec starts one daemon per node with srun, and every rank
+        # on the node would inherit its single task's GPU; ranks pick theirs by local rank
+        opts.append(f"--gpus-per-node={options.gpus_per_node}")
     if options.partition:
         opts.append(f"--partition={options.partition}")
     if options.account:
@@ -121,10 +197,14 @@ def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str
 
 class SlurmLauncher(OwnedLauncher):
     """``--nodes`` → ``#SBATCH --nodes``, ``--procs-per-node`` → ``--ntasks-per-node``, one GPU
-    per task with ``--device cuda``."""
+    per rank (``--gpus-per-node``) with ``--device cuda``, and with ``auto`` where the
+    partition's nodes have them."""
 
     name: ClassVar[str] = "slurm"
     uses: ClassVar[tuple[str, ...]] = ("device",)
+
+    def __init__(self) -> None:
+        self._polls: dict[str, JobPoll] = {}  # by job id: squeue asked at most every 2 s
 
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_sbatch()
@@ -134,8 +214,11 @@ class SlurmLauncher(OwnedLauncher):
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         find_sbatch()
         options = SlurmOptions.from_spec(spec)
-        hosts = slurm_hosts(options.partition)
-        local_only = bool(hosts) and all(is_local_host(h) for h in hosts)
+        nodes = slurm_nodes(options.partition)
+        options = dataclasses.replace(
+            options, gpus_per_node=gpus_per_node(options.device, layout, nodes)
+        )
+        local_only = bool(nodes) and all(is_local_host(n.host) for n in nodes)
         env = {**multi_host_environment(layout, local_only), **dict(spec.env)}
         if layout.nodes > 1 and "OMPI_MCA_btl" in env:
             # several Slurm nodes on this one host: MPI sees separate nodes, which need its TCP
@@ -147,6 +230,8 @@ class SlurmLauncher(OwnedLauncher):
         # not the notebook's directory
         config.SlurmEngineSetLauncher.batch_file_name = os.path.join(tempfile.gettempdir(), name)
         config.SlurmEngineSetLauncher.environment = env  # sbatch --export=ALL passes it on
+        # but not the variables of a job the notebook itself runs in
+        config.SlurmEngineSetLauncher.submit_command = submit_command(os.environ, keep=env)
         return {
             "engines": "slurm",
             "n": layout.ranks,
@@ -154,12 +239,37 @@ class SlurmLauncher(OwnedLauncher):
             **controller_address(local_only),
         }
 
+    def _poll(self, job_id: str) -> JobPoll:
+        poll = self._polls.get(job_id)
+        if poll is None:
+            if len(self._polls) >= 16:  # forget the oldest jobs
+                del self._polls[next(iter(self._polls))]
+            poll = self._polls[job_id] = JobPoll(job_id)
+        return poll
+
     def pending(self, engine_set: Any) -> str | None:
         job_id = getattr(engine_set, "job_id", None)
         if not job_id:
             return "(not yet submitted)"
-        return str(job_id) if slurm_job_state(job_id) == "PENDING" else None
+        poll = self._poll(str(job_id))
+        if poll.poll() != "pending":
+            return None
+        return f"{job_id} (nodes booting)" if poll.word == "CONFIGURING" else str(job_id)
 
     def job_ended(self, engine_set: Any) -> bool:
         job_id = getattr(engine_set, "job_id", None)
-        return bool(job_id) and not slurm_job_state(str(job_id))
+        return bool(job_id) and self._poll(str(job_id)).poll() == "ended"
+
+    def job_note(self, spec: LaunchSpec, engine_set: Any) -> str:
+        """What the submitted job asks for, GPUs included, for the start's progress line."""
+        job_id = getattr(engine_set, "job_id", "") or "(not yet submitted)"
+        template = getattr(engine_set, "batch_template", "")
+        found = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", template, re.MULTILINE)
+        if found:
+            return f"Slurm job {job_id} submitted, with {found.group(1)} GPUs per node"
+        if (spec.get("device") or "auto") != "auto":
+            return f"Slurm job {job_id} submitted, without GPUs (--device cpu)"
+        return (
+            f"Slurm job {job_id} submitted, without GPUs: sinfo shows fewer GPUs than ranks on "
+            "the partition's nodes; --device cuda asks for one per rank"
+        )
