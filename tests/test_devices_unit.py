@@ -59,7 +59,7 @@ def test_a_rank_without_a_gpu() -> None:
         choose_device("cuda", mixed)
     assert str(caught.value) == (
         "--device cuda was requested but rank 1 sees no CUDA GPU: Found no NVIDIA driver on your "
-        "system.; use --device auto or --device cpu."
+        "system; use --device auto or --device cpu."
     )
 
 
@@ -78,10 +78,20 @@ def test_rank_0_without_an_address_other_hosts_reach_says_to_set_master_addr() -
         rendezvous_address(offers)
 
 
-def test_an_address_for_other_hosts_is_never_loopback() -> None:
-    found = _host_address(socket.gethostname())
-    assert found is None or not found.startswith("127.")
-    assert _host_address("localhost") in (None, found)
+def test_a_host_name_on_loopback_gives_the_full_names_address(monkeypatch: Any) -> None:
+    """Debian and Ubuntu map the host name to 127.0.1.1 in /etc/hosts."""
+    answers = {"node1": "127.0.1.1", "node1.example.org": "10.1.2.3"}
+
+    def getaddrinfo(name: str, *args: Any) -> list[Any]:
+        if name not in answers:
+            raise socket.gaierror(name)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[name], 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getfqdn", lambda: "node1.example.org")
+    assert _host_address("node1") == "10.1.2.3"
+    answers["node1.example.org"] = "127.0.1.1"
+    assert _host_address("node1") is None
 
 
 def test_the_interface_towards_loopback_is_lo() -> None:
@@ -91,6 +101,7 @@ def test_the_interface_towards_loopback_is_lo() -> None:
 def test_a_build_for_some_gpus_has_its_own_cache_key() -> None:
     assert arch_tag("") == ""
     assert arch_tag("90, 80") == "-sm80_90"
+    assert arch_tag("90a") == "-sm90a"
     key = cache_key("0.28.1", "2.9.0", "cu128" + arch_tag("90"), "312", "ompi5.0.11")
     assert key == "horovod-0.28.1-torch2.9.0_cu128-sm90-py312-ompi5.0.11"
     assert without_arch_tag(key) == "horovod-0.28.1-torch2.9.0_cu128-py312-ompi5.0.11"
@@ -116,36 +127,51 @@ def test_doctor_says_why_a_cuda_torch_sees_no_gpu() -> None:
     assert (plain.value, plain.problem) == (f"none seen (torch: {none})", None)
 
 
-class _GpuScalar:
-    """What ``dtrain.log`` uses of a scalar tensor on a GPU."""
-
-    is_cuda = True
-
-    def __init__(self, value: float, reads: list[float]) -> None:
-        self.value, self.reads = value, reads
-
-    def numel(self) -> int:
-        return 1
-
-    def detach(self) -> _GpuScalar:
-        return self
-
-    def clone(self) -> _GpuScalar:
-        return _GpuScalar(self.value, self.reads)
-
-    def item(self) -> float:
-        self.reads.append(self.value)
-        return self.value
-
-
 def test_a_gpu_scalar_is_read_when_the_buffer_is_sent_not_when_logged() -> None:
+    import torch
+
+    class OnGpu(torch.Tensor):  # what a CUDA tensor says of itself, on a machine without one
+        is_cuda = True
+
     sent: list[dict[str, Any]] = []
-    reads: list[float] = []
     telemetry = Telemetry(sent.append)
     telemetry._last = float("inf")  # no send on the way
-    telemetry.log(loss=_GpuScalar(0.5, reads))
-    assert reads == []
+    loss = torch.tensor(0.5).as_subclass(OnGpu)
+    telemetry.log(loss=loss)
+    assert isinstance(telemetry._points[0][2], torch.Tensor)  # not read yet: no wait
+    loss += 1  # the step goes on with its tensor: the logged copy keeps 0.5
+    with pytest.raises(ValueError, match=r"dtrain\.log: loss has 2 elements; log a scalar"):
+        telemetry.log(loss=torch.ones(2).as_subclass(OnGpu))
     telemetry.flush()
-    assert reads == [0.5]
     (payload,) = sent[0].values()
     assert [p[:3] for p in payload["points"]] == [(0, "loss", 0.5)]
+
+
+def test_only_values_holding_gpu_tensors_are_saved_by_torch() -> None:
+    import torch
+
+    from dtrain_magics.run.transfer import _holds_gpu_tensors
+
+    class OnGpu(torch.Tensor):  # what a CUDA tensor says of itself, on a machine without one
+        is_cuda = True
+
+    assert _holds_gpu_tensors({"w": [1, torch.ones(2).as_subclass(OnGpu)]})
+    assert not _holds_gpu_tensors({"w": torch.ones(2), "n": [1, 2]})
+    assert not _holds_gpu_tensors(lambda x: x)  # pickle cannot walk it: ipyparallel sends it
+
+
+def test_gpu_scalars_are_read_in_one_copy() -> None:
+    import torch
+
+    from dtrain_magics.rank.telemetry import _read_gpu_scalars
+
+    points = [
+        (0, "loss", torch.tensor(0.5), 1.0),
+        (0, "lr", 0.1, 1.0),
+        (1, "loss", torch.tensor([2]), 2.0),
+    ]
+    assert _read_gpu_scalars(points) == [
+        (0, "loss", 0.5, 1.0),
+        (0, "lr", 0.1, 1.0),
+        (1, "loss", 2.0, 2.0),
+    ]

@@ -97,11 +97,13 @@ def test_quickstart_with_device_cuda() -> None:
 @needs_gpu
 def test_pulled_cuda_tensors_arrive_on_the_notebooks_cpu(gpu_run: Any, ip: Any) -> None:
     gpu_run(
-        "import torch\nweights = {'w': torch.full((3,), rank + 2.0, device=device)}",
-        "--pull weights",
+        "import torch\nweights = {'w': torch.full((3,), rank + 2.0, device=device)}\n"
+        "def shifted(x):\n    return x + 1",
+        "--pull weights,shifted",
     )
     pulled = ip.user_ns["weights"]["w"]
     assert pulled.device.type == "cpu" and pulled.tolist() == [2.0, 2.0, 2.0]
+    assert ip.user_ns["shifted"](1) == 2  # no GPU tensor in it: sent as ipyparallel sends it
 
 
 @needs_gpu

@@ -263,6 +263,8 @@ def test_a_horovod_built_for_another_mpi_is_refused_in_one_sentence(
     marker = package / ".dtrain-build"
     marker.write_text("horovod-0.28.1-torch2.13.0_cpu-py311-ompi5.0.11\n")
     check_horovod_build(OMPI5)
+    marker.write_text("horovod-0.28.1-torch2.13.0_cpu-py311-ompi5.0.9\n")
+    check_horovod_build(OMPI5)  # a patch release of the same Open MPI keeps its ABI
     marker.write_text("horovod-0.28.1-torch2.13.0_cpu-py311-ompi4.1.8\n")
     with pytest.raises(ClusterStartError) as info:
         check_horovod_build(OMPI5)

@@ -46,7 +46,7 @@ def choose_device(requested: str, surveys: list[dict[str, Any]]) -> tuple[str, s
 
 
 def _no_gpu(survey: dict[str, Any]) -> str:
-    why = f": {survey['reason']}" if survey.get("reason") else ""
+    why = f": {survey['reason'].rstrip('.')}" if survey.get("reason") else ""
     visible = survey.get("visible")
     hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
     return (

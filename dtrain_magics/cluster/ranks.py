@@ -149,7 +149,9 @@ class RankBackends:
         except Exception as e:
             message = first_remote_error(e)
             raise RankError(f"restarting Horovod on every rank failed: {message}") from None
-        self.resume_next = True  # a rank of the cell suspends it for all when it ends
+        # a rank of the cell suspends it for all when it ends (on CPUs; on GPUs, where it stays
+        # up, this costs the next cell one restart, which keeps the rule the same for both)
+        self.resume_next = True
 
     def _may_be_suspended(self, now: float) -> bool:
         from ..rank.idle import RESUME_AFTER

@@ -39,13 +39,13 @@ def arch_tag(cc_list: str | None = None) -> str:
     ``""``: a wheel for some GPUs must not be taken from a shared cache for others."""
     if cc_list is None:
         cc_list = os.environ.get("HOROVOD_BUILD_CUDA_CC_LIST", "")
-    archs = sorted({int(x) for x in cc_list.split(",") if x.strip()})
-    return "-sm" + "_".join(map(str, archs)) if archs else ""
+    archs = sorted({x.strip() for x in cc_list.split(",") if x.strip()})
+    return "-sm" + "_".join(archs) if archs else ""
 
 
 def without_arch_tag(key: str) -> str:
     """``key`` as any GPUs' build would have it (``arch_tag`` removed)."""
-    return re.sub(r"-sm[0-9_]+(?=-py)", "", key)
+    return re.sub(r"-sm[0-9a-z_]+(?=-py)", "", key)
 
 
 def cache_key(

@@ -220,7 +220,7 @@ def make_backend(name: str, device: Any, rendezvous: str | None = None) -> Backe
     is the torch backend's (``rendezvous_address``)."""
     if name == TorchBackend.name:
         return TorchBackend(device.type, rendezvous)
-    return HorovodBackend(device.type)
+    return BACKENDS[name](device.type)  # type: ignore[call-arg]
 
 
 __all__ = [

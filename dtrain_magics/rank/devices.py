@@ -33,7 +33,8 @@ def survey(requested: str) -> dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available():
-        found["reason"] = cuda_unavailable_reason()
+        if requested == "cuda":  # the sentence that refuses it says why
+            found["reason"] = cuda_unavailable_reason()
         return found
     count = torch.cuda.device_count()
     index = here.host_rank % count

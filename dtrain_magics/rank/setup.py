@@ -34,9 +34,10 @@ def init_rank(
     ``kind``: ``cpu`` or ``cuda``, chosen for every rank (``cluster/devices.py``).
     ``simulate_nodes`` treats consecutive blocks of ``procs_per_node`` ranks as one node, for a
     local cluster on CPUs whose ranks all share this host (on GPUs ``local_rank`` stays the
-    index of the rank's GPU, as ``device`` is ``cuda:<local_rank>``); ``rendezvous`` is the
-    torch backend's address on rank 0 (``backends.rendezvous_address``); ``own_engine``: the
-    magic started this engine, so its log is the magic's to tune (``quiet_requests``).
+    rank's index on its host, the index of its GPU where the ranks see all of the host's);
+    ``rendezvous`` is the torch backend's address on rank 0 (``backends.rendezvous_address``);
+    ``own_engine``: the magic started this engine, so its log is the magic's to tune
+    (``quiet_requests``).
 
     Returns a picklable summary.
     """

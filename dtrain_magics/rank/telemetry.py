@@ -50,6 +50,26 @@ def _scalar(name: str, value: Any) -> Any:
     return float(value.item() if hasattr(value, "item") else value)
 
 
+def _read_gpu_scalars(points: list[tuple[int, str, Any, float]]) -> list[Any]:
+    """``points`` with the GPU scalars ``_scalar`` kept read as floats, in one copy from the
+    GPU (one wait for it, not one per point)."""
+    pending = [i for i, p in enumerate(points) if type(p[2]) is not float]
+    if not pending:
+        return points
+    import torch
+
+    tensors = [points[i][2].reshape(()).float() for i in pending]
+    try:
+        read = torch.stack(tensors).tolist()
+    except RuntimeError:  # on several GPUs
+        read = [t.item() for t in tensors]
+    out = list(points)
+    for i, value in zip(pending, read, strict=True):
+        step, name, _, at = points[i]
+        out[i] = (step, name, float(value), at)
+    return out
+
+
 class Telemetry:
     """One rank's metric buffer and progress state."""
 
@@ -133,10 +153,7 @@ class Telemetry:
         if not self._dirty:
             return
         payload = {
-            "points": [
-                p if type(p[2]) is float else (*p[:2], float(p[2].item()), p[3])
-                for p in self._points
-            ],
+            "points": _read_gpu_scalars(self._points),
             "dropped": self._dropped,
             "progress": dict(self._progress) if self._progress else None,
             "timing": self._timing(),

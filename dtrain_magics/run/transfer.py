@@ -44,9 +44,8 @@ def pull(view: Any, names: tuple[str, ...], rank: int = 0) -> dict[str, Any]:
             "or drop it from --pull."
         )
     try:
-        values = view.apply_sync(_take, list(names))
-        if isinstance(values, SavedByTorch):
-            values = values.load()
+        taken = view.apply_sync(_take, list(names))
+        values = [v.load() if isinstance(v, SavedByTorch) else v for v in taken]
     except Exception as e:
         raise BadOptions(
             f"--pull: could not copy {', '.join(names)} from rank {rank}: {first_remote_error(e)}"
@@ -63,6 +62,7 @@ class SavedByTorch:
     data: bytes
 
     def load(self) -> Any:
+        """The value, its tensors on the CPU."""
         import io
 
         import torch
@@ -70,9 +70,10 @@ class SavedByTorch:
         return torch.load(io.BytesIO(self.data), map_location="cpu", weights_only=False)
 
 
-def _take(names: list[str]) -> Any:
-    """Runs on a rank: the values of ``names``, saved by torch where they may hold GPU tensors
-    (``SavedByTorch``)."""
+def _take(names: list[str]) -> list[Any]:
+    """Runs on a rank: the values of ``names``, each one that holds GPU tensors saved by torch
+    (``SavedByTorch``), the others as they are (ipyparallel sends functions, classes of the
+    cell and arrays its own way)."""
     import sys
 
     from IPython import get_ipython
@@ -82,8 +83,43 @@ def _take(names: list[str]) -> Any:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return values
+    return [_saved(v) if _holds_gpu_tensors(v) else v for v in values]
+
+
+def _saved(value: Any) -> SavedByTorch:
     import io
 
+    import torch
+
     buffer = io.BytesIO()
-    torch.save(values, buffer)
+    torch.save(value, buffer)
     return SavedByTorch(buffer.getvalue())
+
+
+class _GpuTensorFound(Exception):
+    pass
+
+
+def _holds_gpu_tensors(value: Any) -> bool:
+    """Whether pickling ``value`` meets a tensor stored on a GPU (walked by a pickler that
+    writes nothing; a value that pickle cannot walk is left to ipyparallel)."""
+    import pickle
+
+    import torch
+
+    class Finder(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> None:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                raise _GpuTensorFound
+
+    class Nowhere:
+        def write(self, data: bytes) -> int:
+            return len(data)
+
+    try:
+        Finder(Nowhere(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _GpuTensorFound:
+        return True
+    except Exception:
+        return False
+    return False

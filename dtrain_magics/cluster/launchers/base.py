@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -138,9 +139,10 @@ def find_open_mpi() -> MpiInfo:
     path = find_mpiexec()
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _MPI_FOUND:
-        _MPI_FOUND[key] = read_mpi(path, timeout=30)
-    mpi = _MPI_FOUND[key]
+    mpi = _MPI_FOUND.get(key) or read_mpi(path, timeout=30)
+    if isinstance(mpi, str) and "--version failed" in mpi:  # not remembered: it may pass
+        raise ClusterStartError(f"could not tell which MPI {path} is: {mpi}.")
+    _MPI_FOUND[key] = mpi
     if not isinstance(mpi, str) and mpi.implementation == "Open MPI":
         return mpi
     what = mpi if isinstance(mpi, str) else f"{path} is {mpi.implementation} {mpi.version}"
@@ -158,13 +160,19 @@ def check_horovod_build(mpi: MpiInfo | None = None) -> None:
     than ``mpi`` (the one found by default), which the ranks would run it under."""
     built = horovod_built_for()
     mpi = mpi or find_open_mpi()
-    if built is None or built == mpi.key:
+    # Open MPI keeps its ABI within a major version: a patch release needs no rebuild
+    if built is None or _major(built) == _major(mpi.key):
         return
     raise ClusterStartError(
         f"Horovod was built for another MPI ({built}) than the cluster's mpiexec, {mpi.mpiexec} "
         f"({mpi.key}): run `dtrain-magics install-horovod` to build it for this one, then "
         "%dtrain restart."
     )
+
+
+def _major(key: str) -> str:
+    """``ompi5`` of ``ompi5.0.11``: the implementation and its major version."""
+    return key.split(".")[0]
 
 
 def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
@@ -223,8 +231,14 @@ def malloc_tunables(current: str) -> str:
 def is_local_host(name: str) -> bool:
     """True if ``name`` is this machine (loopback, its short name or its full name)."""
     name = name.lower()
-    short = socket.gethostname().split(".")[0].lower()
-    return name in _LOOPBACK or name.split(".")[0] == short or name == socket.getfqdn().lower()
+    short, full = _own_names()
+    return name in _LOOPBACK or name.split(".")[0] == short or name == full
+
+
+@functools.cache
+def _own_names() -> tuple[str, str]:
+    """This machine's short and full names, looked up once (``getfqdn`` may ask DNS)."""
+    return socket.gethostname().split(".")[0].lower(), socket.getfqdn().lower()
 
 
 def controller_address(local_only: bool) -> dict[str, str]:

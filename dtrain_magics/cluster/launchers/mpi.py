@@ -51,7 +51,8 @@ class MpiLauncher(OwnedLauncher):
         self._hosts(spec, layout)
 
     def _hosts(self, spec: LaunchSpec, layout: Layout | None = None) -> tuple[str, list[str]]:
-        """The hostfile's absolute path and the hosts it names (enough for ``layout``)."""
+        """The hostfile's absolute path and the distinct hosts it names, in its order, this
+        machine's names as ``localhost`` (enough for ``layout``)."""
         if not spec.get("hostfile"):
             raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
         hostfile = os.path.abspath(spec.get("hostfile"))
@@ -60,17 +61,19 @@ class MpiLauncher(OwnedLauncher):
         names = ("localhost" if is_local_host(h) else h.lower() for h in hosts)
         distinct = list(dict.fromkeys(names))
         if layout is not None and len(distinct) < layout.nodes:
+            shown = ["this machine" if h == "localhost" else h for h in distinct]
             raise ClusterStartError(
                 f"the hostfile {hostfile!r} names {len(distinct)} host"
-                f"{'' if len(distinct) == 1 else 's'} ({', '.join(distinct)}) and --nodes asks "
+                f"{'' if len(distinct) == 1 else 's'} ({', '.join(shown)}) and --nodes asks "
                 f"for {layout.nodes}: add hosts to it or lower --nodes."
             )
-        return hostfile, hosts
+        return hostfile, distinct
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         mpi = find_open_mpi()
         hostfile, hosts = self._hosts(spec, layout)
-        local_only = all(is_local_host(h) for h in hosts)
+        # --map-by ppr fills the first --nodes hosts: only theirs decide
+        local_only = all(h == "localhost" for h in hosts[: layout.nodes])
         env = {**multi_host_environment(layout, local_only, mpi), **dict(spec.env)}
         args = mpiexec_args(env, mpi, layout.procs_per_node, also=SEARCH_PATHS)
         config = Config()
