@@ -130,6 +130,17 @@ def test_the_mpi_launcher_puts_procs_per_node_on_each_host(tmp_path: Path) -> No
     assert "ppr:3:node" in " ".join(args)
 
 
+def test_the_controller_stays_on_loopback_when_the_hosts_used_are_this_machine(
+    tmp_path: Path,
+) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\nnode-b.example.org slots=2\n")
+    one = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(1, 2))
+    assert one["controller_ip"] == "127.0.0.1"  # --map-by ppr fills localhost only
+    two = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 1))
+    assert two["controller_ip"] == "*"
+
+
 def test_a_hostfile_naming_fewer_hosts_than_nodes_is_refused(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a slots=4\nnode-a slots=4\nnode-b\n")  # node-a's lines add slots
