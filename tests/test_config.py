@@ -333,6 +333,31 @@ def test_profile_launcher_connects_and_never_stops_a_foreign_cluster(magics: Any
         foreign.stop_cluster_sync()
 
 
+@pytest.mark.cluster
+def test_a_profile_cluster_whose_engines_are_not_one_mpi_job_is_refused(magics: Any) -> None:
+    import ipyparallel as ipp
+
+    from dtrain_magics.errors import ClusterStartError
+
+    plain = ipp.Cluster(profile="dtrain-plain", n=2, controller_ip="127.0.0.1")  # no mpiexec
+    plain.start_cluster_sync()
+    try:
+        plain.connect_client_sync().wait_for_engines(2, timeout=60)
+        with pytest.raises(ClusterStartError) as info:
+            magics.distributed(
+                f"--launcher profile --profile dtrain-plain --cluster-id {plain.cluster_id} "
+                "--no-widget",
+                "x = 1",
+            )
+        assert str(info.value) == (
+            "the cluster's 2 engines are MPI ranks [0, 0], not one MPI job's: start its "
+            "engines under MPI (ipcluster start --engines=mpi -n 2)."
+        )
+        assert not magics.cluster.running
+    finally:
+        plain.stop_cluster_sync()
+
+
 def test_ipython_config_reaches_the_settings_in_a_real_kernel(tmp_path: Path) -> None:
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)

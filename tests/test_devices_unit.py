@@ -13,7 +13,7 @@ from dtrain_magics.errors import BadOptions
 from dtrain_magics.install.cache import arch_tag, cache_key, without_arch_tag
 from dtrain_magics.install.doctor import assess
 from dtrain_magics.install.facts import EnvFacts, HorovodFacts, MpiInfo
-from dtrain_magics.rank.backends import _host_address, interface_towards, rendezvous_address
+from dtrain_magics.rank.backends import _host_address, interface_towards
 from dtrain_magics.rank.telemetry import Telemetry
 
 
@@ -61,21 +61,6 @@ def test_a_rank_without_a_gpu() -> None:
         "--device cuda was requested but rank 1 sees no CUDA GPU: Found no NVIDIA driver on your "
         "system; use --device auto or --device cpu."
     )
-
-
-def test_one_host_meets_in_a_file_and_several_at_rank_0s_address() -> None:
-    offers = [{"rank": 0, "host": "a", "file": "/tmp/f", "port": 5, "ip": "10.0.0.1"}]
-    assert rendezvous_address([*offers, {"rank": 1, "host": "a"}]) == "file:///tmp/f"
-    assert rendezvous_address([*offers, {"rank": 1, "host": "b"}]) == "tcp://10.0.0.1:5"
-
-
-def test_rank_0_without_an_address_other_hosts_reach_says_to_set_master_addr() -> None:
-    offers = [
-        {"rank": 0, "host": "a", "file": "/f", "port": 5, "ip": None},
-        {"rank": 1, "host": "b"},
-    ]
-    with pytest.raises(RuntimeError, match="--env MASTER_ADDR=<address of rank 0's host>"):
-        rendezvous_address(offers)
 
 
 def test_a_host_name_on_loopback_gives_the_full_names_address(monkeypatch: Any) -> None:

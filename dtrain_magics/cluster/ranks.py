@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BadOptions, RankError
+from ..errors import BadOptions, ClusterStartError, RankError
 from .launchers.base import is_local_host
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,20 @@ def describe(client: Any) -> list[RankEngine]:
     """Every registered engine as a rank, in rank order."""
     ids = list(client.ids)  # fixed first: engines may still be registering
     described = client[ids].apply_sync(_describe_rank)
-    return sorted(
+    engines = sorted(
         (
             RankEngine(d["rank"], eid, d["pid"], d["host"])
             for eid, d in zip(ids, described, strict=True)
         ),
         key=lambda e: e.rank,
     )
+    ranks = [e.rank for e in engines]
+    if ranks != list(range(len(engines))):
+        raise ClusterStartError(
+            f"the cluster's {len(engines)} engines are MPI ranks {ranks}, not one MPI job's: "
+            f"start its engines under MPI (ipcluster start --engines=mpi -n {len(engines)})."
+        )
+    return engines
 
 
 def local_pids(engines: Iterable[RankEngine]) -> set[int]:

@@ -260,7 +260,11 @@ class TrainingCluster:
         report(f"Connecting to the running cluster ({where(self.spec)})")
         self._client = get_launcher(self.launcher).connect(self.spec, self.start_timeout)
         self._connected = True
-        self.engines = describe(self._client)
+        try:
+            self.engines = describe(self._client)
+        except ClusterStartError:
+            self.stop()  # disconnects only
+            raise
         self.layout = Layout(len(self.engines), 1)
         report(f"Connected: {len(self.engines)} engines ({where(self.spec)})")
 
