@@ -231,7 +231,7 @@ def test_a_hostfile_with_fewer_hosts_than_nodes_leaves_the_cluster_alone(
     with pytest.raises(UsageError) as info:
         ip.run_cell_magic("distributed", f"--launcher mpi --hostfile {hostfile} -n 2", "x = 1")
     assert str(info.value) == (
-        f"the hostfile {str(hostfile)!r} names 1 host (localhost) and --nodes asks for 2: "
+        f"the hostfile {str(hostfile)!r} names 1 host (this machine) and --nodes asks for 2: "
         "add hosts to it or lower --nodes."
     )
     assert cluster.running and cluster.engines == engines and cluster.cluster_id == cluster_id

@@ -93,15 +93,26 @@ def read_tail(ipp_cluster: Any, tail: int = 20_000) -> str:
     return "\n".join(parts)
 
 
-def mpi_report(ipp_cluster: Any, exited: Callable[[], bool], wait: float = 3.0) -> str:
+def mpi_report(
+    ipp_cluster: Any,
+    exited: Callable[[], bool],
+    env: tuple[tuple[str, str], ...] = (),
+    wait: float = 3.0,
+) -> str:
     """What MPI itself said at the end of ``mpiexec``'s output once it has ``exited`` (it
     writes why as it ends the job; ``wait`` seconds at most), without the engines' log lines
-    (``[IPEngine.0.0] Handling apply_request …``)."""
+    (``[IPEngine.0.0] Handling apply_request …``), and the ``OMPI_MCA_*`` settings of this
+    process's environment and ``env`` (the ``--env`` pairs): a rank that aborts in
+    ``MPI_Init`` may end the job before MPI prints which one it could not use."""
     deadline = time.monotonic() + wait
     while not exited() and time.monotonic() < deadline:
         time.sleep(0.1)
     lines = read_tail(ipp_cluster, 6000).splitlines()
     kept = [line for line in lines if "[IPEngine" not in line and not line.startswith("addrs:")]
+    given = {**os.environ, **dict(env)}
+    settings = sorted(f"{k}={v}" for k, v in given.items() if k.startswith("OMPI_MCA_"))
+    if settings:
+        kept.append(f"(the ranks' environment sets {', '.join(settings)}: check those first)")
     return "\n".join(kept).strip()
 
 

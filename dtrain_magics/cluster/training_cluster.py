@@ -339,7 +339,7 @@ class TrainingCluster:
         except RankError as e:
             if "died" not in str(e) or not self.owns_processes:
                 raise
-            report = mpiexec_output.mpi_report(self._cluster, self.engines_exited)
+            report = mpiexec_output.mpi_report(self._cluster, self.engines_exited, self.spec.env)
             said = f"; MPI said:\n{report}" if report else " (MPI said nothing more)."
             raise ClusterStartError(f"{e}{said}") from None
 
