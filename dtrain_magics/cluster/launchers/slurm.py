@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from traitlets.config import Config
 
 from ...errors import ClusterStartError
-from ..slurm_jobs import JobPoll, query_state
+from ..slurm_jobs import JobPoll
 from .base import (
     LaunchSpec,
     Layout,
@@ -108,17 +108,6 @@ def slurm_nodes(partition: str = "") -> list[SlurmNode]:
     """The nodes of ``partition`` (else the default one); empty if ``sinfo`` cannot tell."""
     cmd = ["sinfo", "-h", "-N", "-o", "%n|%P|%G", *(["-p", partition] if partition else [])]
     return parse_sinfo(_query(cmd), partition)
-
-
-def slurm_hosts(partition: str = "") -> list[str]:
-    """Host names of the Slurm nodes of ``partition`` (else the default one)."""
-    return [n.host for n in slurm_nodes(partition)]
-
-
-def slurm_job_state(job_id: str) -> str:
-    """Slurm's word for the job's state (``PENDING``, ``RUNNING``…); ``""`` if it is gone or
-    ``squeue`` did not answer."""
-    return query_state(job_id)[1]
 
 
 def gpus_per_node(device: str, layout: Layout, nodes: list[SlurmNode]) -> int:
