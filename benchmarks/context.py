@@ -4,9 +4,9 @@ Kernels and ``mpiexec`` jobs get one environment: this venv's ``bin`` first on `
 scratch ``IPYTHONDIR``, ``DTRAIN_RUNS_DIR`` and ``JUPYTER_CONFIG_DIR`` so a benchmark neither
 reads the user's saved settings nor leaves records among theirs. ``mpiexec`` jobs also get the
 environment the project gives its own ranks (``rank_environment``: ``OMP_NUM_THREADS``, the
-MPI transport and malloc on huge pages), the same mapping options (oversubscription allowed, no
-binding) and the venv's ``mpiexec``, so that they compare like for like with the ranks under
-the magic.
+MPI transport and malloc on huge pages), the local launcher's options (``mpiexec_options``:
+oversubscription allowed, in the syntax of the found Open MPI's version; no binding) and the
+venv's ``mpiexec``, so that they compare like for like with the ranks under the magic.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtrain_magics.cluster.launchers import Layout, find_mpiexec, rank_environment
+from dtrain_magics.cluster.launchers import (
+    Layout,
+    cores_here,
+    find_mpiexec,
+    mpiexec_options,
+    rank_environment,
+)
 
 from .kernels import BenchKernel, Cell
 
 ENGINES = "dtrain_magics._magics.cluster.view()"  # the magic's own engines, in a bench kernel
-MAP_ARGS = ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
 
 
 @dataclass
@@ -46,7 +51,7 @@ class Context:
 
     @property
     def cores(self) -> int:
-        return os.cpu_count() or 1
+        return cores_here()
 
     def env(self) -> dict[str, str]:
         """The environment of every kernel and job of this run."""
@@ -92,7 +97,7 @@ class Context:
 
     def mpiexec(self, ranks: int, *command: str) -> list[str]:
         """The venv's ``mpiexec`` running ``command`` on ``ranks`` ranks of this host."""
-        return [find_mpiexec(), "-n", str(ranks), *MAP_ARGS, *command]
+        return [find_mpiexec(), "-n", str(ranks), *mpiexec_options(), *command]
 
     def timed(self, argv: list[str], env: dict[str, str], timeout: float = 600) -> float:
         """Wall seconds ``argv`` took; raises with its output if it failed."""

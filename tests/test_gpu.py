@@ -71,11 +71,12 @@ def test_torch_backend_uses_nccl_on_cuda(gpu_run: Any, cluster: Any) -> None:
         "import torch\n"
         "t = torch.ones(4, device=device) * (rank + 1)\n"
         "dist.all_reduce(t)\n"
-        "facts = (dist.get_backend(), t[0].item())",
+        "bound = dist.distributed_c10d._get_default_group().bound_device_id\n"
+        "facts = (dist.get_backend(), t[0].item(), bound == device)",
         "--backend torch",
     )
     want = RANKS * (RANKS + 1) / 2
-    assert rank_values(cluster, "facts") == [("nccl", want)] * RANKS
+    assert rank_values(cluster, "facts") == [("nccl", want, True)] * RANKS
 
 
 @needs_gpu

@@ -169,6 +169,8 @@ def test_local_ranks_share_the_cores_this_process_may_use(monkeypatch: pytest.Mo
     assert env["OMP_NUM_THREADS"] == "1" and env[YIELD] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert rank_environment(Layout(2, 2), OMPI5)["OMP_NUM_THREADS"] == "3"
+    # the doctor's test run shares the same cores
+    assert doctor.run_environment(OMPI5, 2)["OMP_NUM_THREADS"] == "2"
 
 
 def test_remote_ranks_get_no_share_of_the_notebook_hosts_cores(

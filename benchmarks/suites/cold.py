@@ -20,9 +20,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from dtrain_magics.cluster.launchers import Layout, find_mpiexec, rank_environment
+from dtrain_magics.cluster.launchers import (
+    Layout,
+    find_mpiexec,
+    mpiexec_options,
+    rank_environment,
+)
 
-from ..context import MAP_ARGS, Context
+from ..context import Context
 from ..report import Report, Row
 from ..stats import summarize, summarize_ratio
 from ..workloads import COLD_JOB
@@ -102,7 +107,7 @@ def _magic(ctx: Context) -> float:
 def _ipyparallel(ctx: Context, job_text: str, start_only: list[float]) -> float:
     setup = IPP_SETUP.format(
         mpiexec=find_mpiexec(),
-        args=MAP_ARGS,
+        args=mpiexec_options(),
         env=rank_environment(Layout(ctx.ranks, 1)),
         ranks=ctx.ranks,
     )

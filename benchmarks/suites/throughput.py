@@ -27,6 +27,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from dtrain_magics.cluster.launchers import mpiexec_options
+
 from ..context import ENGINES, Context
 from ..kernels import BenchKernel, Cell
 from ..report import Report, Row
@@ -194,7 +196,7 @@ def _rows(
     report.notes.append(
         "Throughput: the mpiexec arm gets the project's rank environment (rank_environment("
         f"Layout({ranks}, 1)): OMP_NUM_THREADS, MPI transport, GLIBC_TUNABLES) and "
-        "the same mpiexec mapping (--map-by :OVERSUBSCRIBE --bind-to none), like for like. A "
+        f"the local launcher's mpiexec options ({' '.join(mpiexec_options())}), like for like. A "
         "telemetry message's cost is the time the 6 steps from it took beyond the median step "
         "of the direct arm of the same round."
     )

@@ -40,8 +40,9 @@ def share_cores(env: MutableMapping[str, str]) -> None:
     """Give this rank its share of its own host's cores (``OMP_NUM_THREADS``, MPI's yielding
     when every core has a rank) where the launcher left them out: ranks on other hosts than
     the notebook's. Settings already in ``env`` (the launcher's, the user's) are kept."""
+    from ..install.facts import cores_here
     from ..rank.world import from_environment
-    from .launchers.base import cores_here, sharing_environment
+    from .launchers.base import sharing_environment
 
     here = from_environment(env)
     if here is None:

@@ -19,6 +19,7 @@ from .facts import (
     HorovodFacts,
     InstallError,
     MpiInfo,
+    cores_here,
     find_mpi,
     map_by,
     open_mpi_major,
@@ -160,7 +161,7 @@ def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
         # Open MPI refuses to run as root unless told (containers and CI machines often are root)
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // ranks)),
+        OMP_NUM_THREADS=str(max(1, cores_here() // ranks)),
     )
     if open_mpi_major(mpi) is not None:
         env.update(OMPI_MCA_btl=f"self,{shared_memory_btl(mpi)}", OMPI_MCA_btl_tcp_if_include="lo")

@@ -250,6 +250,15 @@ def horovod_built_for() -> str | None:
     return key.rsplit("-", 1)[-1] or None  # the cache key ends with the MPI's tag
 
 
+def cores_here() -> int:
+    """The cores this process may run on: its affinity (a cgroup, ``taskset``, a Slurm job's
+    share), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 # -- what Open MPI's version changes on the command line and in the environment -----------------
 
 

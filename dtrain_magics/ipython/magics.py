@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import re
 import shlex
 import sys
@@ -24,7 +23,7 @@ from IPython.core.magic_arguments import (
 )
 
 from .. import tracking
-from ..cluster.launchers import LaunchSpec, Layout, check_spec
+from ..cluster.launchers import LaunchSpec, Layout, check_spec, cores_here
 from ..cluster.training_cluster import TrainingCluster
 from ..cluster.where import ask_sync
 from ..config.flags import setting_arguments, settings_from_args
@@ -231,7 +230,7 @@ class DistributedMagics(Magics):
             return None
         if not self.cluster.needs_start(layout, spec):
             return None
-        others, cores = kernel_state.other_local_ranks(), os.cpu_count() or 1
+        others, cores = kernel_state.other_local_ranks(), cores_here()
         if not others or others + layout.ranks <= cores:
             return None
         self._warned_crowded = True

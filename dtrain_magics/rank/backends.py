@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import functools
+import inspect
 import ipaddress
 import os
 import shutil
@@ -110,6 +111,7 @@ class TorchBackend:
             rank=rank,
             world_size=size,
             timeout=datetime.timedelta(minutes=10),
+            **_bound_device(self.kind),
         )
 
     def reset(self, rendezvous: str | None = None) -> None:
@@ -123,6 +125,19 @@ class TorchBackend:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _bound_device(kind: str) -> dict[str, Any]:
+    """``device_id`` for ``init_process_group`` on CUDA: the group is bound to this rank's GPU
+    (chosen by ``resolve_device``), so NCCL forms its communicator at once, where a bad setup
+    fails in the start-up rather than in the first collective, and ``barrier`` knows the GPU.
+    Nothing on CPU, or for a torch older than ``device_id`` (2.3)."""
+    import torch
+    import torch.distributed as dist
+
+    if kind != "cuda" or "device_id" not in inspect.signature(dist.init_process_group).parameters:
+        return {}
+    return {"device_id": torch.device("cuda", torch.cuda.current_device())}
 
 
 def offer_rendezvous() -> dict[str, Any]:

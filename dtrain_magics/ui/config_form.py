@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 from traitlets import Enum, Integer, TraitType
 
-from ..cluster.launchers import Layout, check_spec
+from ..cluster.launchers import Layout, check_spec, cores_here
 from ..cluster.training_cluster import TrainingCluster
 from ..config.store import SettingsStore
 from ..config.traits import SettingTrait, check_value, label_of
@@ -39,7 +38,7 @@ def _fill(resources: Any) -> None:
 @functools.cache
 def detected_resources() -> str:
     """Cores, GPUs (names) and Slurm nodes of this machine, as one line each."""
-    lines = [f"{os.cpu_count() or 1} CPU cores"]
+    lines = [f"{cores_here()} CPU cores"]
     gpus = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
     lines.append(f"GPUs: {', '.join(gpus.splitlines())}" if gpus else "GPUs: none")
     nodes = _run(["sinfo", "-h", "-N", "-o", "%N %c %t"], timeout=3)
@@ -148,7 +147,7 @@ class ConfigPanel:
         for name, button in self.buttons.items():
             action = getattr(self, name.lower())
             button.on_click(lambda _, action=action: action())
-        resources = w.HTML(f"<small>{os.cpu_count() or 1} CPU cores; looking for GPUs …</small>")
+        resources = w.HTML(f"<small>{cores_here()} CPU cores; looking for GPUs …</small>")
         # nvidia-smi and sinfo can take seconds (sinfo waits for an unreachable controller)
         threading.Thread(target=_fill, args=(resources,), daemon=True).start()
         self.widget = w.VBox(

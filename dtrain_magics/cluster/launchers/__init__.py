@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ...install.facts import cores_here
 from .base import (
     Launcher,
     LaunchSpec,
     Layout,
     find_mpiexec,
     find_open_mpi,
+    mpiexec_options,
     rank_environment,
 )
 from .local import LocalLauncher
@@ -44,8 +46,10 @@ __all__ = [
     "Launcher",
     "Layout",
     "check_spec",
+    "cores_here",
     "find_mpiexec",
     "find_open_mpi",
     "get_launcher",
+    "mpiexec_options",
     "rank_environment",
 ]

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 from ...errors import ClusterStartError
 from ...install.facts import (
     MpiInfo,
+    cores_here,
     horovod_built_for,
     map_by,
     open_mpi_major,
@@ -192,15 +193,6 @@ def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, st
     for name, value in sharing_environment(cores_here(), layout.ranks).items():
         env[name] = os.environ.get(name, value)  # the user's own setting wins
     return env
-
-
-def cores_here() -> int:
-    """The cores this process may run on: its affinity (a cgroup, ``taskset``, a Slurm job's
-    share), not every core of the machine."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def sharing_environment(cores: int, ranks_here: int) -> dict[str, str]:
