@@ -83,6 +83,16 @@ def test_rank_dying_in_allreduce_is_named_and_cluster_restarted(
     assert_next_cell_works(run, cluster)
 
 
+def test_the_next_cell_keeps_the_backend_of_the_cell_whose_rank_died(
+    run: Any, cluster: Any
+) -> None:
+    run("x = 1", "--nodes 2 --backend torch")
+    with pytest.raises(RankError, match="rank 1 died"):
+        code = "import os, time\nif rank == 1:\n    os._exit(3)\ntime.sleep(5)"
+        run(code, "--nodes 2 --backend horovod")
+    assert_next_cell_works(run, cluster)  # a cell without --backend: Horovod, as last asked
+
+
 def test_a_rank_dying_in_a_gloo_allreduce_without_mpi_is_named(magics: Any) -> None:
     """The torch backend's ranks leave MPI down (``rank/world.py``): ``mpiexec`` still ends
     the job when one dies, and the cell names it."""

@@ -1,8 +1,9 @@
 """What ``mpiexec`` prints that ipyparallel does not capture: why a rank died, which rank stalls.
 
-When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``prterun``
-aborts the whole job and prints which rank ended and how; ipyparallel only knows that the engine
-went away. ``cause_of_death`` turns that report into ``(rank, "killed by SIGKILL")``.
+When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``mpiexec``
+(``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and
+how; ipyparallel only knows that the engine went away. ``cause_of_death`` turns that report
+into ``(rank, "killed by SIGKILL")``.
 
 Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
 default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 _SIGNALLED = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)(?: \(([^)]*)\))?"
 )
-_EXITED = re.compile(r"Process name:\s*\[[^\]]*?(\d+)\]\s*Exit code:\s*(\d+)")
+# the process is ``[prterun-host-4242@1,RANK]`` (Open MPI 5) or ``[[18881,1],RANK]`` (4.x)
+_EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)")
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 

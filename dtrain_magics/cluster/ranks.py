@@ -111,6 +111,7 @@ class RankBackends:
 
     def __init__(self) -> None:
         self.key: BackendKey | None = None
+        self.ran: BackendKey | None = None  # the last key initialised, kept when ranks go
         self.device: str | None = None
         self.kind: str | None = None  # cpu or cuda, for every rank
         self.versions: dict[str, Any] = {}  # rank 0's Python, torch and Horovod
@@ -205,7 +206,8 @@ class RankBackends:
         except Exception as e:
             message = first_remote_error(e)
             raise RankError(f"initialising {backend} failed: {message}") from None
-        self.key, self.kind = key, kind
+        self.key = self.ran = key
+        self.kind = kind
         self.device = ", ".join(sorted({d["device"] for d in described}))
         if note:
             self.device += f" ({note})"

