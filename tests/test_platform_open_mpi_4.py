@@ -2,7 +2,9 @@
 4.1.8 in an environment of its own with no other MPI: ``install-horovod`` builds Horovod for
 it, ``doctor`` passes, and in a real kernel of that environment ``%%distributed`` runs Horovod
 and gloo collectives under ``orterun``, names a rank that exits (``orterun`` words its report
-unlike Open MPI 5's ``prterun``) and runs the next cell on the restarted cluster."""
+unlike Open MPI 5's ``prterun``) and runs the next cell on the restarted cluster. Controller
+and engines listen on loopback only; ``orterun``, like ``prterun`` (FAULTS.md), keeps its own
+daemon listener on every interface."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from venvs import Venv, VenvKernel, cached_venv, horovod_build, install_horovod, install_project
 
@@ -56,6 +59,8 @@ def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKern
     reply = kernel.run(f"%%distributed --nodes 2 --no-widget --pull total\n{ALLREDUCE}", 300)
     assert reply.status == "ok", reply.text
     assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+    wide = _wide_listeners(kernel)
+    assert wide and all(name.startswith("orterun") for name in wide), wide
     reply = kernel.run(
         "%%distributed --no-widget --backend torch\n"
         "import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nprint('SUM', t.item())",
@@ -73,3 +78,14 @@ def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKern
     reply = kernel.run(f"%%distributed --no-widget --pull total\n{ALLREDUCE}", 300)
     assert reply.status == "ok", reply.text
     assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+
+
+def _wide_listeners(kernel: VenvKernel) -> list[str]:
+    """The names of the kernel's descendants that listen on more than loopback."""
+    kernel_process = psutil.Process(kernel.km.provisioner.pid)
+    wide = []
+    for proc in kernel_process.children(recursive=True):
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in ("127.0.0.1", "::1"):
+                wide.append(proc.name())
+    return wide
