@@ -85,7 +85,7 @@ def test_a_collective_caught_in_the_cell_still_leaves_the_ranks_usable(
         "import torch\ntry:\n    hvd.allreduce(torch.ones(1))\n"
         "except Exception as e:\n    caught = type(e).__name__\n"
     )
-    run(code, "--ranks 0")
+    run(code, "--nodes 2 --ranks 0")  # alone, a first cell without --nodes takes 1 node
     assert cluster.rank_view(0).pull("caught")
     _works_on_every_rank(run, cluster)
 

@@ -58,20 +58,27 @@ class HorovodBackend:
 
         interrupts.install()
         collectives.install_horovod()
-        if not hvd.is_initialized():
-            hvd.init()
+        with collectives.horovod_lock:
+            if not hvd.is_initialized():
+                hvd.init()
         return hvd.rank(), hvd.size(), {"hvd": hvd}
 
     def reset(self, rendezvous: str | None = None) -> None:
         import horovod.torch as hvd
 
-        hvd.shutdown()
-        hvd.init()
+        from .collectives import horovod_lock
+
+        with horovod_lock:  # after a shutdown another thread began (the wait it ended)
+            hvd.shutdown()
+            hvd.init()
 
     def shutdown(self) -> None:
         import horovod.torch as hvd
 
-        hvd.shutdown()
+        from .collectives import horovod_lock
+
+        with horovod_lock:
+            hvd.shutdown()
 
 
 class TorchBackend:

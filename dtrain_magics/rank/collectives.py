@@ -101,6 +101,12 @@ class CollectiveClock:
 clock = CollectiveClock()
 _installed: set[str] = set()
 _lock = threading.Lock()
+horovod_lock = threading.Lock()
+"""Held around each ``hvd.shutdown()`` and ``hvd.init()`` of this process: the threads that
+end a stuck wait (``subset``, ``interrupts``) and the idle suspension shut Horovod down beside
+the main thread, and two threads in Horovod's shutdown at once both join its background thread
+(the rank hung there, or aborted). The stuck wait fails as soon as that shutdown begins (it clears
+the pending handles), before it ends: the main thread's reset waits for it here."""
 _originals: list[tuple[Any, str, Any]] = []  # (object, attribute, what it was)
 
 

@@ -35,7 +35,6 @@ RESUME_AFTER = 1.0  # well before any rank suspends: the ranks end a cell at dif
 RESUME = "dtrain_resume"
 """The key in an execute request's metadata that asks this rank to restart Horovod."""
 
-_lock = threading.Lock()
 _suspending = True  # False on GPUs (``install``)
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 def _suspend() -> None:
     import horovod.torch as hvd
 
-    with _lock:
+    with collectives.horovod_lock:
         if hvd.is_initialized():
             hvd.shutdown()
         collectives.forget_pending()  # Horovod's handles start again after the restart
@@ -113,7 +112,7 @@ def _cancel() -> None:
 def _restart() -> None:
     import horovod.torch as hvd
 
-    with _lock:
+    with collectives.horovod_lock:
         hvd.shutdown()  # at once if a rank already suspended it
         collectives.forget_pending()
         hvd.init()

@@ -49,7 +49,8 @@ def horovod_wait(thread_id: int) -> FrameType | None:
 def _shutdown_horovod() -> None:
     import horovod.torch as hvd
 
-    hvd.shutdown()
+    with collectives.horovod_lock:
+        hvd.shutdown()
 
 
 class InterruptGuard:

@@ -20,7 +20,7 @@ import traceback
 from types import FrameType, TracebackType
 from typing import Any
 
-from .collectives import Waiting, clock
+from .collectives import Waiting, clock, horovod_lock
 from .tracebacks import rebuild, render
 from .where import _is_library
 
@@ -112,7 +112,8 @@ def _stop_main(backend: str) -> None:
     if ended:
         import horovod.torch as hvd
 
-        hvd.shutdown()  # the wait raises; the runner resets Horovod on every rank
+        with horovod_lock:
+            hvd.shutdown()  # the wait raises; the runner resets Horovod on every rank
 
 
 def _where(frame: FrameType) -> str:
