@@ -90,6 +90,27 @@ def test_a_collective_caught_in_the_cell_still_leaves_the_ranks_usable(
     _works_on_every_rank(run, cluster)
 
 
+def test_a_caught_collective_leaves_the_ranks_usable_when_horovod_shuts_down_slowly(
+    magics: Any,
+) -> None:
+    """With a long Horovod cycle the watcher's shutdown (which fails the wait at once) is still
+    going when the runner resets Horovod: two shutdowns at once hung the rank, and the cluster
+    was restarted with its namespaces lost (every time at 50 ms)."""
+    line = "--nodes 2 --no-widget --env HOROVOD_CYCLE_TIME=50"
+    code = (
+        "import torch\ntry:\n    hvd.allreduce(torch.ones(1))\n"
+        "except Exception as e:\n    caught = type(e).__name__\n"
+    )
+    magics.distributed(line, "kept = rank")
+    started = time.monotonic()
+    magics.distributed(f"{line} --ranks 0", code)
+    assert time.monotonic() - started < 10
+    assert magics.cluster.rank_view(0).pull("caught")
+    assert rank_values(magics.cluster, "kept") == [0, 1]  # not restarted
+    magics.distributed(line, ALLREDUCE)
+    assert rank_values(magics.cluster, "ok") == [2.0, 2.0]
+
+
 def test_the_mpi_helpers_fail_at_once_on_some_ranks(run: Any, cluster: Any) -> None:
     started = time.monotonic()
     with pytest.raises(RankError, match="collectives need every rank"):
