@@ -137,6 +137,29 @@ def test_a_torch_distributed_collective_on_some_ranks_fails_at_once(run: Any, cl
     _works_on_every_rank(run, cluster)
 
 
+def test_a_torch_collective_on_two_of_three_ranks_keeps_the_cluster(run: Any, cluster: Any) -> None:
+    """Rank 2 drops its group, which ends rank 1's wait; rank 0 then waits for rank 1, whose
+    group outlived ``destroy_process_group`` in its all_reduce's error (IPython keeps it, and
+    torch's frames in it hold the group): rank 0 never stopped and the cluster was restarted
+    (3 of 3 before)."""
+    line = "--nodes 3 --backend torch"
+    try:
+        run("kept = rank", line)
+        pids = [e.pid for e in cluster.engines]
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(RankError) as info:
+                run("import torch\ndist.all_reduce(torch.ones(1))", f"{line} --ranks 0,1")
+            assert time.monotonic() - started < 10
+            assert "restarted" not in str(info.value)
+        assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
+        assert rank_values(cluster, "kept") == [0, 1, 2]
+        run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nfull = t.item()", line)
+        assert rank_values(cluster, "full") == [3.0, 3.0, 3.0]
+    finally:
+        run("pass", "--nodes 2 --backend horovod")  # back to horovod for the other tests
+
+
 def _horovod_up(cluster: Any) -> list[bool]:
     """Whether Horovod is running on each rank, asked outside a cell (no hooks run)."""
     asked = "__import__('horovod.torch').torch.is_initialized()"

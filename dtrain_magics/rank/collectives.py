@@ -20,6 +20,7 @@ import functools
 import inspect
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +212,12 @@ def _wrap_torch(original: Callable[..., Any], op: str, dist: Any) -> Callable[..
         clock.waiting = Waiting(op, op, started, "a subgroup" if some else "", "torch", some)
         try:
             return original(*args, **kwargs)
+        except BaseException as e:
+            # torch's frames below hold the process group (``group``, ``work``): kept by the
+            # error (IPython keeps the last one), they would keep its connections open after
+            # ``destroy_process_group``, and a peer's wait for this rank would never end
+            traceback.clear_frames(e.__traceback__)
+            raise
         finally:
             clock.finished(started)
 
