@@ -283,8 +283,8 @@ class DistributedRunner:
             others = [r for r in range(len(self.cluster.engines)) if r not in ars]
 
             def end_wait(notice: dict[str, Any]) -> None:
-                if not notice["ended"]:  # only the other ranks can (torch.distributed)
-                    backends.abandon(self.cluster.view(others))
+                if not notice["ended"]:  # only the ranks out of it can (torch.distributed)
+                    backends.abandon(self.cluster.view(others + notice["done"]))
 
             watch = RankWatch(
                 ars,
