@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -161,6 +162,13 @@ def test_a_torch_collective_on_two_of_three_ranks_keeps_the_cluster(run: Any, cl
         # deadlock (30 s, a failed cell): the cell's ranks that ended drop their group too
         assert time.monotonic() - started < 10
         assert [cluster.rank_view(r).pull("c") for r in (0, 1)] == [1, 1]
+        # Stop before the ranks' notices: rank 1's interrupt came on top of its gloo error,
+        # which kept its group (and rank 0's wait) alive; the cluster was restarted
+        threading.Timer(0.1, dtrain_magics._magics.runner.request_stop).start()
+        started = time.monotonic()
+        with pytest.raises(RankError):
+            run("import torch\ndist.all_reduce(torch.ones(1))", f"{line} --ranks 0,1")
+        assert time.monotonic() - started < 10
         assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
         assert rank_values(cluster, "kept") == [0, 1, 2]
         run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nfull = t.item()", line)

@@ -213,15 +213,26 @@ def _wrap_torch(original: Callable[..., Any], op: str, dist: Any) -> Callable[..
         try:
             return original(*args, **kwargs)
         except BaseException as e:
-            # torch's frames below hold the process group (``group``, ``work``): kept by the
-            # error (IPython keeps the last one), they would keep its connections open after
-            # ``destroy_process_group``, and a peer's wait for this rank would never end
-            traceback.clear_frames(e.__traceback__)
+            _release_group(e)
             raise
         finally:
             clock.finished(started)
 
     return blocking
+
+
+def _release_group(error: BaseException) -> None:
+    """Clear the finished frames of a collective's ``error`` and of the errors it arose from
+    (an interrupt that waited for the collective to fail comes on top of its error). Torch's
+    frames hold the process group (``group``, ``work``): kept by the error (IPython keeps the
+    last one), they kept its connections open after ``destroy_process_group``, and a peer's wait
+    for this rank never ended."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def install_torch() -> None:
