@@ -7,10 +7,12 @@ it); FAULTS.md quotes those numbers.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,30 @@ def test_a_gloo_wait_ends_at_once_when_another_rank_fails_or_the_cell_times_out(
     assert rank_values(cluster, "kept") == [0, 1]
     run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\ntotal = t.item()", line)
     assert rank_values(cluster, "total") == [2.0, 2.0]
+
+
+def test_a_kernel_interrupt_while_the_other_ranks_settle_still_stops_them(
+    run: Any, cluster: Any, monkeypatch: Any
+) -> None:
+    """The notebook's interrupt (Stop) in the quarter second the runner gives the other ranks
+    after one fails (``SETTLE``) escaped the runner as a ``KeyboardInterrupt``: the ranks were
+    neither interrupted nor reset, and the next cell failed or restarted the cluster (2 of 12
+    torch --ranks 0,1 cells interrupted 0.18-0.3 s in). ``SETTLE`` is widened to hit it."""
+    monkeypatch.setattr("dtrain_magics.run.runner.SETTLE", 3.0)
+    run("kept = rank")
+    pids = [e.pid for e in cluster.engines]
+    threading.Timer(1.0, _thread.interrupt_main).start()
+    started = time.monotonic()
+    try:
+        run("import time\nif rank == 1:\n    raise ValueError('boom')\ntime.sleep(30)")
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped the runner; the ranks were not stopped")
+    except RankError as e:
+        assert str(e).startswith("rank 1 failed with ValueError: boom")
+    assert time.monotonic() - started < 10
+    assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
+    assert rank_values(cluster, "kept") == [0, 1]
+    assert_next_cell_works(run, cluster)
 
 
 def test_a_keyboard_interrupt_raised_by_the_cell_fails_it(run: Any, cluster: Any) -> None:

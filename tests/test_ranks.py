@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -135,6 +136,45 @@ def test_a_torch_distributed_collective_on_some_ranks_fails_at_once(run: Any, cl
     finally:
         run("pass", "--nodes 2 --backend horovod")  # back to horovod for the other tests
     _works_on_every_rank(run, cluster)
+
+
+def test_a_torch_collective_on_two_of_three_ranks_keeps_the_cluster(run: Any, cluster: Any) -> None:
+    """Rank 2 drops its group, which ends rank 1's wait; rank 0 then waits for rank 1, whose
+    group outlived ``destroy_process_group`` in its all_reduce's error (IPython keeps it, and
+    torch's frames in it hold the group): rank 0 never stopped and the cluster was restarted
+    (3 of 3 before)."""
+    line = "--nodes 3 --backend torch"
+    try:
+        run("kept = rank", line)
+        pids = [e.pid for e in cluster.engines]
+        for _ in range(4):
+            started = time.monotonic()
+            with pytest.raises(RankError) as info:
+                run("import torch\ndist.all_reduce(torch.ones(1))", f"{line} --ranks 0,1")
+            assert time.monotonic() - started < 10
+            # not gloo's "Connection closed by peer" of the rank whose wait rank 2 ended first
+            assert "called a collective in a cell that runs on ranks 0-1 only" in str(info.value)
+            assert "restarted" not in str(info.value)
+        code = "import torch\ntry:\n    dist.all_reduce(torch.ones(1))\nexcept Exception:\n  c = 1"
+        started = time.monotonic()
+        run(code, f"{line} --ranks 0,1")
+        # caught, rank 1's cell ended; rank 0 waited for rank 1's group until the where report's
+        # deadlock (30 s, a failed cell): the cell's ranks that ended drop their group too
+        assert time.monotonic() - started < 10
+        assert [cluster.rank_view(r).pull("c") for r in (0, 1)] == [1, 1]
+        # Stop before the ranks' notices: rank 1's interrupt came on top of its gloo error,
+        # which kept its group (and rank 0's wait) alive; the cluster was restarted
+        threading.Timer(0.1, dtrain_magics._magics.runner.request_stop).start()
+        started = time.monotonic()
+        with pytest.raises(RankError):
+            run("import torch\ndist.all_reduce(torch.ones(1))", f"{line} --ranks 0,1")
+        assert time.monotonic() - started < 10
+        assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
+        assert rank_values(cluster, "kept") == [0, 1, 2]
+        run("import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nfull = t.item()", line)
+        assert rank_values(cluster, "full") == [3.0, 3.0, 3.0]
+    finally:
+        run("pass", "--nodes 2 --backend horovod")  # back to horovod for the other tests
 
 
 def _horovod_up(cluster: Any) -> list[bool]:

@@ -20,6 +20,7 @@ import functools
 import inspect
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,10 +212,27 @@ def _wrap_torch(original: Callable[..., Any], op: str, dist: Any) -> Callable[..
         clock.waiting = Waiting(op, op, started, "a subgroup" if some else "", "torch", some)
         try:
             return original(*args, **kwargs)
+        except BaseException as e:
+            _release_group(e)
+            raise
         finally:
             clock.finished(started)
 
     return blocking
+
+
+def _release_group(error: BaseException) -> None:
+    """Clear the finished frames of a collective's ``error`` and of the errors it arose from
+    (an interrupt that waited for the collective to fail comes on top of its error). Torch's
+    frames hold the process group (``group``, ``work``): kept by the error (IPython keeps the
+    last one), they kept its connections open after ``destroy_process_group``, and a peer's wait
+    for this rank never ended."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def install_torch() -> None:

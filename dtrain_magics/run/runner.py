@@ -7,6 +7,7 @@ message for it arrives (``aio.Wakeup``), a view asks to be refreshed, or a deadl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -283,8 +284,8 @@ class DistributedRunner:
             others = [r for r in range(len(self.cluster.engines)) if r not in ars]
 
             def end_wait(notice: dict[str, Any]) -> None:
-                if not notice["ended"]:  # only the other ranks can (torch.distributed)
-                    backends.abandon(self.cluster.view(others))
+                if not notice["ended"]:  # only the ranks out of it can (torch.distributed)
+                    backends.abandon(self.cluster.view(others + notice["done"]))
 
             watch = RankWatch(
                 ars,
@@ -310,8 +311,8 @@ class DistributedRunner:
                     death = await read_cause_of_death(self.cluster, watch)
                 start_again = not (died and retry and not self._stop_requested)
                 if stop == "failed" and not died:  # the others may be failing too, just now
-                    settle = time.monotonic() + SETTLE
-                    await self._watch(watch, wake, settle, stop_on_failure=False)
+                    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Stop
+                        await self._watch(watch, wake, time.monotonic() + SETTLE, False)
                 restarted = await self._stop_ranks(watch, wake, died, start_again)
                 if not died and watch.died:  # a rank's error came first (gloo: "reset by peer")
                     death = await read_cause_of_death(self.cluster, watch)

@@ -19,6 +19,7 @@ from .where import WhereWatch, deadlock_phrase
 
 log = logging.getLogger(__name__)
 HOROVOD_SHUT_DOWN = "HorovodInternalError: Horovod has been shut down"
+GLOO_CLOSED = "Connection closed by peer"  # a gloo wait ended by a peer's dropped group
 TICK = 1.0  # seconds between the checks nothing wakes us for: stalls, run.json, elapsed time
 
 
@@ -43,7 +44,8 @@ class RankWatch:
         self.mpiexec = mpiexec
         self.exited = exited  # mpiexec has exited: MPI aborted the job (a rank died)
         self.where = where  # asks the ranks where they are (the button, or no progress)
-        self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective
+        self.on_stuck = on_stuck  # a rank of a cell on some ranks waits in a collective; its
+        # notice comes with ``done``: the cell's ranks that ended (their groups may be waited on)
         self.stuck: dict[int, dict[str, Any]] = {}  # those ranks' notices (RankBackends)
         self.broadcasts: dict[int, int] = {}  # rank 0's broadcasts each rank took part in
         self.deadlocked: dict[str, Any] | None = None  # the where report's rank that waits
@@ -81,6 +83,8 @@ class RankWatch:
                 self.first_done = self.first_done or time.monotonic()
                 self.state.finish_rank(r, outcome.status, outcome.error)
                 failed = failed or outcome.failed
+                if self.stuck and self.pending:  # a wait may be on the group of the rank that ended
+                    self._end_waits(next(iter(self.stuck.values())))
             else:
                 self._pump(r)
         if self.pending and self.exited():
@@ -122,10 +126,11 @@ class RankWatch:
         ended = self.outcomes.get(stuck["rank"]) if stuck is not None else None
         if stuck is not None and ended is not None and ended.status in ("interrupted", "killed"):
             self._set(RankOutcome(stuck["rank"], "error", deadlock_phrase(stuck), "", True))
-        if self.stuck:  # a rank whose wait another rank's Horovod shutdown ended, unannounced
+        if self.stuck:  # a wait another rank ended, unannounced (Horovod's shutdown, gloo's group)
             notice = next(iter(self.stuck.values()))
             for r, o in list(self.outcomes.items()):
-                if r not in self.stuck and o.error.startswith("HorovodInternalError"):
+                cut = o.error.startswith("HorovodInternalError") or GLOO_CLOSED in o.error
+                if r not in self.stuck and cut:
                     self._set(RankOutcome(r, "error", notice["error"], notice["where"], True))
         self.view.refresh(force=True)
 
@@ -166,6 +171,9 @@ class RankWatch:
             return RankOutcome(r, "error", phrase, outcome.traceback, phrased=True)
         return outcome
 
+    def _end_waits(self, notice: dict[str, Any]) -> None:
+        self.on_stuck({**notice, "done": [r for r in self.ars if r in self.outcomes]})
+
     def _set(self, outcome: RankOutcome) -> None:
         self.outcomes[outcome.rank] = outcome
         self.state.finish_rank(outcome.rank, outcome.status, outcome.error)
@@ -189,7 +197,7 @@ class RankWatch:
         notice = RankBackends.take_stuck(data) if data else None
         if notice is not None:
             self.stuck[r] = notice
-            self.on_stuck(notice)
+            self._end_waits(notice)
         if data and (count := RankBackends.take_broadcasts(data)):
             self.broadcasts[r] = count
         while True:
