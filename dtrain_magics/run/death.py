@@ -20,22 +20,31 @@ async def read_cause_of_death(
 
     mpiexec writes the report as it aborts the job, then exits: wait for either, at most
     ``wait`` seconds (a loaded machine can take several), taking the ranks' last output
-    meanwhile. Read from the watch's held-open files, else from the cluster's engine sets.
+    meanwhile. Read from the watch's held-open files, else from the cluster's engine sets. An
+    interrupt (Stop) ends the wait, not the caller's stopping of the ranks.
     """
     deadline = time.monotonic() + wait
     exited = False
     while True:
-        try:
-            death = None
-            if watch.mpiexec is not None:
-                watch.mpiexec.new_text()
-                death = cause_of_death(watch.mpiexec.text)
-            death = death or cause_of_death(cluster.mpiexec_output())
-        except OSError:
-            log.debug("could not read mpiexec's output", exc_info=True)
-            return None
+        death = _read(cluster, watch)
         if death is not None or exited or time.monotonic() >= deadline:
             return death
         exited = cluster.engines_exited()  # one more read after it exits
         watch.poll(interrupted=True)
-        await asyncio.sleep(every)  # mpiexec is writing its report right now
+        try:
+            await asyncio.sleep(every)  # mpiexec is writing its report right now
+        except (KeyboardInterrupt, asyncio.CancelledError):  # Stop: the ranks' stop goes on
+            return _read(cluster, watch)
+
+
+def _read(cluster: TrainingCluster, watch: RankWatch) -> tuple[int, str] | None:
+    """The dead rank and its cause in what mpiexec has written so far, if it says."""
+    try:
+        death = None
+        if watch.mpiexec is not None:
+            watch.mpiexec.new_text()
+            death = cause_of_death(watch.mpiexec.text)
+        return death or cause_of_death(cluster.mpiexec_output())
+    except OSError:
+        log.debug("could not read mpiexec's output", exc_info=True)
+        return None
