@@ -73,12 +73,9 @@ class HorovodBackend:
             hvd.init()
 
     def shutdown(self) -> None:
-        import horovod.torch as hvd
+        from .collectives import shutdown_horovod
 
-        from .collectives import horovod_lock
-
-        with horovod_lock:
-            hvd.shutdown()
+        shutdown_horovod()
 
 
 class TorchBackend:

@@ -111,6 +111,14 @@ the pending handles), before it ends: the main thread's reset waits for it here.
 _originals: list[tuple[Any, str, Any]] = []  # (object, attribute, what it was)
 
 
+def shutdown_horovod() -> None:
+    """``hvd.shutdown()`` under ``horovod_lock``, from whichever thread ends a wait."""
+    import horovod.torch as hvd
+
+    with horovod_lock:
+        hvd.shutdown()
+
+
 def _patch(obj: Any, attr: str, wrapper: Callable[..., Any]) -> None:
     _originals.append((obj, attr, getattr(obj, attr)))
     setattr(obj, attr, wrapper)

@@ -46,17 +46,12 @@ def horovod_wait(thread_id: int) -> FrameType | None:
     return frame if code.co_name == "synchronize" and "horovod" in code.co_filename else None
 
 
-def _shutdown_horovod() -> None:
-    import horovod.torch as hvd
-
-    with collectives.horovod_lock:
-        hvd.shutdown()
-
-
 class InterruptGuard:
     """A thread woken by signals only, ending a Horovod wait that an interrupt cannot reach."""
 
-    def __init__(self, on_stuck: Callable[[], None] = _shutdown_horovod, grace: float = GRACE):
+    def __init__(
+        self, on_stuck: Callable[[], None] = collectives.shutdown_horovod, grace: float = GRACE
+    ) -> None:
         self.on_stuck, self.grace = on_stuck, grace
         self.main = threading.main_thread().ident or 0
         self.stuck_ended = 0  # how many waits the guard ended (read by tests)

@@ -20,7 +20,7 @@ import traceback
 from types import FrameType, TracebackType
 from typing import Any
 
-from .collectives import Waiting, clock, horovod_lock
+from .collectives import Waiting, clock, shutdown_horovod
 from .tracebacks import rebuild, render
 from .where import _is_library
 
@@ -110,10 +110,7 @@ def _stop_main(backend: str) -> None:
     del frame
     publish_data({STUCK: {"error": _sentence(), "where": where, "ended": ended}})
     if ended:
-        import horovod.torch as hvd
-
-        with horovod_lock:
-            hvd.shutdown()  # the wait raises; the runner resets Horovod on every rank
+        shutdown_horovod()  # the wait raises; the runner resets Horovod on every rank
 
 
 def _where(frame: FrameType) -> str:
