@@ -8,6 +8,10 @@ from typing import Any
 
 import psutil
 
+MPI_LAUNCHERS = ("prterun", "orterun", "mpiexec", "hydra_pmi_proxy")
+"""What an MPI's ``mpiexec`` runs as: Open MPI 5's ``prterun``, 4's ``orterun`` (each exec'd
+by ``mpiexec``), MPICH's Hydra ``mpiexec`` and its ``hydra_pmi_proxy``."""
+
 
 def alive(pids: list[int]) -> list[int]:
     """Those of ``pids`` that are still running (zombies count as gone)."""

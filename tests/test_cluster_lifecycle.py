@@ -8,16 +8,13 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import alive
+from helpers import MPI_LAUNCHERS, alive
 
 from dtrain_magics.cluster import TrainingCluster
 from dtrain_magics.cluster.launchers import Layout
 from dtrain_magics.errors import ClusterStartError
 
 pytestmark = pytest.mark.cluster
-
-
-LAUNCHERS_OF_MPI = ("prterun", "orterun")
 
 
 def _names(procs: list[psutil.Process]) -> str:
@@ -32,8 +29,7 @@ def test_start_reports_progress_resizes_and_stops_clean() -> None:
         assert any("engines registered 2/2" in m for m in messages)
         assert cluster.status()["state"] == "running"
         first = cluster.processes()
-        # mpiexec execs prterun (Open MPI 5) or orterun (4.x)
-        assert any(p.name().startswith(LAUNCHERS_OF_MPI) for p in first), _names(first)
+        assert any(p.name().startswith(MPI_LAUNCHERS) for p in first), _names(first)
         assert "dtrain_magics.cluster.engine" in _names(first)
         first_pids = [p.pid for p in first]
         assert cluster.ensure(Layout(1, 2)) is False  # reused, not restarted

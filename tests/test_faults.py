@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import ALLREDUCE_LOOP, exited_pid, rank_values, wait_gone
+from helpers import ALLREDUCE_LOOP, MPI_LAUNCHERS, exited_pid, rank_values, wait_gone
 from IPython.core.error import UsageError
 from kernel_session import KernelSession, printed_pids
 
@@ -434,11 +434,10 @@ def _assert_listening_on_loopback_only(cluster: Any) -> None:
                 wide.append((proc.name(), " ".join(proc.cmdline()[:3]), conn.laddr))
     # Open MPI's prterun keeps its PRTE bootstrap listener on every interface: PRTE refuses
     # loopback-only (prte_if_include=lo fails with "No network interfaces were found"); 4.x's
-    # orterun its ORTE one (FAULTS.md)
-    mpi_launchers = ("prterun", "orterun")
-    assert all(name.startswith(mpi_launchers) for name, _, _ in wide), wide
+    # orterun its ORTE one, MPICH's mpiexec its control port (FAULTS.md)
+    assert all(name.startswith(MPI_LAUNCHERS) for name, _, _ in wide), wide
     names = {p.name() for p in cluster.processes()}
-    assert any(n.startswith(mpi_launchers) for n in names) and len(cluster.processes()) >= 5
+    assert any(n.startswith(MPI_LAUNCHERS) for n in names) and len(cluster.processes()) >= 5
 
 
 def test_sockets_listen_on_loopback_only(cluster: Any) -> None:

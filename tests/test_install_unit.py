@@ -30,7 +30,7 @@ from dtrain_magics.install.cuda import (
     system_toolkit_candidates,
     versions_match,
 )
-from dtrain_magics.install.doctor import assess, mpiexec_args, parse_rank_lines
+from dtrain_magics.install.doctor import assess, parse_rank_lines
 from dtrain_magics.install.facts import (
     EnvFacts,
     HorovodFacts,
@@ -39,6 +39,7 @@ from dtrain_magics.install.facts import (
     parse_mpi_version,
 )
 from dtrain_magics.install.horovod import suitable_cmake
+from dtrain_magics.install.mpi_flavours import sharing_options
 from dtrain_magics.install.plan import (
     BuildPlan,
     build_environment,
@@ -329,9 +330,10 @@ def test_mpi_version(text: str, parsed: tuple[str, str] | None) -> None:
 
 
 def test_oversubscription_arguments_per_mpi() -> None:
-    assert mpiexec_args(OMPI) == ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
-    assert mpiexec_args(MpiInfo("Open MPI", "4.1.4", "m", "c"))[0] == "--oversubscribe"
-    assert mpiexec_args(MpiInfo("MPICH", "4.1.2", "m", "c")) == []
+    assert sharing_options(OMPI) == ["--map-by", ":OVERSUBSCRIBE", "--bind-to", "none"]
+    assert sharing_options(MpiInfo("Open MPI", "4.1.4", "m", "c"))[0] == "--oversubscribe"
+    assert sharing_options(MpiInfo("MPICH", "4.1.2", "m", "c")) == ["-bind-to", "none"]
+    assert sharing_options(MpiInfo("Intel MPI", "2021.10", "m", "c")) == []
 
 
 def test_cmake_versions() -> None:

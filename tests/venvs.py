@@ -23,7 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
+import pytest
 from kernel_session import KernelSession
 
 from dtrain_magics.install.cache import default_cache_dir
@@ -201,3 +204,61 @@ class VenvKernel(KernelSession):
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
+
+    def wide_listeners(self) -> list[str]:
+        """The names of this kernel's descendants that listen on more than loopback."""
+        kernel_process = psutil.Process(self.km.provisioner.pid)
+        wide = []
+        for proc in kernel_process.children(recursive=True):
+            for conn in proc.net_connections(kind="inet"):
+                loopback = conn.laddr.ip in ("127.0.0.1", "::1")
+                if conn.status == psutil.CONN_LISTEN and not loopback:
+                    wide.append(proc.name())
+        return wide
+
+
+def assert_cpu_build_and_doctor(venv: Venv, built: str, flavour: str, mpi: str) -> None:
+    """``install-horovod`` gave the CPU build ``flavour`` (MPI and Gloo, no NCCL), and
+    ``doctor`` finds ``mpi`` and says a 2-rank run works."""
+    assert flavour in built, built
+    assert horovod_build(venv) == {"mpi": True, "gloo": True, "nccl": False, "cuda": False}
+    doctor = venv.run([venv.bin("dtrain-magics"), "doctor"], timeout=300)
+    assert doctor.returncode == 0, doctor.stdout
+    assert mpi in doctor.stdout, doctor.stdout
+    assert doctor.stdout.strip().endswith("ready: a 2-rank run works"), doctor.stdout
+
+
+@contextmanager
+def magics_kernel(venv: Venv, cwd: Path) -> Iterator[VenvKernel]:
+    """A real kernel of ``venv`` with the magics loaded; its cluster stopped at the end."""
+    kernel = VenvKernel(venv, cwd=cwd)
+    try:
+        assert kernel.run("%load_ext dtrain_magics").status == "ok"
+        yield kernel
+    finally:
+        kernel.run("%dtrain stop", timeout=60)
+        kernel.close()
+
+
+def mpi_environment_fixtures(name: str, mpi: str) -> tuple[Any, Any, Any]:
+    """The fixtures of a test of another MPI: ``venv`` (cached as ``name``: this machine's CPU
+    torch, as set-up uses, ``mpi`` standing for a cluster's module, mpi4py, and the project
+    without the ``[mpi]`` extra, which asks for Open MPI 5), ``built`` (``install-horovod``'s
+    output) and ``kernel`` (``magics_kernel``)."""
+
+    @pytest.fixture(scope="module")
+    def venv() -> Venv:
+        venv = cached_venv(name, ["torch==2.13.0", mpi, "mpi4py"], dict(os.environ))
+        install_project(venv)
+        return venv
+
+    @pytest.fixture(scope="module")
+    def built(venv: Venv) -> str:
+        return install_horovod(venv)
+
+    @pytest.fixture
+    def kernel(venv: Venv, built: str, tmp_path: Path) -> Iterator[VenvKernel]:
+        with magics_kernel(venv, tmp_path) as kernel:
+            yield kernel
+
+    return venv, built, kernel

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import MutableMapping
 
@@ -51,6 +52,40 @@ def share_cores(env: MutableMapping[str, str]) -> None:
         env.setdefault(name, value)
 
 
+def empty_stdin() -> None:
+    """Give the engine an empty standard input: a rank that reads it would otherwise wait for
+    ever where the MPI hands the ranks an open one (MPICH's Hydra, to every rank but 0)."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def close_inherited_listeners() -> None:
+    """Close the listening sockets this process inherited: MPICH's ``mpiexec`` (Hydra) leaves
+    its control port, bound to every interface, open in every rank it starts. Nothing of the
+    engine's listens yet, and nothing in it accepts on those."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # not Linux
+        return
+    for fd in fds:
+        if fd <= 2:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket, or already closed (the listing's own)
+            continue
+        try:
+            listening = sock.family in (socket.AF_INET, socket.AF_INET6) and bool(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            )
+        except OSError:
+            listening = False
+        sock.detach()
+        if listening:
+            os.close(fd)
+
+
 def arguments(argv: list[str]) -> list[str]:
     """ipengine's arguments: ``--mpi`` replaced by the rank from the environment, if there."""
     from ..rank.world import from_environment
@@ -62,8 +97,10 @@ def arguments(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Share the cores, import the training stack (which reads the thread count), then run
-    ipyparallel's engine."""
+    """Close inherited listeners and standard input, share the cores, import the training
+    stack (which reads the thread count), then run ipyparallel's engine."""
+    close_inherited_listeners()
+    empty_stdin()
     share_cores(os.environ)
     preload()
     from ipyparallel.engine.app import main as ipengine

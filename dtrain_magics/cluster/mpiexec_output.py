@@ -2,8 +2,9 @@
 
 When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``mpiexec``
 (``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and
-how; ipyparallel only knows that the engine went away. ``cause_of_death`` turns that report
-into ``(rank, "killed by SIGKILL")``.
+how. MPICH's (Hydra) kills every rank first, then prints (with ``-print-all-exitcodes``) every
+rank's wait status as the job ends. ipyparallel only knows that the engine went away.
+``cause_of_death`` turns those reports into ``(rank, "killed by SIGKILL")``.
 
 Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
 default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
@@ -31,6 +32,10 @@ _SIGNALLED = re.compile(
 )
 # the process is ``[prterun-host-4242@1,RANK]`` (Open MPI 5) or ``[[18881,1],RANK]`` (4.x)
 _EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)")
+# Hydra with -print-all-exitcodes, a line per host, ranks in order: "Exit codes: [vm] 0,768,0"
+_HYDRA_STATUSES = re.compile(r"Exit codes: \[\S+\] ([\d,]+)")
+MPI_SETTINGS = ("OMPI_MCA_", "MPIR_CVAR_", "UCX_", "FI_")
+"""Prefixes of the variables that set Open MPI, MPICH and MPICH's transports (UCX, libfabric)."""
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 
@@ -43,20 +48,35 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def cause_of_death(output: str) -> tuple[int, str] | None:
-    """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank."""
+def cause_of_death(output: str, first_exit: int | None = None) -> tuple[int, str] | None:
+    """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
+
+    Hydra reports every rank's end alike once it has killed them all: the rank is
+    ``first_exit``, the engine seen ending first (``ExitOrder``), where known, else the first
+    with a failing status."""
     match = _SIGNALLED.search(output)
     if match:
-        name = signal_name(int(match.group(2)))
-        detail = match.group(3)
-        cause = f"killed by {name}" + (
-            f" ({detail.lower()})" if detail and detail != "Killed" else ""
-        )
-        return int(match.group(1)), cause
+        return int(match.group(1)), _killed(int(match.group(2)), match.group(3))
     match = _EXITED.search(output)
     if match:
         return int(match.group(1)), f"exited with code {match.group(2)}"
-    return None
+    statuses = [int(s) for m in _HYDRA_STATUSES.finditer(output) for s in m.group(1).split(",")]
+    failed = [rank for rank, status in enumerate(statuses) if status]
+    if first_exit is not None and first_exit < len(statuses):
+        failed.insert(0, first_exit)
+    if not failed:
+        return None
+    status = statuses[failed[0]]
+    if os.WIFSIGNALED(status):
+        return failed[0], _killed(os.WTERMSIG(status), None)
+    return failed[0], f"exited with code {os.WEXITSTATUS(status)}"
+
+
+def _killed(number: int, detail: str | None) -> str:
+    """``killed by SIGSEGV (segmentation fault)``: the signal, and MPI's words for it."""
+    detail = (detail or "").strip()
+    shown = f" ({detail.lower()})" if detail and detail != "Killed" else ""
+    return f"killed by {signal_name(number)}{shown}"
 
 
 def stalled_ranks(text: str) -> list[int]:
@@ -103,8 +123,8 @@ def mpi_report(
 ) -> str:
     """What MPI itself said at the end of ``mpiexec``'s output once it has ``exited`` (it
     writes why as it ends the job; ``wait`` seconds at most), without the engines' log lines
-    (``[IPEngine.0.0] Handling apply_request …``), and the ``OMPI_MCA_*`` settings of this
-    process's environment and ``env`` (the ``--env`` pairs): a rank that aborts in
+    (``[IPEngine.0.0] Handling apply_request …``), and the MPI settings (``MPI_SETTINGS``) of
+    this process's environment and ``env`` (the ``--env`` pairs): a rank that aborts in
     ``MPI_Init`` may end the job before MPI prints which one it could not use."""
     deadline = time.monotonic() + wait
     while not exited() and time.monotonic() < deadline:
@@ -112,7 +132,7 @@ def mpi_report(
     lines = read_tail(ipp_cluster, 6000).splitlines()
     kept = [line for line in lines if "[IPEngine" not in line and not line.startswith("addrs:")]
     given = {**os.environ, **dict(env)}
-    settings = sorted(f"{k}={v}" for k, v in given.items() if k.startswith("OMPI_MCA_"))
+    settings = sorted(f"{k}={v}" for k, v in given.items() if k.startswith(MPI_SETTINGS))
     if settings:
         kept.append(f"(the ranks' environment sets {', '.join(settings)}: check those first)")
     return "\n".join(kept).strip()

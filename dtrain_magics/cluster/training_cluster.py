@@ -22,6 +22,7 @@ from ..store import diagnostics, kernel_state
 from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
+from .exit_order import ExitOrder
 from .launchers import LaunchSpec, Layout, get_launcher
 from .launchers.base import check_horovod_build
 from .listeners import StateListeners
@@ -69,6 +70,7 @@ class TrainingCluster:
         self._cluster: Any = None
         self._client: Any = None
         self._pids: set[int] = set()
+        self.exit_order: ExitOrder | None = None  # which engine here ended first
         self._connected = False  # to a cluster we did not start (a launcher owning no processes)
         # set from another thread to give up a start in progress (the notebook was interrupted)
         self.abort_start = threading.Event()
@@ -130,10 +132,8 @@ class TrainingCluster:
         return view
 
     def status(self, ask_controller: bool = True) -> ClusterStatus:
-        """A summary: launcher, layout, state, engines registered and busy.
-
-        ``ask_controller=False`` leaves out the controller's queue counts (no round trip).
-        """
+        """A summary: launcher, layout, state, engines registered and busy (the controller's
+        queue counts, a round trip, unless ``ask_controller`` is False)."""
         started = self._cluster is not None or self._connected
         info: ClusterStatus = {
             "launcher": self.launcher,
@@ -250,6 +250,7 @@ class TrainingCluster:
         )
         self.engines = describe(self._client)
         self._pids.update(local_pids(self.engines))  # never another host's pid
+        self.exit_order = ExitOrder(self.engines)
         security.restrict_files(self._cluster.profile_dir)
         report(f"Cluster ready: {layout}, cluster id {self.cluster_id}")
 
@@ -278,6 +279,9 @@ class TrainingCluster:
         if kill and self._cluster is not None:
             kill_trees(self.processes(), grace=2.0)
         watchdog.release(self)
+        if self.exit_order is not None:
+            self.exit_order.close()
+            self.exit_order = None
         cluster, client, connected = self._cluster, self._client, self._connected
         self._cluster = self._client = None
         self._connected = False
@@ -310,12 +314,9 @@ class TrainingCluster:
         self.start(layout, report)
 
     def interrupt(self, ranks: list[int] | None = None, sig: int = signal.SIGINT) -> None:
-        """Send ``sig`` (SIGINT, like the notebook's stop button) to ``ranks`` (all by default).
-
-        Engines on this machine get it straight from here (the local launcher starts them
-        without ipyparallel's nanny); others through their nanny, waited for a few seconds at
-        most (``ranks.signal_engines``).
-        """
+        """Send ``sig`` (SIGINT, like the notebook's stop button) to ``ranks`` (all by default):
+        straight from here to engines on this machine, else through their nanny, waited for a
+        few seconds at most (``ranks.signal_engines``)."""
         chosen = range(len(self.engines)) if ranks is None else ranks
         signal_engines(self.client, [self.engines[r] for r in chosen], sig)
 

@@ -21,13 +21,11 @@ from .facts import (
     MpiInfo,
     cores_here,
     find_mpi,
-    map_by,
-    open_mpi_major,
     read_env,
     read_horovod,
-    shared_memory_btl,
 )
 from .horovod import describe_build
+from .mpi_flavours import loopback_transport, sharing_options
 from .plan import HOROVOD_VERSION
 
 FIX = "run `dtrain-magics install-horovod`"
@@ -47,7 +45,9 @@ first = hvd.broadcast(mine, root_rank=0).item()
 every = hvd.allgather(mine).tolist()
 if first != 1.0 or every != [r + 1.0 for r in range(hvd.size())]:
     sys.exit(f"broadcast gave {first} (not 1.0), allgather {every}")
-print(f"DTRAIN-RANK {hvd.rank()} {hvd.size()} {total.item()}", flush=True)
+# one write: MPICH's mpiexec interleaves the ranks' output between writes
+sys.stdout.write(f"DTRAIN-RANK {hvd.rank()} {hvd.size()} {total.item()}\n")
+sys.stdout.flush()
 hvd.shutdown()
 """
 
@@ -147,13 +147,6 @@ def _horovod_finding(
     return Finding("Horovod", value)
 
 
-def mpiexec_args(mpi: MpiInfo) -> list[str]:
-    """Arguments that let ranks share a small machine (more ranks than cores, no pinning)."""
-    if open_mpi_major(mpi) is None:
-        return []
-    return [*map_by(mpi), "--bind-to", "none"]
-
-
 def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
     """Environment of a one-host test run: the settings the project's local launcher uses."""
     env = dict(os.environ)
@@ -163,8 +156,7 @@ def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMP_NUM_THREADS=str(max(1, cores_here() // ranks)),
     )
-    if open_mpi_major(mpi) is not None:
-        env.update(OMPI_MCA_btl=f"self,{shared_memory_btl(mpi)}", OMPI_MCA_btl_tcp_if_include="lo")
+    env.update(loopback_transport(mpi))
     return env
 
 
@@ -188,7 +180,16 @@ def run_allreduce(
     python: str, mpi: MpiInfo, ranks: int, device: str, timeout: float
 ) -> tuple[str | None, float]:
     """Run a ``ranks``-rank Horovod allreduce under mpiexec: (None or what failed, seconds)."""
-    command = [mpi.mpiexec, "-n", str(ranks), *mpiexec_args(mpi), python, "-c", _ALLREDUCE, device]
+    command = [
+        mpi.mpiexec,
+        "-n",
+        str(ranks),
+        *sharing_options(mpi),
+        python,
+        "-c",
+        _ALLREDUCE,
+        device,
+    ]
     started = time.monotonic()
     proc = subprocess.Popen(
         command,

@@ -257,33 +257,3 @@ def cores_here() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-# -- what Open MPI's version changes on the command line and in the environment -----------------
-
-
-def open_mpi_major(mpi: MpiInfo) -> int | None:
-    """Open MPI's major version (4, 5…); None for another MPI."""
-    if mpi.implementation != "Open MPI":
-        return None
-    return int(mpi.version.split(".")[0])
-
-
-def map_by(mpi: MpiInfo, per_node: int | None = None) -> list[str]:
-    """Open MPI's arguments that allow more ranks than cores, ``per_node`` ranks on each host if
-    given: ``--map-by ppr:N:node:OVERSUBSCRIBE`` from Open MPI 5 (``prterun``), ``--map-by
-    ppr:N:node --oversubscribe`` before (``orterun``); none for another MPI."""
-    major = open_mpi_major(mpi)
-    if major is None:
-        return []
-    placement = f"ppr:{per_node}:node" if per_node else ""
-    if major >= 5:
-        return ["--map-by", f"{placement}:OVERSUBSCRIBE"]
-    return [*(["--map-by", placement] if placement else []), "--oversubscribe"]
-
-
-def shared_memory_btl(mpi: MpiInfo) -> str:
-    """Open MPI's shared-memory transport between ranks of one host: ``sm`` from Open MPI 5,
-    ``vader`` before (4.x has no ``sm``)."""
-    major = open_mpi_major(mpi)
-    return "vader" if major is not None and major < 5 else "sm"

@@ -39,12 +39,13 @@ async def read_cause_of_death(
 
 def _read(cluster: TrainingCluster, watch: RankWatch) -> tuple[int, str] | None:
     """The dead rank and its cause in what mpiexec has written so far, if it says."""
+    first = cluster.exit_order.first if cluster.exit_order is not None else None  # for Hydra
     try:
         death = None
         if watch.mpiexec is not None:
             watch.mpiexec.new_text()
-            death = cause_of_death(watch.mpiexec.text)
-        return death or cause_of_death(cluster.mpiexec_output())
+            death = cause_of_death(watch.mpiexec.text, first)
+        return death or cause_of_death(cluster.mpiexec_output(), first)
     except OSError:
         log.debug("could not read mpiexec's output", exc_info=True)
         return None

@@ -8,7 +8,7 @@ from .base import (
     LaunchSpec,
     Layout,
     find_mpiexec,
-    find_open_mpi,
+    find_supported_mpi,
     mpiexec_options,
     rank_environment,
 )
@@ -48,7 +48,7 @@ __all__ = [
     "check_spec",
     "cores_here",
     "find_mpiexec",
-    "find_open_mpi",
+    "find_supported_mpi",
     "get_launcher",
     "mpiexec_options",
     "rank_environment",

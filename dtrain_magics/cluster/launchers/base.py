@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ...errors import ClusterStartError
-from ...install.facts import (
-    MpiInfo,
-    cores_here,
-    horovod_built_for,
-    map_by,
-    open_mpi_major,
-    read_mpi,
-    shared_memory_btl,
+from ...install.facts import MpiInfo, cores_here, horovod_built_for, read_mpi
+from ...install.mpi_flavours import (
+    SUPPORTED,
+    forward_environment,
+    job_options,
+    loopback_transport,
+    sharing_options,
 )
 
 # names that always mean this host in a hostfile or a Slurm node list
@@ -109,7 +108,7 @@ class OwnedLauncher:
         raise TypeError("this launcher starts its own cluster; it does not connect to one.")
 
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
-        find_open_mpi()
+        find_supported_mpi()
 
     def pending(self, engine_set: Any) -> str | None:
         return None
@@ -125,7 +124,7 @@ def find_mpiexec() -> str:
     if found is None:
         raise ClusterStartError(
             f"mpiexec was not found in {env_bin} or on PATH; run `make setup` "
-            "(it installs Open MPI into the project venv) or install Open MPI."
+            "(it installs Open MPI into the project venv) or install Open MPI or MPICH."
         )
     return found
 
@@ -134,9 +133,9 @@ _MPI_FOUND: dict[tuple[str, int, int], MpiInfo | str] = {}
 PIP_MPI = '`pip install "dtrain-magics[mpi]"`'
 
 
-def find_open_mpi() -> MpiInfo:
+def find_supported_mpi() -> MpiInfo:
     """The MPI of ``find_mpiexec()`` (its ``--version`` read once per file);
-    ``ClusterStartError`` unless it is Open MPI, whose options the launchers pass."""
+    ``ClusterStartError`` unless it is one the launchers know the options of (``SUPPORTED``)."""
     path = find_mpiexec()
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
@@ -144,15 +143,16 @@ def find_open_mpi() -> MpiInfo:
     if isinstance(mpi, str) and "--version failed" in mpi:  # not remembered: it may pass
         raise ClusterStartError(f"could not tell which MPI {path} is: {mpi}.")
     _MPI_FOUND[key] = mpi
-    if not isinstance(mpi, str) and mpi.implementation == "Open MPI":
+    if not isinstance(mpi, str) and mpi.implementation in SUPPORTED:
         return mpi
     what = mpi if isinstance(mpi, str) else f"{path} is {mpi.implementation} {mpi.version}"
     if os.path.dirname(path) == os.path.join(sys.prefix, "bin"):
         fix = f"replace that MPI in this environment with Open MPI ({PIP_MPI})"
     else:
-        fix = f"put Open MPI's mpiexec first on PATH, or install it here with {PIP_MPI}"
+        fix = f"put Open MPI's or MPICH's mpiexec first on PATH, or install Open MPI with {PIP_MPI}"
     raise ClusterStartError(
-        f"{what}, but the cluster starts its ranks with Open MPI's mpiexec and options: {fix}."
+        f"{what}, but the cluster starts its ranks with Open MPI's or MPICH's mpiexec and "
+        f"options: {fix}."
     )
 
 
@@ -160,7 +160,7 @@ def check_horovod_build(mpi: MpiInfo | None = None) -> None:
     """``ClusterStartError`` if ``install-horovod`` built this Python's Horovod for another MPI
     than ``mpi`` (the one found by default), which the ranks would run it under."""
     built = horovod_built_for()
-    mpi = mpi or find_open_mpi()
+    mpi = mpi or find_supported_mpi()
     # Open MPI keeps its ABI within a major version: a patch release needs no rebuild
     if built is None or _major(built) == _major(mpi.key):
         return
@@ -178,15 +178,13 @@ def _major(key: str) -> str:
 
 def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
     """Environment for every rank of a local cluster (``mpi``: the one found by default)."""
-    mpi = mpi or find_open_mpi()
+    mpi = mpi or find_supported_mpi()
     env = {
-        # Open MPI refuses root unless told; harmless for other users.
+        # Open MPI refuses root unless told; harmless for other users and MPIs.
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-        # keep MPI's own TCP traffic on loopback for a one-host cluster
-        "OMPI_MCA_btl_tcp_if_include": "lo",
-        # ranks on one host talk over shared memory: no MPI TCP listener on any interface
-        "OMPI_MCA_btl": f"self,{shared_memory_btl(mpi)}",
+        # ranks on one host talk over shared memory, any MPI TCP traffic on loopback
+        **loopback_transport(mpi),
         "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
     }
     env["GLIBC_TUNABLES"] = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
@@ -246,10 +244,11 @@ def multi_host_environment(
     """``rank_environment`` without the loopback-only MPI transport when ranks span hosts,
     and without this host's share of cores: each rank's engine works out its own host's
     (``cluster/engine.py``) unless the user set it here."""
+    mpi = mpi or find_supported_mpi()
     env = rank_environment(layout, mpi)
     if not local_only:
-        del env["OMPI_MCA_btl_tcp_if_include"]
-        del env["OMPI_MCA_btl"]
+        for name in loopback_transport(mpi):
+            del env[name]
         for name in SHARING:
             if name not in os.environ:
                 env.pop(name, None)
@@ -258,19 +257,10 @@ def multi_host_environment(
 
 def mpiexec_options(mpi: MpiInfo | None = None, per_node: int | None = None) -> list[str]:
     """More ranks than cores allowed (``per_node`` on each host if given), no pinning, no
-    standard input (rank 0's read of the notebook's would wait for ever), in the syntax of
-    ``mpi``'s version (the one found by default)."""
-    mpi = mpi or find_open_mpi()
-    return [*map_by(mpi, per_node), "--bind-to", "none", "--stdin", "none"]
-
-
-def this_host_only(mpi: MpiInfo) -> list[str]:
-    """``mpiexec`` arguments that keep every rank on this host inside a Slurm allocation
-    (``salloc``), where Open MPI would otherwise take the allocation's nodes and start ranks
-    on them through ``srun``: its Slurm allocation and launch components switched off
-    (``--prtemca`` for Open MPI 5's ``prterun``, ``--mca`` for 4.x's ``orterun``)."""
-    flag = "--prtemca" if (open_mpi_major(mpi) or 5) >= 5 else "--mca"
-    return [flag, "ras", "^slurm", flag, "plm", "^slurm"]
+    standard input, every rank's exit reported (``job_options``), in the syntax of ``mpi`` (the
+    one found by default)."""
+    mpi = mpi or find_supported_mpi()
+    return [*sharing_options(mpi, per_node), *job_options(mpi)]
 
 
 def mpiexec_args(
@@ -279,11 +269,9 @@ def mpiexec_args(
     per_node: int | None = None,
     also: tuple[str, ...] = (),
 ) -> list[str]:
-    """``mpiexec_options``, and ``env`` forwarded to remote ranks with the variables ``also``
+    """``mpiexec_options``, and ``env`` passed on to remote ranks with the variables ``also``
     names that the notebook's environment has."""
+    mpi = mpi or find_supported_mpi()
     extra = [name for name in also if name in os.environ and name not in env]
     forwarded = [*env, *extra, "IPP_CLUSTER_ID", "IPP_PROFILE_DIR"]  # ipengine finds its cluster
-    args = mpiexec_options(mpi, per_node)
-    for name in forwarded:
-        args += ["-x", name]
-    return args
+    return [*mpiexec_options(mpi, per_node), *forward_environment(mpi, forwarded)]

@@ -6,14 +6,14 @@ from typing import Any, ClassVar
 
 from traitlets.config import Config
 
+from ...install.mpi_flavours import this_host_only
 from .base import (
     LaunchSpec,
     Layout,
     OwnedLauncher,
-    find_open_mpi,
+    find_supported_mpi,
     mpiexec_options,
     rank_environment,
-    this_host_only,
 )
 
 
@@ -24,7 +24,7 @@ class LocalLauncher(OwnedLauncher):
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         config = Config()
-        mpi = find_open_mpi()
+        mpi = find_supported_mpi()
         config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
         # every rank here: no -x, and not on a Slurm allocation's other nodes
         config.MPIEngineSetLauncher.mpi_args = [*mpiexec_options(mpi), *this_host_only(mpi)]

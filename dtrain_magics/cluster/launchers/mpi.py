@@ -9,12 +9,13 @@ from typing import Any, ClassVar
 from traitlets.config import Config
 
 from ...errors import ClusterStartError
+from ...install.mpi_flavours import hosts_option
 from .base import (
     LaunchSpec,
     Layout,
     OwnedLauncher,
     controller_address,
-    find_open_mpi,
+    find_supported_mpi,
     is_local_host,
     mpiexec_args,
     multi_host_environment,
@@ -22,11 +23,12 @@ from .base import (
 
 SEARCH_PATHS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH")
 """Where the notebook finds programs, libraries and modules: remote ranks get the same (Open MPI
-forwards no environment by itself)."""
+forwards no environment by itself; MPICH's Hydra passes all of it)."""
 
 
 def read_hostfile(path: str) -> list[str]:
-    """The host names of an Open MPI hostfile (first word of each line, comments skipped)."""
+    """The host names of a hostfile (first word of each line, comments skipped, without the
+    ``:slots`` of MPICH's ``host:4``)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -34,10 +36,16 @@ def read_hostfile(path: str) -> list[str]:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ClusterStartError(f"cannot read the hostfile {path!r}: {reason}.") from None
     hosts = [line.split("#", 1)[0].split()[:1] for line in lines]
-    found = [h[0] for h in hosts if h]
+    found = [_without_slots(h[0]) for h in hosts if h]
     if not found:
         raise ClusterStartError(f"the hostfile {path!r} names no hosts.")
     return found
+
+
+def _without_slots(word: str) -> str:
+    """``node1`` of MPICH's ``node1:4``; an IPv6 address such as ``::1`` is left whole."""
+    name, _, slots = word.rpartition(":")
+    return name if name and slots.isdigit() and ":" not in name else word
 
 
 class MpiLauncher(OwnedLauncher):
@@ -47,7 +55,7 @@ class MpiLauncher(OwnedLauncher):
     name: ClassVar[str] = "mpi"
 
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
-        find_open_mpi()
+        find_supported_mpi()
         self._hosts(spec, layout)
 
     def _hosts(self, spec: LaunchSpec, layout: Layout | None = None) -> tuple[str, list[str]]:
@@ -70,15 +78,16 @@ class MpiLauncher(OwnedLauncher):
         return hostfile, distinct
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
-        mpi = find_open_mpi()
+        mpi = find_supported_mpi()
         hostfile, hosts = self._hosts(spec, layout)
         # --map-by ppr fills the first --nodes hosts: only theirs decide
-        local_only = all(h == "localhost" for h in hosts[: layout.nodes])
+        used = hosts[: layout.nodes]
+        local_only = all(h == "localhost" for h in used)
         env = {**multi_host_environment(layout, local_only, mpi), **dict(spec.env)}
         args = mpiexec_args(env, mpi, layout.procs_per_node, also=SEARCH_PATHS)
         config = Config()
         config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
-        config.MPIEngineSetLauncher.mpi_args = ["--hostfile", hostfile, *args]
+        config.MPIEngineSetLauncher.mpi_args = [*hosts_option(mpi, hostfile, used), *args]
         config.MPIEngineSetLauncher.environment = env
         return {
             "engines": "mpi",

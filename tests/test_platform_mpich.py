@@ -1,0 +1,63 @@
+"""A cluster's MPICH (Cray's and many clusters' MPI is MPICH-based), here PyPI's ``mpich``
+5.0.2 in an environment of its own with no other MPI: ``install-horovod`` builds Horovod for
+it, ``doctor`` passes, and in a real kernel of that environment ``%%distributed`` runs Horovod
+and gloo collectives under Hydra's ``mpiexec``, names a rank killed by a signal and one that
+exits (Hydra kills every rank, then reports them alike: the engine seen ending first is the one
+named), and runs the next cell on the restarted cluster. Controller, engines and MPI's transport
+listen on loopback only; Hydra's ``mpiexec``, like Open MPI's (FAULTS.md), keeps its control
+port on every interface."""
+
+from __future__ import annotations
+
+import pytest
+from venvs import Venv, VenvKernel, assert_cpu_build_and_doctor, mpi_environment_fixtures
+
+pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
+
+ALLREDUCE = "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()"
+HYDRA = {"mpiexec", "hydra_pmi_proxy"}  # the processes that share Hydra's control port
+
+
+venv, built, kernel = mpi_environment_fixtures("mpich-5.0.2", "mpich==5.0.2")
+
+
+def test_horovod_builds_for_mpich_and_doctor_passes(venv: Venv, built: str) -> None:
+    assert_cpu_build_and_doctor(
+        venv, built, "horovod-0.28.1-torch2.13.0_cpu-py311-mpich5.0.2", "MPICH 5.0.2"
+    )
+
+
+def test_cells_run_under_hydra_and_a_dead_rank_is_named(kernel: VenvKernel) -> None:
+    reply = kernel.run(f"%%distributed --nodes 2 --no-widget --pull total\n{ALLREDUCE}", 300)
+    assert reply.status == "ok", reply.text
+    assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+    library = "import mpi4py.MPI as MPI\nprint('MPI', MPI.Get_library_version().split()[0])"
+    reply = kernel.run(f"%%distributed --no-widget\n{library}", 120)
+    assert reply.text.count("MPI MPICH") == 2, reply.text
+    wide = kernel.wide_listeners()  # the engines closed the port they inherited from Hydra
+    assert wide and set(wide) <= HYDRA, wide
+    reply = kernel.run(
+        "%%distributed --no-widget --backend torch\n"
+        "import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nprint('SUM', t.item())",
+        300,
+    )
+    assert reply.status == "ok" and reply.text.count("SUM 2.0") == 2, reply.text
+    # Hydra kills every rank and reports them alike: the engine seen ending first is named
+    for backend, how, cause in [
+        ("horovod", "os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
+        ("horovod", "os._exit(3)", "exited with code 3"),
+        ("torch", "os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),  # MPI down
+    ]:
+        reply = kernel.run(
+            f"%%distributed --no-widget --backend {backend}\n"
+            f"import os, signal, time\nif rank == 1:\n    {how}\ntime.sleep(5)",
+            300,
+        )
+        assert reply.status == "error", reply.text
+        assert f"rank 1 died ({cause})" in reply.evalue, reply.text
+        assert "the cluster was restarted" in reply.evalue, reply.text
+        reply = kernel.run(
+            f"%%distributed --no-widget --backend horovod --pull total\n{ALLREDUCE}", 300
+        )
+        assert reply.status == "ok", reply.text
+        assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
