@@ -5,7 +5,7 @@ scratch ``IPYTHONDIR``, ``DTRAIN_RUNS_DIR`` and ``JUPYTER_CONFIG_DIR`` so a benc
 reads the user's saved settings nor leaves records among theirs. ``mpiexec`` jobs also get the
 environment the project gives its own ranks (``rank_environment``: ``OMP_NUM_THREADS``, the
 MPI transport and malloc on huge pages), the local launcher's options (``mpiexec_options``:
-oversubscription allowed, in the syntax of the found Open MPI's version; no binding) and the
+oversubscription allowed, in the syntax of the MPI found; no binding) and the
 venv's ``mpiexec``, so that they compare like for like with the ranks under the magic.
 """
 

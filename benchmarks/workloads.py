@@ -193,9 +193,11 @@ import json, os, sys
 spec = json.loads(sys.argv[1])
 import torch
 
-world_rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-world_size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+from dtrain_magics.rank.world import from_environment
+
+here = from_environment()  # any MPI's variables
+world_rank, world_size = (here.rank, here.size) if here else (0, 1)
+local_rank = here.host_rank if here else 0
 if spec["device"] == "cuda":
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)

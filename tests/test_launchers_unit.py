@@ -129,6 +129,12 @@ def test_mpich_found_first_gets_hydras_options(
     assert kwargs["config"].MPIEngineSetLauncher.mpi_args == [
         *("-hosts", "localhost", "-ppn", "2", "-bind-to", "none", "-print-all-exitcodes")
     ]
+    # hosts as the hostfile writes them (srun inside an allocation knows no "localhost")
+    hostfile.write_text(f"{socket.gethostname()}:2\nNode-B.example.org slots=2\nnode-b\n")
+    kwargs = get_launcher("mpi").cluster_kwargs(_mpi_spec(hostfile), Layout(2, 1))
+    hosts = f"{socket.gethostname()},Node-B.example.org"
+    assert kwargs["config"].MPIEngineSetLauncher.mpi_args[:2] == ["-hosts", hosts]
+    assert "UCX_NET_DEVICES" not in kwargs["config"].MPIEngineSetLauncher.environment
     with pytest.raises(ClusterStartError, match="the slurm launcher runs its ranks with Open MPI"):
         get_launcher("slurm").check(LaunchSpec("slurm"))
 

@@ -54,10 +54,14 @@ def share_cores(env: MutableMapping[str, str]) -> None:
 
 def empty_stdin() -> None:
     """Give the engine an empty standard input: a rank that reads it would otherwise wait for
-    ever where the MPI hands the ranks an open one (MPICH's Hydra, to every rank but 0)."""
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    ever where the MPI hands the ranks an open one, and another file takes descriptor 0 where it
+    closed it (MPICH's Hydra, for every rank but 0)."""
+    devnull = os.open(os.devnull, os.O_RDONLY)  # 0 itself where it was closed
+    if devnull != 0:
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    if sys.stdin is None:  # Python found no standard input at start-up
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's own, for its life)
 
 
 def close_inherited_listeners() -> None:

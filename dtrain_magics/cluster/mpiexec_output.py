@@ -32,10 +32,10 @@ _SIGNALLED = re.compile(
 )
 # the process is ``[prterun-host-4242@1,RANK]`` (Open MPI 5) or ``[[18881,1],RANK]`` (4.x)
 _EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)")
-# Hydra with -print-all-exitcodes, a line per host, ranks in order: "Exit codes: [vm] 0,768,0"
-_HYDRA_STATUSES = re.compile(r"Exit codes: \[\S+\] ([\d,]+)")
-MPI_SETTINGS = ("OMPI_MCA_", "MPIR_CVAR_", "UCX_", "FI_")
-"""Prefixes of the variables that set Open MPI, MPICH and MPICH's transports (UCX, libfabric)."""
+# Hydra with -print-all-exitcodes, a line per host, ranks in order:
+# "[mpiexec@vm] Exit codes: [vm] 0,768,0\n[node-b] 0,0\n"
+_HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*(?:\n|$))+)")
+_HOST_STATUSES = re.compile(r"\] ([\d,]+)")
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 
@@ -51,25 +51,40 @@ def signal_name(number: int) -> str:
 def cause_of_death(output: str, first_exit: int | None = None) -> tuple[int, str] | None:
     """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
 
-    Hydra reports every rank's end alike once it has killed them all: the rank is
-    ``first_exit``, the engine seen ending first (``ExitOrder``), where known, else the first
-    with a failing status."""
+    Hydra reports every rank's end once it has killed them all: the rank is ``first_exit``,
+    the engine seen ending first (``ExitOrder``), where known, else the one that ended
+    otherwise than by Hydra's SIGKILL."""
     match = _SIGNALLED.search(output)
     if match:
         return int(match.group(1)), _killed(int(match.group(2)), match.group(3))
     match = _EXITED.search(output)
     if match:
         return int(match.group(1)), f"exited with code {match.group(2)}"
-    statuses = [int(s) for m in _HYDRA_STATUSES.finditer(output) for s in m.group(1).split(",")]
-    failed = [rank for rank, status in enumerate(statuses) if status]
-    if first_exit is not None and first_exit < len(statuses):
-        failed.insert(0, first_exit)
-    if not failed:
+    blocks = _HYDRA_STATUSES.findall(output)
+    if not blocks:
         return None
-    status = statuses[failed[0]]
+    statuses = [int(s) for codes in _HOST_STATUSES.findall(blocks[-1]) for s in codes.split(",")]
+    if first_exit is not None and first_exit < len(statuses):
+        return first_exit, _ended(statuses[first_exit])
+    # Hydra kills the other ranks with SIGKILL: a rank that ended otherwise is the one
+    own = [r for r, s in enumerate(statuses) if s and not _sigkill(s)]
+    killed = [r for r, s in enumerate(statuses) if _sigkill(s)]
+    if own:
+        return own[0], _ended(statuses[own[0]])
+    if len(killed) == 1:
+        return killed[0], _ended(statuses[killed[0]])
+    return None  # every rank killed alike: which came first is not known
+
+
+def _sigkill(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _ended(status: int) -> str:
+    """``killed by SIGSEGV`` or ``exited with code 3``, from a wait status."""
     if os.WIFSIGNALED(status):
-        return failed[0], _killed(os.WTERMSIG(status), None)
-    return failed[0], f"exited with code {os.WEXITSTATUS(status)}"
+        return _killed(os.WTERMSIG(status), None)
+    return f"exited with code {os.WEXITSTATUS(status)}"
 
 
 def _killed(number: int, detail: str | None) -> str:
@@ -123,7 +138,7 @@ def mpi_report(
 ) -> str:
     """What MPI itself said at the end of ``mpiexec``'s output once it has ``exited`` (it
     writes why as it ends the job; ``wait`` seconds at most), without the engines' log lines
-    (``[IPEngine.0.0] Handling apply_request …``), and the MPI settings (``MPI_SETTINGS``) of
+    (``[IPEngine.0.0] Handling apply_request …``), and the MPI settings of
     this process's environment and ``env`` (the ``--env`` pairs): a rank that aborts in
     ``MPI_Init`` may end the job before MPI prints which one it could not use."""
     deadline = time.monotonic() + wait
@@ -132,7 +147,9 @@ def mpi_report(
     lines = read_tail(ipp_cluster, 6000).splitlines()
     kept = [line for line in lines if "[IPEngine" not in line and not line.startswith("addrs:")]
     given = {**os.environ, **dict(env)}
-    settings = sorted(f"{k}={v}" for k, v in given.items() if k.startswith(MPI_SETTINGS))
+    # the variables that set Open MPI, MPICH and MPICH's transports (UCX, libfabric)
+    prefixes = ("OMPI_MCA_", "MPIR_CVAR_", "UCX_", "FI_")
+    settings = sorted(f"{k}={v}" for k, v in given.items() if k.startswith(prefixes))
     if settings:
         kept.append(f"(the ranks' environment sets {', '.join(settings)}: check those first)")
     return "\n".join(kept).strip()

@@ -135,7 +135,7 @@ class DistributedSettings(Configurable):
         const="on",
     )
     hostfile = setting(
-        Text("", help="Open MPI hostfile (launcher mpi)."),
+        Text("", help="Hostfile, Open MPI's or MPICH's (launcher mpi)."),
         label="Hostfile",
         launcher="mpi",
         placeholder="/path/to/hostfile",

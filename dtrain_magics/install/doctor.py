@@ -193,6 +193,7 @@ def run_allreduce(
     started = time.monotonic()
     proc = subprocess.Popen(
         command,
+        stdin=subprocess.DEVNULL,  # MPICH's mpiexec would hand rank 0 the terminal
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -43,8 +43,8 @@ def sharing_options(mpi: MpiInfo, per_node: int | None = None) -> list[str]:
 def job_options(mpi: MpiInfo) -> list[str]:
     """What the cluster's job needs beyond sharing the host: Open MPI's ``--stdin none`` (rank
     0's read of the notebook's input would wait for ever; Hydra reads only its own standard
-    input, which the launchers close); Hydra's ``-print-all-exitcodes``, its only report of a
-    rank that exits with a code."""
+    input, which ipyparallel gives ``/dev/null``); Hydra's ``-print-all-exitcodes``, its only
+    report of a rank that exits with a code."""
     return ["-print-all-exitcodes"] if is_hydra(mpi) else ["--stdin", "none"]
 
 
@@ -62,7 +62,8 @@ def this_host_only(mpi: MpiInfo) -> list[str]:
 
 def hosts_option(mpi: MpiInfo, hostfile: str, hosts: list[str]) -> list[str]:
     """Where the ranks go: Open MPI's ``--hostfile``; for Hydra, which reads only its own
-    ``host:slots`` syntax, the ``hosts`` read from it (either syntax) as ``-hosts a,b``."""
+    ``host:slots`` syntax, the ``hosts`` read from it (either syntax, as written there) as
+    ``-hosts a,b``."""
     return ["-hosts", ",".join(hosts)] if is_hydra(mpi) else ["--hostfile", hostfile]
 
 
@@ -77,10 +78,10 @@ def forward_environment(mpi: MpiInfo, names: list[str]) -> list[str]:
 def loopback_transport(mpi: MpiInfo) -> dict[str, str]:
     """Environment that keeps the ranks' MPI traffic of a one-host cluster off the network:
     Open MPI's shared memory (``sm`` from 5, ``vader`` before) with TCP on loopback; MPICH's
-    UCX transport (the PyPI wheel's default) on loopback, where it otherwise listens on every
-    interface."""
+    UCX transport (the PyPI wheel's default), which otherwise listens on every interface, on
+    loopback, and libfabric's TCP providers likewise for an MPICH built on it."""
     if is_hydra(mpi):
-        return {"UCX_NET_DEVICES": "lo"}
+        return {"UCX_NET_DEVICES": "lo", "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo"}
     major = open_mpi_major(mpi)
     if major is None:
         return {}

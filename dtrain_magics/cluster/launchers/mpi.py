@@ -1,5 +1,5 @@
-"""``mpi``: engines started by ``mpiexec --hostfile``, ``--procs-per-node`` on each of
-``--nodes`` hosts the hostfile names."""
+"""``mpi``: engines started by ``mpiexec`` on the hosts a hostfile names (Open MPI's
+``--hostfile``, Hydra's ``-hosts``), ``--procs-per-node`` on each of ``--nodes`` of them."""
 
 from __future__ import annotations
 
@@ -58,16 +58,18 @@ class MpiLauncher(OwnedLauncher):
         find_supported_mpi()
         self._hosts(spec, layout)
 
-    def _hosts(self, spec: LaunchSpec, layout: Layout | None = None) -> tuple[str, list[str]]:
-        """The hostfile's absolute path and the distinct hosts it names, in its order, this
-        machine's names as ``localhost`` (enough for ``layout``)."""
+    def _hosts(self, spec: LaunchSpec, layout: Layout | None = None) -> tuple[str, dict[str, str]]:
+        """The hostfile's absolute path and the distinct hosts it names, in its order, each as
+        it is first written, keyed by its name with this machine's names as ``localhost``
+        (enough for ``layout``)."""
         if not spec.get("hostfile"):
             raise ClusterStartError("the mpi launcher needs a hostfile (--hostfile PATH).")
         hostfile = os.path.abspath(spec.get("hostfile"))
         hosts = read_hostfile(hostfile)
         # a host's lines add slots, and Open MPI takes every name of this machine as one host
-        names = ("localhost" if is_local_host(h) else h.lower() for h in hosts)
-        distinct = list(dict.fromkeys(names))
+        distinct: dict[str, str] = {}
+        for host in hosts:
+            distinct.setdefault("localhost" if is_local_host(host) else host.lower(), host)
         if layout is not None and len(distinct) < layout.nodes:
             shown = ["this machine" if h == "localhost" else h for h in distinct]
             raise ClusterStartError(
@@ -81,13 +83,16 @@ class MpiLauncher(OwnedLauncher):
         mpi = find_supported_mpi()
         hostfile, hosts = self._hosts(spec, layout)
         # --map-by ppr fills the first --nodes hosts: only theirs decide
-        used = hosts[: layout.nodes]
+        used = list(hosts)[: layout.nodes]
         local_only = all(h == "localhost" for h in used)
         env = {**multi_host_environment(layout, local_only, mpi), **dict(spec.env)}
         args = mpiexec_args(env, mpi, layout.procs_per_node, also=SEARCH_PATHS)
         config = Config()
         config.MPIEngineSetLauncher.mpi_cmd = [mpi.mpiexec]
-        config.MPIEngineSetLauncher.mpi_args = [*hosts_option(mpi, hostfile, used), *args]
+        config.MPIEngineSetLauncher.mpi_args = [
+            *hosts_option(mpi, hostfile, [hosts[h] for h in used]),
+            *args,
+        ]
         config.MPIEngineSetLauncher.environment = env
         return {
             "engines": "mpi",
