@@ -14,7 +14,6 @@ from venvs import Venv, VenvKernel, assert_cpu_build_and_doctor, mpi_environment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
 
-ALLREDUCE = "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()"
 HYDRA = {"mpiexec", "hydra_pmi_proxy"}  # the processes that share Hydra's control port
 
 
@@ -28,9 +27,7 @@ def test_horovod_builds_for_mpich_and_doctor_passes(venv: Venv, built: str) -> N
 
 
 def test_cells_run_under_hydra_and_a_dead_rank_is_named(kernel: VenvKernel) -> None:
-    reply = kernel.run(f"%%distributed --nodes 2 --no-widget --pull total\n{ALLREDUCE}", 300)
-    assert reply.status == "ok", reply.text
-    assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+    kernel.assert_allreduce("--nodes 2")
     library = "import mpi4py.MPI as MPI\nprint('MPI', MPI.Get_library_version().split()[0])"
     reply = kernel.run(f"%%distributed --no-widget\n{library}", 120)
     assert reply.text.count("MPI MPICH") == 2, reply.text
@@ -56,8 +53,4 @@ def test_cells_run_under_hydra_and_a_dead_rank_is_named(kernel: VenvKernel) -> N
         assert reply.status == "error", reply.text
         assert f"rank 1 died ({cause})" in reply.evalue, reply.text
         assert "the cluster was restarted" in reply.evalue, reply.text
-        reply = kernel.run(
-            f"%%distributed --no-widget --backend horovod --pull total\n{ALLREDUCE}", 300
-        )
-        assert reply.status == "ok", reply.text
-        assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+        kernel.assert_allreduce("--backend horovod")

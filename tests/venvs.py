@@ -205,6 +205,13 @@ class VenvKernel(KernelSession):
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
 
+    def assert_allreduce(self, flags: str = "") -> None:
+        """A ``%%distributed`` Horovod allreduce cell (2 ranks) works and pulls the sum, 3."""
+        cell = "import torch\ntotal = hvd.allreduce(torch.tensor([rank + 1.0]), op=hvd.Sum).item()"
+        reply = self.run(f"%%distributed --no-widget --pull total {flags}\n{cell}", 300)
+        assert reply.status == "ok", reply.text
+        assert "TOTAL 3.0" in self.run("print('TOTAL', total)").text, reply.text
+
     def wide_listeners(self) -> list[str]:
         """The names of this kernel's descendants that listen on more than loopback."""
         kernel_process = psutil.Process(self.km.provisioner.pid)
