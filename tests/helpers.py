@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -11,6 +12,16 @@ import psutil
 MPI_LAUNCHERS = ("prterun", "orterun", "mpiexec", "hydra_pmi_proxy")
 """What an MPI's ``mpiexec`` runs as: Open MPI 5's ``prterun``, 4's ``orterun`` (each exec'd
 by ``mpiexec``), MPICH's Hydra ``mpiexec`` and its ``hydra_pmi_proxy``."""
+
+
+def wide_listeners(processes: Iterable[psutil.Process]) -> list[tuple[str, str, Any]]:
+    """``(name, command, address)`` of every socket ``processes`` listen on beyond loopback."""
+    wide = []
+    for proc in processes:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in ("127.0.0.1", "::1"):
+                wide.append((proc.name(), " ".join(proc.cmdline()[:3]), conn.laddr))
+    return wide
 
 
 def alive(pids: list[int]) -> list[int]:

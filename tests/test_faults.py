@@ -17,9 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from helpers import ALLREDUCE_LOOP, MPI_LAUNCHERS, exited_pid, rank_values, wait_gone
+from helpers import (
+    ALLREDUCE_LOOP,
+    MPI_LAUNCHERS,
+    exited_pid,
+    rank_values,
+    wait_gone,
+    wide_listeners,
+)
 from IPython.core.error import UsageError
 from kernel_session import KernelSession, printed_pids
 
@@ -418,8 +424,6 @@ def test_a_name_given_twice_is_a_usage_error(
 
 # -- security ---------------------------------------------------------------------------------
 
-LOOPBACK = ("127.0.0.1", "::1")
-
 
 def _connection_files(cluster: Any) -> list[Path]:
     security = Path(cluster._cluster.profile_dir) / "security"
@@ -427,11 +431,7 @@ def _connection_files(cluster: Any) -> list[Path]:
 
 
 def _assert_listening_on_loopback_only(cluster: Any) -> None:
-    wide = []
-    for proc in cluster.processes():
-        for conn in proc.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in LOOPBACK:
-                wide.append((proc.name(), " ".join(proc.cmdline()[:3]), conn.laddr))
+    wide = wide_listeners(cluster.processes())
     # Open MPI's prterun keeps its PRTE bootstrap listener on every interface: PRTE refuses
     # loopback-only (prte_if_include=lo fails with "No network interfaces were found"); 4.x's
     # orterun its ORTE one, MPICH's mpiexec its control port (FAULTS.md)

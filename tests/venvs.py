@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import wide_listeners
 from kernel_session import KernelSession
 
 from dtrain_magics.install.cache import default_cache_dir
@@ -214,14 +215,8 @@ class VenvKernel(KernelSession):
 
     def wide_listeners(self) -> list[str]:
         """The names of this kernel's descendants that listen on more than loopback."""
-        kernel_process = psutil.Process(self.km.provisioner.pid)
-        wide = []
-        for proc in kernel_process.children(recursive=True):
-            for conn in proc.net_connections(kind="inet"):
-                loopback = conn.laddr.ip in ("127.0.0.1", "::1")
-                if conn.status == psutil.CONN_LISTEN and not loopback:
-                    wide.append(proc.name())
-        return wide
+        descendants = psutil.Process(self.km.provisioner.pid).children(recursive=True)
+        return [name for name, _, _ in wide_listeners(descendants)]
 
 
 def assert_cpu_build_and_doctor(venv: Venv, built: str, flavour: str, mpi: str) -> None:

@@ -25,7 +25,7 @@ from .facts import (
     read_horovod,
 )
 from .horovod import describe_build
-from .mpi_flavours import loopback_transport, sharing_options
+from .mpi_flavours import job_environment, sharing_options
 from .plan import HOROVOD_VERSION
 
 FIX = "run `dtrain-magics install-horovod`"
@@ -149,15 +149,11 @@ def _horovod_finding(
 
 def run_environment(mpi: MpiInfo, ranks: int) -> dict[str, str]:
     """Environment of a one-host test run: the settings the project's local launcher uses."""
-    env = dict(os.environ)
-    env.update(
-        # Open MPI refuses to run as root unless told (containers and CI machines often are root)
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMP_NUM_THREADS=str(max(1, cores_here() // ranks)),
-    )
-    env.update(loopback_transport(mpi))
-    return env
+    return {
+        **os.environ,
+        **job_environment(mpi),
+        "OMP_NUM_THREADS": str(max(1, cores_here() // ranks)),
+    }
 
 
 def parse_rank_lines(output: str, ranks: int) -> str | None:

@@ -87,3 +87,14 @@ def loopback_transport(mpi: MpiInfo) -> dict[str, str]:
         return {}
     shared_memory = "vader" if major < 5 else "sm"
     return {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_btl": f"self,{shared_memory}"}
+
+
+def job_environment(mpi: MpiInfo) -> dict[str, str]:
+    """What every job started here gets: Open MPI's consent to run as root (containers and CI
+    machines often are root; harmless for other users and MPIs) and ``loopback_transport``,
+    which ranks spanning hosts leave out."""
+    return {
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        **loopback_transport(mpi),
+    }

@@ -16,6 +16,7 @@ from ...install.facts import MpiInfo, cores_here, horovod_built_for, read_mpi
 from ...install.mpi_flavours import (
     SUPPORTED,
     forward_environment,
+    job_environment,
     job_options,
     loopback_transport,
     sharing_options,
@@ -179,14 +180,7 @@ def _major(key: str) -> str:
 def rank_environment(layout: Layout, mpi: MpiInfo | None = None) -> dict[str, str]:
     """Environment for every rank of a local cluster (``mpi``: the one found by default)."""
     mpi = mpi or find_supported_mpi()
-    env = {
-        # Open MPI refuses root unless told; harmless for other users and MPIs.
-        "OMPI_ALLOW_RUN_AS_ROOT": "1",
-        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-        # ranks on one host talk over shared memory, any MPI TCP traffic on loopback
-        **loopback_transport(mpi),
-        "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node),
-    }
+    env = {**job_environment(mpi), "DTRAIN_PROCS_PER_NODE": str(layout.procs_per_node)}
     env["GLIBC_TUNABLES"] = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
     for name, value in sharing_environment(cores_here(), layout.ranks).items():
         env[name] = os.environ.get(name, value)  # the user's own setting wins
