@@ -69,8 +69,9 @@ for i in range(1_000_000):
         ("os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
         ("os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
         ("os._exit(3)", "exited with code 3"),
+        ("from mpi4py import MPI; MPI.COMM_WORLD.Abort(5)", "called MPI_Abort with error code 5"),
     ],
-    ids=["sigkill", "sigsegv", "exit3"],
+    ids=["sigkill", "sigsegv", "exit3", "mpi-abort"],
 )
 def test_rank_dying_in_allreduce_is_named_and_cluster_restarted(
     run: Any, cluster: Any, fault: str, cause: str
@@ -89,6 +90,22 @@ def test_rank_dying_in_allreduce_is_named_and_cluster_restarted(
     record(f"rank 1 {cause} in allreduce (cell fails, cluster restarted)", took)
     assert dtrain_magics.last_run().exit_reason.startswith(f"rank 1 died ({cause}")
     assert_next_cell_works(run, cluster)
+
+
+def test_a_rank_dying_on_another_slurm_node_is_named(magics: Any, slurm_up: None) -> None:
+    """Between nodes, rank 0's TCP transport sees its peer go and aborts: Open MPI's report
+    names rank 0, and the ranks' batch job never lets the engines' launcher be seen exiting."""
+    line = "--launcher slurm --nodes 2 --no-widget"
+    started = time.monotonic()
+    with pytest.raises(RankError) as info:
+        magics.distributed(line, DIE_IN_ALLREDUCE.format(fault="os._exit(3)"))
+    took = time.monotonic() - started
+    assert str(info.value).startswith("rank 1 died ("), str(info.value)
+    assert "the cluster was restarted" in str(info.value)
+    assert took < BOUND / 2, took  # not the 15 s wait for a report, then the watch's guess
+    record("rank 1 exited on another Slurm node, in allreduce (cell fails)", took)
+    magics.distributed(line, "x = rank")
+    assert rank_values(magics.cluster, "x") == [0, 1]
 
 
 def test_the_next_cell_keeps_the_backend_of_the_cell_whose_rank_died(

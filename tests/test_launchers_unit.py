@@ -29,6 +29,7 @@ from dtrain_magics.cluster.launchers.base import (
     rank_environment,
 )
 from dtrain_magics.cluster.launchers.mpi import read_hostfile
+from dtrain_magics.cluster.launchers.slurm import SlurmOptions, slurm_batch_template
 from dtrain_magics.cluster.ranks import RankEngine, local_pids, signal_engines
 from dtrain_magics.errors import ClusterStartError
 from dtrain_magics.install import doctor
@@ -135,8 +136,9 @@ def test_mpich_found_first_gets_hydras_options(
     hosts = f"{socket.gethostname()},Node-B.example.org"
     assert kwargs["config"].MPIEngineSetLauncher.mpi_args[:2] == ["-hosts", hosts]
     assert "UCX_NET_DEVICES" not in kwargs["config"].MPIEngineSetLauncher.environment
-    with pytest.raises(ClusterStartError, match="the slurm launcher runs its ranks with Open MPI"):
-        get_launcher("slurm").check(LaunchSpec("slurm"))
+    # in a batch job Hydra starts its proxies on the allocation's nodes itself (srun)
+    template = slurm_batch_template(Layout(2, 1), SlurmOptions(), {"A": "1"})
+    assert f"exec {mpiexec} -bind-to none -print-all-exitcodes -n {{n}} " in template, template
 
 
 @pytest.mark.parametrize(("mpi", "named"), [("intel", "Intel MPI 2021.10")])

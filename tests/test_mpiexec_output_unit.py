@@ -50,6 +50,67 @@ mpiexec noticed that process rank 1 with PID 0 on node vm exited on signal 11 (S
 --------------------------------------------------------------------------
 """
 
+# rank 1 called MPI_Abort(5) (mpi4py's MPI.COMM_WORLD.Abort(5)): Open MPI 5, 4.x and MPICH
+PRTERUN_ABORT_CALLED = """\
+--------------------------------------------------------------------------
+MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD
+  Proc: [[45087,1],1]
+  Errorcode: 5
+
+NOTE: invoking MPI_ABORT causes Open MPI to kill all MPI processes.
+You may or may not see output from other processes, depending on
+exactly when Open MPI kills them.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+prterun has exited due to process rank 1 with PID 0 on node vm calling
+"abort". This may have caused other processes in the application to be
+terminated by signals sent by prterun (as reported here).
+--------------------------------------------------------------------------
+"""
+ORTERUN_ABORT_CALLED = """\
+--------------------------------------------------------------------------
+MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD
+with errorcode 5.
+
+NOTE: invoking MPI_ABORT causes Open MPI to kill all MPI processes.
+--------------------------------------------------------------------------
+"""
+HYDRA_ABORT_CALLED = (
+    "Abort(5) on node 1 (rank 1 in comm 0): application called "
+    "MPI_Abort(MPI_COMM_WORLD, 5) - process 1\n"
+)
+# rank 1 (on Slurm node vm-2) exited; rank 0's TCP transport saw its peer go, and its abort is
+# what prterun reports (two Slurm nodes)
+PRTERUN_LOST_PEER = """\
+--------------------------------------------------------------------------
+An MPI communication peer process has unexpectedly disconnected.  This
+usually indicates a failure in the peer process (e.g., a crash or
+otherwise exiting without calling MPI_FINALIZE first).
+
+  Local host: vm-1
+  Local PID:  16238
+  Peer host:  vm-2
+--------------------------------------------------------------------------
+[vm-1:00000] *** An error occurred in Socket closed
+[vm-1:00000] *** reported by process [1837170689,0]
+[vm-1:00000] *** on a NULL communicator
+[vm-1:00000] *** Unknown error
+[vm-1:00000] *** MPI_ERRORS_ARE_FATAL (processes in this communicator will now abort,
+[vm-1:00000] ***    and MPI will try to terminate your MPI job as well)
+--------------------------------------------------------------------------
+prterun has exited due to process rank 0 with PID 16238 on node vm-1 calling
+"abort". This may have caused other processes in the application to be
+terminated by signals sent by prterun (as reported here).
+--------------------------------------------------------------------------
+"""
+# rank 1 (on Slurm node vm-2) was killed; the proxy on vm-1 failed, so only vm-2 has a line
+HYDRA_HOST_MISSING = """\
+srun: error: vm-1: task 0: Exited with exit code 7
+[proxy:0@vm] main (/mpich-5.0.2/src/pm/hydra/proxy/pmip.c:123): demux engine error waiting for event
+[mpiexec@vm] Exit codes: [vm-2] 9
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+"""
+
 
 @pytest.mark.parametrize(
     ("statuses", "cause"),
@@ -121,6 +182,40 @@ def test_the_dead_rank_and_its_cause_are_read_from_either_open_mpi(
     assert cause_of_death(report) == cause
 
 
+@pytest.mark.parametrize("report", [PRTERUN_ABORT_CALLED, ORTERUN_ABORT_CALLED, HYDRA_ABORT_CALLED])
+def test_a_rank_that_called_mpi_abort_is_named_with_its_error_code(report: str) -> None:
+    assert cause_of_death(report, first_exit=0, ranks=2) == (
+        1,
+        "called MPI_Abort with error code 5",
+    )
+
+
+def test_a_rank_that_aborted_because_its_peer_vanished_is_not_the_dead_one() -> None:
+    lost = "its engine process exited; rank 0 lost its connection to it"
+    assert cause_of_death(PRTERUN_LOST_PEER, first_exit=1, ranks=4) == (1, lost)
+    assert cause_of_death(PRTERUN_LOST_PEER, ranks=2) == (1, lost)  # the other of two
+    assert cause_of_death(PRTERUN_LOST_PEER, ranks=4) is None  # any of three: none claimed
+    assert cause_of_death(PRTERUN_LOST_PEER, first_exit=0, ranks=2) is None
+
+
+def test_a_rank_aborted_by_another_mpi_error_is_the_one_named() -> None:
+    report = PRTERUN_LOST_PEER.replace("peer process has unexpectedly disconnected", "").replace(
+        "Socket closed", "MPI_Allreduce"
+    )
+    assert cause_of_death(report, first_exit=1, ranks=2) == (
+        0,
+        "aborted by an MPI error in MPI_Allreduce",
+    )
+
+
+def test_hydras_exit_codes_without_a_host_name_only_the_rank_seen_ending_first() -> None:
+    assert cause_of_death(HYDRA_HOST_MISSING, first_exit=1, ranks=2) == (
+        1,
+        "its engine process exited",
+    )
+    assert cause_of_death(HYDRA_HOST_MISSING, ranks=2) is None  # not rank 0, as it was read
+
+
 class _NotYet:
     """A cluster whose mpiexec has not reported or exited yet, and a watch with nothing new."""
 
@@ -130,7 +225,9 @@ class _NotYet:
     def mpiexec_output(self) -> str:
         return ""
 
-    def engines_exited(self) -> bool:
+    engines = ()
+
+    def engines_exited(self, ask_scheduler: bool = False) -> bool:
         return False
 
     def poll(self, interrupted: bool = False) -> bool:

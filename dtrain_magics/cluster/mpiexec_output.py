@@ -3,8 +3,10 @@
 When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``mpiexec``
 (``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and
 how. MPICH's (Hydra) kills every rank first, then prints (with ``-print-all-exitcodes``) every
-rank's wait status as the job ends. ipyparallel only knows that the engine went away.
-``cause_of_death`` turns those reports into ``(rank, "killed by SIGKILL")``.
+rank's wait status as the job ends. Both print a rank's call of ``MPI_Abort``. Between hosts,
+Open MPI may name a rank that aborted because its peer vanished, not the peer. ipyparallel only
+knows that the engine went away. ``cause_of_death`` turns those reports into ``(rank, "killed by
+SIGKILL")``.
 
 Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
 default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
@@ -36,6 +38,16 @@ _EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)")
 # "[mpiexec@vm] Exit codes: [vm] 0,768,0\n[node-b] 0,0\n"
 _HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*(?:\n|$))+)")
 _HOST_STATUSES = re.compile(r"\] ([\d,]+)")
+# the program called MPI_Abort: Open MPI (5 adds "Proc: [[job,1],WORLD_RANK]"), then MPICH
+_ABORT_CALLED = re.compile(
+    r"MPI_ABORT was invoked on rank (\d+) in communicator \S+\s+"
+    r"(?:Proc:\s*\[\[\d+,\d+\],(\d+)\]\s+)?(?:with errorcode|Errorcode:)\s*(-?\d+)"
+)
+_HYDRA_ABORT_CALLED = re.compile(r"application called MPI_Abort\([^,]*, (-?\d+)\) - process (\d+)")
+# Open MPI: the rank whose abort ended the job, MPI_Abort's or its error handler's
+_ABORTED = re.compile(r"due to process rank (\d+) with PID \d+ on node \S+ calling\s+\"abort\"")
+_LOST_PEER = "peer process has unexpectedly disconnected"
+_MPI_ERROR = re.compile(r"\*\*\* An error occurred in (.+)")
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 
@@ -48,22 +60,72 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def cause_of_death(output: str, first_exit: int | None = None) -> tuple[int, str] | None:
+def cause_of_death(
+    output: str, first_exit: int | None = None, ranks: int | None = None
+) -> tuple[int, str] | None:
     """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
 
-    Hydra reports every rank's end once it has killed them all: the rank is ``first_exit``,
-    the engine seen ending first (``ExitOrder``), where known, else the one that ended
-    otherwise than by Hydra's SIGKILL."""
+    ``first_exit`` is the rank whose engine was seen ending first (``ExitOrder``), where known,
+    and ``ranks`` the job's size. Hydra reports every rank's end once it has killed them all:
+    the rank is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL."""
     match = _SIGNALLED.search(output)
     if match:
         return int(match.group(1)), _killed(int(match.group(2)), match.group(3))
     match = _EXITED.search(output)
     if match:
         return int(match.group(1)), f"exited with code {match.group(2)}"
+    return (
+        _abort_called(output)
+        or _aborted(output, first_exit, ranks)
+        or _hydra_statuses(output, first_exit, ranks)
+    )
+
+
+def _abort_called(output: str) -> tuple[int, str] | None:
+    """The rank that called ``MPI_Abort``, and its error code (world ranks: Open MPI 4 gives
+    only the communicator's, which its line naming who ended the job corrects)."""
+    match = _ABORT_CALLED.search(output)
+    if match:
+        ended = _ABORTED.search(output)
+        rank = match.group(2) or (ended.group(1) if ended else match.group(1))
+        return int(rank), f"called MPI_Abort with error code {match.group(3)}"
+    match = _HYDRA_ABORT_CALLED.search(output)
+    if match:
+        return int(match.group(2)), f"called MPI_Abort with error code {match.group(1)}"
+    return None
+
+
+def _aborted(output: str, first_exit: int | None, ranks: int | None) -> tuple[int, str] | None:
+    """Open MPI's report of a rank aborted by MPI's error handler. When the error was a peer
+    that vanished (the transport between hosts sees it first), the dead rank is that peer: the
+    one seen ending first, or the other of two; else nothing is claimed."""
+    match = _ABORTED.search(output)
+    if not match:
+        return None
+    rank = int(match.group(1))
+    if _LOST_PEER not in output:
+        error = _MPI_ERROR.search(output)
+        return rank, f"aborted by an MPI error in {error.group(1).strip()}" if error else "aborted"
+    others = [r for r in range(ranks or 0) if r != rank]
+    if first_exit is None and len(others) == 1:
+        first_exit = others[0]
+    if first_exit is None or first_exit == rank:
+        return None
+    return first_exit, f"its engine process exited; rank {rank} lost its connection to it"
+
+
+def _hydra_statuses(
+    output: str, first_exit: int | None, ranks: int | None
+) -> tuple[int, str] | None:
+    """The dead rank in Hydra's ``Exit codes:`` lines (wait statuses, a line per host, in rank
+    order). A host whose proxy failed has no line, and the ranks after it cannot be placed:
+    then only ``first_exit`` is named."""
     blocks = _HYDRA_STATUSES.findall(output)
     if not blocks:
         return None
     statuses = [int(s) for codes in _HOST_STATUSES.findall(blocks[-1]) for s in codes.split(",")]
+    if ranks is not None and len(statuses) != ranks:
+        return None if first_exit is None else (first_exit, "its engine process exited")
     if first_exit is not None and first_exit < len(statuses):
         return first_exit, _ended(statuses[first_exit])
     # Hydra kills the other ranks with SIGKILL: a rank that ended otherwise is the one

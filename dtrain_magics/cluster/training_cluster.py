@@ -7,11 +7,9 @@ ranks run. The magics, the configuration form and the tests all drive it directl
 
 from __future__ import annotations
 
-import atexit
 import logging
 import signal
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +30,6 @@ from .registration import launcher_exited, launchers_stopped, wait_for_engines
 
 Report = Callable[[str], None]
 log = logging.getLogger(__name__)
-
-_live: weakref.WeakSet[TrainingCluster] = weakref.WeakSet()
 
 
 def quiet(_: str) -> None:
@@ -75,7 +71,7 @@ class TrainingCluster:
         # set from another thread to give up a start in progress (the notebook was interrupted)
         self.abort_start = threading.Event()
         self._listeners = StateListeners()
-        _live.add(self)
+        watchdog.stop_at_exit(self)
 
     @property
     def launcher(self) -> str:
@@ -350,12 +346,14 @@ class TrainingCluster:
 
     # -- what others see ----------------------------------------------------------------------
 
-    def engines_exited(self) -> bool:
-        """True once every engine set's launcher (``mpiexec``) has exited (never for a cluster
-        we connected to: its launcher is not ours to see)."""
+    def engines_exited(self, ask_scheduler: bool = False) -> bool:
+        """True once every engine set's launcher (``mpiexec``) has exited, or with
+        ``ask_scheduler`` its batch job has left the queue (``squeue``, every 2 s at most);
+        never for a cluster we connected to: its launcher is not ours to see."""
         if self._cluster is None:
             return False
-        return all(launcher_exited(s) for s in self._cluster.engines.values())
+        ended = get_launcher(self.launcher).job_ended if ask_scheduler else lambda _: False
+        return all(launcher_exited(s) or ended(s) for s in self._cluster.engines.values())
 
     def mpiexec_output_files(self) -> list[str]:
         """The files ``mpiexec`` writes its output to (none for a cluster we connected to)."""
@@ -390,9 +388,3 @@ class TrainingCluster:
         if procs:
             kill_trees(procs, grace=timeout, term=False)
         self._pids.clear()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for cluster in list(_live):
-        cluster.stop()

@@ -8,10 +8,12 @@ the kernel, and once the kernel is gone it terminates the process trees of the c
 (controller, mpiexec, engines, nannies) and cancels its Slurm jobs (engines on compute nodes
 have no process here; they would otherwise hold their nodes until their heartbeat noticed).
 It exits by itself when those processes and jobs are gone, and is stopped when the cluster stops.
+A kernel that exits normally stops its clusters itself (``stop_at_exit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -19,7 +21,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -30,6 +32,24 @@ POLL = 0.5
 JOB_POLL = 30.0  # seconds between squeue calls once the processes are gone and a job is left
 SLURM_JOB = "--slurm-job"
 _guards: weakref.WeakKeyDictionary[object, subprocess.Popen[bytes]] = weakref.WeakKeyDictionary()
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_live: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+
+
+def stop_at_exit(cluster: Stoppable) -> None:
+    """Stop ``cluster`` when this process exits normally (held weakly)."""
+    _live.add(cluster)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_live):
+        cluster.stop()
 
 
 def guard(owner: object, pids: Iterable[int], slurm_jobs: Iterable[str] = ()) -> None:

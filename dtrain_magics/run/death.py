@@ -18,34 +18,46 @@ async def read_cause_of_death(
 ) -> tuple[int, str] | None:
     """``(rank, cause)`` from mpiexec's report of the rank that died, if it makes one.
 
-    mpiexec writes the report as it aborts the job, then exits: wait for either, at most
-    ``wait`` seconds (a loaded machine can take several), taking the ranks' last output
-    meanwhile. Read from the watch's held-open files, else from the cluster's engine sets. An
-    interrupt (Stop) ends the wait, not the caller's stopping of the ranks.
+    mpiexec writes the report as it aborts the job, then exits (a batch job leaves the queue):
+    wait for either, at most ``wait`` seconds (a loaded machine can take several), taking the
+    ranks' last output meanwhile. Read from the watch's held-open files, else from the
+    cluster's engine sets. Without a report, the rank whose engine was seen ending first, where
+    known. An interrupt (Stop) ends the wait, not the caller's stopping of the ranks.
     """
     deadline = time.monotonic() + wait
     exited = False
     while True:
         death = _read(cluster, watch)
         if death is not None or exited or time.monotonic() >= deadline:
-            return death
-        exited = cluster.engines_exited()  # one more read after it exits
+            return death or _ended_first(cluster)
+        exited = cluster.engines_exited(ask_scheduler=True)  # one more read after it exits
         watch.poll(interrupted=True)
         try:
             await asyncio.sleep(every)  # mpiexec is writing its report right now
         except (KeyboardInterrupt, asyncio.CancelledError):  # Stop: the ranks' stop goes on
-            return _read(cluster, watch)
+            return _read(cluster, watch) or _ended_first(cluster)
+
+
+def _first_exit(cluster: TrainingCluster) -> int | None:
+    """The rank whose engine process was seen ending first (one-host clusters), else None."""
+    return cluster.exit_order.first if cluster.exit_order is not None else None
+
+
+def _ended_first(cluster: TrainingCluster) -> tuple[int, str] | None:
+    """``(rank, cause)`` for the rank seen ending first, when mpiexec did not say."""
+    first = _first_exit(cluster)
+    return None if first is None else (first, "its engine process exited")
 
 
 def _read(cluster: TrainingCluster, watch: RankWatch) -> tuple[int, str] | None:
     """The dead rank and its cause in what mpiexec has written so far, if it says."""
-    first = cluster.exit_order.first if cluster.exit_order is not None else None  # for Hydra
+    first, ranks = _first_exit(cluster), len(cluster.engines)
     try:
         death = None
         if watch.mpiexec is not None:
             watch.mpiexec.new_text()
-            death = cause_of_death(watch.mpiexec.text, first)
-        return death or cause_of_death(cluster.mpiexec_output(), first)
+            death = cause_of_death(watch.mpiexec.text, first, ranks)
+        return death or cause_of_death(cluster.mpiexec_output(), first, ranks)
     except OSError:
         log.debug("could not read mpiexec's output", exc_info=True)
         return None

@@ -18,8 +18,6 @@ from typing import Any, ClassVar
 from traitlets.config import Config
 
 from ...errors import ClusterStartError
-from ...install.facts import MpiInfo
-from ...install.mpi_flavours import is_hydra
 from ..slurm_jobs import JobPoll
 from .base import (
     LaunchSpec,
@@ -186,16 +184,6 @@ def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str
     )
 
 
-def _refuse_hydra(mpi: MpiInfo) -> None:
-    """``ClusterStartError`` for MPICH: its Hydra in a batch job is not tested here yet."""
-    if is_hydra(mpi):
-        raise ClusterStartError(
-            f"the slurm launcher runs its ranks with Open MPI, and {mpi.mpiexec} is "
-            f"{mpi.implementation} {mpi.version}: put Open MPI's mpiexec first on PATH, or use "
-            "--launcher mpi with a hostfile of the allocation's nodes."
-        )
-
-
 class SlurmLauncher(OwnedLauncher):
     """``--nodes`` → ``#SBATCH --nodes``, ``--procs-per-node`` → ``--ntasks-per-node``, one GPU
     per rank (``--gpus-per-node``) with ``--device cuda``, and with ``auto`` where the
@@ -209,7 +197,7 @@ class SlurmLauncher(OwnedLauncher):
 
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_sbatch()
-        _refuse_hydra(find_supported_mpi())
+        find_supported_mpi()
         SlurmOptions.from_spec(spec)
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
