@@ -29,25 +29,34 @@ from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
+# a number is taken only once what follows it is written: the file is read as it grows
 _SIGNALLED = re.compile(
-    r"process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)(?: \(([^)]*)\))?"
+    r"process rank (\d+) with PID \d+ on\s+node\s+\S+\s+exited\s+on\s+signal\s+(\d+)(?=[ .\n])"
+    r"(?: \(([^)]*)\))?"
 )
 # the process is ``[prterun-host-4242@1,RANK]`` (Open MPI 5) or ``[[18881,1],RANK]`` (4.x)
-_EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)")
+_EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)\s")
 # Hydra with -print-all-exitcodes, a line per host, ranks in order:
 # "[mpiexec@vm] Exit codes: [vm] 0,768,0\n[node-b] 0,0\n"
-_HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*(?:\n|$))+)")
+_HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*\n)+)")
 _HOST_STATUSES = re.compile(r"\] ([\d,]+)")
-# the program called MPI_Abort: Open MPI (5 adds "Proc: [[job,1],WORLD_RANK]"), then MPICH
+# the program called MPI_Abort: Open MPI (5 adds "Proc: [[job,1],WORLD_RANK]"), then MPICH;
+# a communicator without a name is "MPI COMM 3 SPLIT FROM 0"
 _ABORT_CALLED = re.compile(
-    r"MPI_ABORT was invoked on rank (\d+) in communicator \S+\s+"
-    r"(?:Proc:\s*\[\[\d+,\d+\],(\d+)\]\s+)?(?:with errorcode|Errorcode:)\s*(-?\d+)"
+    r"MPI_ABORT was invoked on rank (\d+) in communicator ([^\n]+)\n\s*"
+    r"(?:Proc:\s*\[\[\d+,\d+\],(\d+)\]\s+)?(?:with errorcode|Errorcode:)\s*(-?\d+)\D"
 )
-_HYDRA_ABORT_CALLED = re.compile(r"application called MPI_Abort\([^,]*, (-?\d+)\) - process (\d+)")
+_HYDRA_ABORT_CALLED = re.compile(
+    r"application called MPI_Abort\([^,]*, (-?\d+)\) - process (\d+)\s"
+)
 # Open MPI: the rank whose abort ended the job, MPI_Abort's or its error handler's
-_ABORTED = re.compile(r"due to process rank (\d+) with PID \d+ on node \S+ calling\s+\"abort\"")
-_LOST_PEER = "peer process has unexpectedly disconnected"
-_MPI_ERROR = re.compile(r"\*\*\* An error occurred in (.+)")
+_ABORTED = re.compile(
+    r"due\s+to\s+process\s+rank\s+(\d+)\s+with\s+PID\s+\d+\s+on\s+node\s+\S+\s+calling\s+\"abort\""
+)
+# the error handler's banner, and the TCP transport's words for a peer that vanished
+_MPI_ERROR = re.compile(r"\*\*\* An error occurred in ([^\n]+)\n")
+_LOST_PEER = re.compile(r"peer process has unexpectedly disconnected.*?Peer host:\s*(\S+)\s", re.S)
+_PEER_GONE = "Socket closed"
 _MISSING = re.compile(r"Missing ranks:\s*\n((?:\s*\d+: \[.*\]\s*\n?)+)")
 _RANK = re.compile(r"^\s*(\d+): \[", re.MULTILINE)
 
@@ -61,13 +70,18 @@ def signal_name(number: int) -> str:
 
 
 def cause_of_death(
-    output: str, first_exit: int | None = None, ranks: int | None = None
+    output: str,
+    first_exit: int | None = None,
+    hosts: list[str] | None = None,
+    final: bool = True,
 ) -> tuple[int, str] | None:
     """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
 
     ``first_exit`` is the rank whose engine was seen ending first (``ExitOrder``), where known,
-    and ``ranks`` the job's size. Hydra reports every rank's end once it has killed them all:
-    the rank is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL."""
+    and ``hosts`` each rank's host. Hydra reports every rank's end once it has killed them all:
+    the rank is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL.
+    Before the ``final`` read (mpiexec is still writing), a report that may yet be followed by
+    what explains it gives None."""
     match = _SIGNALLED.search(output)
     if match:
         return int(match.group(1)), _killed(int(match.group(2)), match.group(3))
@@ -76,42 +90,75 @@ def cause_of_death(
         return int(match.group(1)), f"exited with code {match.group(2)}"
     return (
         _abort_called(output)
-        or _aborted(output, first_exit, ranks)
-        or _hydra_statuses(output, first_exit, ranks)
+        or _aborted(output, first_exit, hosts, final)
+        or _hydra_statuses(output, first_exit, None if hosts is None else len(hosts))
     )
 
 
 def _abort_called(output: str) -> tuple[int, str] | None:
-    """The rank that called ``MPI_Abort``, and its error code (world ranks: Open MPI 4 gives
-    only the communicator's, which its line naming who ended the job corrects)."""
+    """The rank that called ``MPI_Abort``, and its error code. Open MPI 4 names the rank in
+    the communicator given; for another than MPI_COMM_WORLD, the rank whose abort ended the job
+    is taken instead."""
     match = _ABORT_CALLED.search(output)
     if match:
-        ended = _ABORTED.search(output)
-        rank = match.group(2) or (ended.group(1) if ended else match.group(1))
-        return int(rank), f"called MPI_Abort with error code {match.group(3)}"
+        rank = match.group(3)  # Open MPI 5's world rank
+        if rank is None and match.group(2).strip() != "MPI_COMM_WORLD":
+            ended = _ABORTED.search(output)
+            rank = ended.group(1) if ended and not _lost_peer(output) else None
+        return int(rank or match.group(1)), f"called MPI_Abort with error code {match.group(4)}"
     match = _HYDRA_ABORT_CALLED.search(output)
     if match:
         return int(match.group(2)), f"called MPI_Abort with error code {match.group(1)}"
     return None
 
 
-def _aborted(output: str, first_exit: int | None, ranks: int | None) -> tuple[int, str] | None:
-    """Open MPI's report of a rank aborted by MPI's error handler. When the error was a peer
-    that vanished (the transport between hosts sees it first), the dead rank is that peer: the
-    one seen ending first, or the other of two; else nothing is claimed."""
+def _lost_peer(output: str) -> bool:
+    return _LOST_PEER.search(output) is not None or f"An error occurred in {_PEER_GONE}" in output
+
+
+def _aborted(
+    output: str, first_exit: int | None, hosts: list[str] | None, final: bool
+) -> tuple[int, str] | None:
+    """Open MPI's report of a rank aborted by MPI's error handler. The rank seen ending first,
+    where known, is the dead one. Else, when the error was a peer that vanished (the transport
+    between hosts sees it first), it is that peer: the only other rank on the peer's host, or the
+    other of two; else nothing is claimed."""
     match = _ABORTED.search(output)
     if not match:
         return None
     rank = int(match.group(1))
-    if _LOST_PEER not in output:
-        error = _MPI_ERROR.search(output)
-        return rank, f"aborted by an MPI error in {error.group(1).strip()}" if error else "aborted"
-    others = [r for r in range(ranks or 0) if r != rank]
-    if first_exit is None and len(others) == 1:
-        first_exit = others[0]
-    if first_exit is None or first_exit == rank:
+    error = _MPI_ERROR.search(output)
+    if error is None and not final:
+        return None  # the rank's own banner, forwarded, may come after mpiexec's line
+    what = f"an MPI error in {error.group(1).strip()}" if error else "an MPI error"
+    lost = _lost_peer(output)
+    if first_exit is not None and first_exit != rank:
+        dead: int | None = first_exit
+    elif lost:
+        dead = _peer(output, rank, hosts)
+    else:
+        return rank, f"aborted on {what}"
+    if dead is None or dead == rank:
         return None
-    return first_exit, f"its engine process exited; rank {rank} lost its connection to it"
+    how = "lost its connection to it" if lost else f"then aborted on {what}"
+    return dead, f"its engine process exited; rank {rank} {how}"
+
+
+def _peer(output: str, rank: int, hosts: list[str] | None) -> int | None:
+    """The rank that ``rank`` lost: the only other one on the banner's peer host, or the other
+    of two; None if that does not tell."""
+    others = [r for r in range(len(hosts or ())) if r != rank]
+    lost = _LOST_PEER.search(output)
+    if hosts and lost:
+        there = [r for r in others if _short(hosts[r]) == _short(lost.group(1))]
+        if len(there) == 1:
+            return there[0]
+    return others[0] if len(others) == 1 else None
+
+
+def _short(host: str) -> str:
+    """``node-b.example.org`` → ``node-b``, as MPI and ``gethostname`` may each write it."""
+    return host.split(".")[0].lower()
 
 
 def _hydra_statuses(
