@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import time
 from typing import Any
 
@@ -29,7 +28,6 @@ from .gate import RunGate
 from .outcome import (
     STATUS_OF_STOP,
     RunResult,
-    Stop,
     exit_reason,
     first_failure,
     raise_for_result,
@@ -40,13 +38,13 @@ from .replicas import check_replicas_code
 from .script import Script
 from .starting import ensure_cluster
 from .state import RunState
+from .stopping import follow, stop_ranks
 from .transfer import collect_push, pull
 from .view import RunView, ViewFactory, no_view
 from .watch import RankWatch
 from .where import WhereWatch
 
 SETTLE = 0.25  # seconds the other ranks get to report after one fails, before the interrupt
-log = logging.getLogger(__name__)
 
 
 class DistributedRunner:
@@ -299,7 +297,7 @@ class DistributedRunner:
             )
             deadline = started + timeout if timeout else None
             try:
-                stop = await self._watch(watch, wake, deadline, stop_on_failure=True)
+                stop = await follow(watch, wake, deadline, True, lambda: self._stop_requested)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 stop = "interrupted"
             restarted, death = False, None
@@ -312,12 +310,14 @@ class DistributedRunner:
                 start_again = not (died and retry and not self._stop_requested)
                 if stop == "failed" and not died:  # the others may be failing too, just now
                     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Stop
-                        await self._watch(watch, wake, time.monotonic() + SETTLE, False)
-                restarted = await self._stop_ranks(watch, wake, died, start_again)
+                        await follow(watch, wake, time.monotonic() + SETTLE, False)
+                restarted = await stop_ranks(
+                    self.cluster, watch, wake, self.grace, died, start_again
+                )
                 if not died and watch.died:  # a rank's error came first (gloo: "reset by peer")
                     death = await read_cause_of_death(self.cluster, watch)
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
-                restarted = await self._stop_ranks(watch, wake)
+                restarted = await stop_ranks(self.cluster, watch, wake, self.grace)
             watch.drain()
             stop = settle_broadcasts(self.cluster, watch, restarted) or stop  # settle always
             backends.first_done = watch.first_done or time.monotonic()
@@ -334,67 +334,3 @@ class DistributedRunner:
             wake.close()
             self._wake = self._where = None
             state.ask_where = None
-
-    async def _watch(
-        self,
-        watch: RankWatch,
-        wake: Wakeup,
-        deadline: float | None,
-        stop_on_failure: bool,
-        interrupted: bool = False,
-    ) -> Stop | None:
-        """Collect outcomes until every rank is done (None), a rank fails, or the deadline."""
-        while True:
-            failed = watch.poll(interrupted)
-            if stop_on_failure and failed:
-                return "failed"
-            if watch.done:
-                return None
-            if stop_on_failure and self._stop_requested:
-                return "interrupted"
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return "timeout"
-            wait = watch.next_wake(now)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            await wake.wait(wait)
-
-    async def _end_torch_waits(self, watch: RankWatch, wake: Wakeup, after: float = 0.5) -> None:
-        """``after`` seconds after an interrupt, the ranks that stopped drop their process group:
-        that ends their peers' ``torch.distributed`` waits (gloo), which no interrupt ends."""
-        soon = time.monotonic() + after
-        await self._watch(watch, wake, soon, stop_on_failure=False, interrupted=True)
-        stopped = [r for r in range(len(self.cluster.engines)) if r not in watch.pending]
-        if watch.pending and stopped:
-            self.cluster.backends.abandon(self.cluster.view(stopped))
-
-    async def _stop_ranks(
-        self, watch: RankWatch, wake: Wakeup, restart: bool = False, start_again: bool = True
-    ) -> bool:
-        """Interrupt every running rank, then reset the backend; restart the cluster if the
-        ranks do not come back, or at once with ``restart`` (a rank died: MPI aborts the job;
-        without ``start_again`` it is only stopped). Returns True if the cluster was stopped."""
-        pending = watch.pending
-        responsive = not restart
-        if pending and responsive and self.cluster.running:
-            try:
-                self.cluster.interrupt(pending)
-                deadline = time.monotonic() + self.grace
-                if self.cluster.backends.name == "torch":
-                    await self._end_torch_waits(watch, wake)
-                await self._watch(watch, wake, deadline, stop_on_failure=False, interrupted=True)
-            except (KeyboardInterrupt, asyncio.CancelledError):  # a second interrupt: stop waiting
-                pass
-            except Exception:
-                log.debug("interrupting the ranks failed", exc_info=True)
-                responsive = False
-        watch.kill_pending()
-        stopped = all(o.status != "killed" for o in watch.outcomes.values())
-        if responsive and stopped and self.cluster.reset_ranks():
-            return False
-        layout = self.cluster.layout
-        self.cluster.stop()
-        if layout is not None and start_again:
-            self.cluster.start(layout)
-        return True

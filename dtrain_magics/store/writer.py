@@ -29,6 +29,7 @@ class StateWriter:
         self.delay = delay
         self._pending: dict[Path, Any] = {}
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one flush at a time, so a later one lands last
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -42,15 +43,18 @@ class StateWriter:
         self._wake.set()
 
     def flush(self) -> None:
-        """Write everything pending now, in the caller's thread."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for path, data in pending.items():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                write_json_atomic(path, data)
-            except OSError:
-                log.debug("could not write the cluster state file %s", path, exc_info=True)
+        """Write everything pending now, in the caller's thread (after a flush under way in
+        another: both write through one temporary file, and the older content must not land
+        last)."""
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for path, data in pending.items():
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    write_json_atomic(path, data)
+                except OSError:
+                    log.debug("could not write the cluster state file %s", path, exc_info=True)
 
     def _run(self) -> None:
         while True:
