@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
+ENGINE_EXITED = "its engine process exited"  # the cause when nothing tells more
 
 # a number is taken only once what follows it is written: the file is read as it grows
 _SIGNALLED = re.compile(
@@ -138,10 +139,10 @@ def _aborted(
         dead = _peer(output, rank, hosts)
     else:
         return rank, f"aborted on {what}"
-    if dead is None or dead == rank:
+    if dead is None:
         return None
     how = "lost its connection to it" if lost else f"then aborted on {what}"
-    return dead, f"its engine process exited; rank {rank} {how}"
+    return dead, f"{ENGINE_EXITED}; rank {rank} {how}"
 
 
 def _peer(output: str, rank: int, hosts: list[str] | None) -> int | None:
@@ -172,7 +173,7 @@ def _hydra_statuses(
         return None
     statuses = [int(s) for codes in _HOST_STATUSES.findall(blocks[-1]) for s in codes.split(",")]
     if ranks is not None and len(statuses) != ranks:
-        return None if first_exit is None else (first_exit, "its engine process exited")
+        return None if first_exit is None else (first_exit, ENGINE_EXITED)
     if first_exit is not None and first_exit < len(statuses):
         return first_exit, _ended(statuses[first_exit])
     # Hydra kills the other ranks with SIGKILL: a rank that ended otherwise is the one

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 
-from ..cluster.mpiexec_output import cause_of_death
+from ..cluster.mpiexec_output import ENGINE_EXITED, cause_of_death
 from ..cluster.training_cluster import TrainingCluster
 from .watch import RankWatch
 
@@ -31,9 +31,10 @@ async def read_cause_of_death(
     """
     deadline = time.monotonic() + wait
     exited = False
+    hosts = [e.host for e in cluster.engines]
     while True:
         final = time.monotonic() >= deadline
-        death = _read(cluster, watch, final)
+        death = _read(cluster, watch, hosts, final)
         if death is not None or final:
             return death or _ended_first(cluster)
         watch.poll(interrupted=True)
@@ -42,7 +43,7 @@ async def read_cause_of_death(
                 exited, deadline = True, min(deadline, time.monotonic() + settle)
             await asyncio.sleep(every)  # mpiexec is writing its report right now
         except (KeyboardInterrupt, asyncio.CancelledError):  # Stop: the ranks' stop goes on
-            return _read(cluster, watch, True) or _ended_first(cluster)
+            return _read(cluster, watch, hosts, True) or _ended_first(cluster)
 
 
 def _first_exit(cluster: TrainingCluster) -> int | None:
@@ -53,13 +54,15 @@ def _first_exit(cluster: TrainingCluster) -> int | None:
 def _ended_first(cluster: TrainingCluster) -> tuple[int, str] | None:
     """``(rank, cause)`` for the rank seen ending first, when mpiexec did not say."""
     first = _first_exit(cluster)
-    return None if first is None else (first, "its engine process exited")
+    return None if first is None else (first, ENGINE_EXITED)
 
 
-def _read(cluster: TrainingCluster, watch: RankWatch, final: bool) -> tuple[int, str] | None:
-    """The dead rank and its cause in what mpiexec has written so far, if it says; ``final``
-    once it has written all it will."""
-    first, hosts = _first_exit(cluster), [e.host for e in cluster.engines]
+def _read(
+    cluster: TrainingCluster, watch: RankWatch, hosts: list[str], final: bool
+) -> tuple[int, str] | None:
+    """The dead rank and its cause in what mpiexec has written so far, if it says (``hosts``:
+    each rank's); ``final`` once it has written all it will."""
+    first = _first_exit(cluster)
     try:
         death = None
         if watch.mpiexec is not None:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..cluster.mpiexec_output import ENGINE_EXITED
 from ..errors import RankError, RunInterrupted, RunTimeoutError
 from ..store.schema import RankStatus, RunStatus
 
@@ -100,7 +101,7 @@ def outcome_of(rank: int, ar: Any, interrupted: bool) -> RankOutcome:
         return RankOutcome(rank, "ok")
     except RemoteError as e:
         if e.ename == "EngineError":  # the engine process went away while running the cell
-            return RankOutcome(rank, "died", "its engine process exited")
+            return RankOutcome(rank, "died", ENGINE_EXITED)
         error = _error_line(e)
         if interrupted:  # stopped by us, however it ended
             return RankOutcome(rank, "interrupted", error)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..cluster.mpiexec_output import OutputFollower, stalled_ranks
+from ..cluster.mpiexec_output import ENGINE_EXITED, OutputFollower, stalled_ranks
 from ..cluster.ranks import RankBackends
 from ..config.options import format_ranks
 from ..store.schema import RankOutput
@@ -92,7 +92,7 @@ class RankWatch:
             # noticed only when their heartbeats stop
             for r in self.pending:
                 self._pump(r)
-                self._set(RankOutcome(r, "died", "its engine process exited"))
+                self._set(RankOutcome(r, "died", ENGINE_EXITED))
             failed = True
         now = time.monotonic()
         if self.where is not None and self.pending:
