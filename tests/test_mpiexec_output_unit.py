@@ -14,7 +14,7 @@ import pytest
 from dtrain_magics.cluster.exit_order import ExitOrder
 from dtrain_magics.cluster.mpiexec_output import cause_of_death
 from dtrain_magics.cluster.ranks import RankEngine
-from dtrain_magics.run.death import read_cause_of_death
+from dtrain_magics.run.death import DeathReader
 
 PRTERUN_EXIT = """\
 --------------------------------------------------------------------------
@@ -109,6 +109,19 @@ srun: error: vm-1: task 0: Exited with exit code 7
 [proxy:0@vm] main (/mpich-5.0.2/src/pm/hydra/proxy/pmip.c:123): demux engine error waiting for event
 [mpiexec@vm] Exit codes: [vm-2] 9
 YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+"""
+# rank 1 (on Slurm node vm-2) was killed by SIGKILL: Hydra's banner as it ends the job
+HYDRA_BAD_END = """\
+2026-12-07 18:57:51.498 [KernelNanny.1] Notifying Hub that our parent has shut down
+
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 6178 RUNNING AT vm-2
+=   EXIT CODE: 9
+=   CLEANING UP REMAINING PROCESSES
+=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES
+===================================================================================
+srun: error: vm-1: task 0: Exited with exit code 7
 """
 
 
@@ -259,6 +272,7 @@ class _NotYet:
 
     mpiexec = None
     exit_order = None
+    hydra = False
 
     def mpiexec_output(self) -> str:
         return ""
@@ -278,7 +292,7 @@ def test_stop_while_mpi_has_not_reported_ends_the_wait_not_the_stop() -> None:
     not_yet: Any = _NotYet()
 
     async def interrupted() -> tuple[int, str] | None:
-        task = asyncio.ensure_future(read_cause_of_death(not_yet, not_yet, wait=30))
+        task = asyncio.ensure_future(DeathReader(not_yet, not_yet).read(wait=30))
         await asyncio.sleep(0.3)
         task.cancel()
         return await task
@@ -286,3 +300,52 @@ def test_stop_while_mpi_has_not_reported_ends_the_wait_not_the_stop() -> None:
     started = time.monotonic()
     assert asyncio.run(interrupted()) is None
     assert time.monotonic() - started < 2
+
+
+def test_hydras_banner_names_the_only_rank_on_the_host_it_names() -> None:
+    two_nodes = ["vm-1.cluster", "vm-2.cluster"]
+    assert cause_of_death(HYDRA_BAD_END, hosts=two_nodes) == (1, "killed by SIGKILL")
+    segv = HYDRA_BAD_END.replace("EXIT CODE: 9", "EXIT CODE: 139")  # 11, with a core dump
+    assert cause_of_death(segv, hosts=two_nodes) == (1, "killed by SIGSEGV")
+    assert cause_of_death(HYDRA_BAD_END, first_exit=1, hosts=two_nodes) == (1, "killed by SIGKILL")
+    # the first of a host's processes that was killed may be one Hydra killed itself
+    assert cause_of_death(HYDRA_BAD_END, hosts=["vm-2", "vm-2"]) is None
+    assert cause_of_death(HYDRA_BAD_END, first_exit=0, hosts=two_nodes) is None
+    assert cause_of_death(HYDRA_BAD_END.split("EXIT CODE: 9")[0] + "EXIT CODE: 1") is None
+
+
+class _Stopped(_NotYet):
+    """A job on two nodes whose mpiexec (Hydra) wrote nothing until it was stopped."""
+
+    hydra = True
+    engines = (RankEngine(0, 0, 10, "vm-1"), RankEngine(1, 1, 11, "vm-2"))
+
+    def __init__(self, text: str) -> None:
+        self.mpiexec: Any = _Held(text)
+
+
+class _Held:
+    """An output follower whose file holds ``text`` (given after ``write``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self._later = "", text
+
+    def new_text(self) -> str:
+        return ""
+
+    def write(self) -> None:
+        self.text = self._later
+
+
+def test_under_hydra_the_wait_is_short_and_the_stopped_jobs_report_is_read() -> None:
+    """Hydra ends no job for a rank that exits with a code: its statuses come when the job is
+    stopped, from the output held open (the cluster's own output is the next job's by then)."""
+    stopped: Any = _Stopped("[mpiexec@vm] Exit codes: [vm-1] 0\n[vm-2] 768\n")
+    reader = DeathReader(stopped, stopped)
+    started = time.monotonic()
+    assert asyncio.run(reader.read()) is None
+    assert 2.5 < time.monotonic() - started < 5  # HYDRA_WAIT, not the 15 s of Open MPI's
+    stopped.mpiexec.write()
+    assert reader.after_stop(None) == (1, "exited with code 3")
+    assert reader.after_stop((1, "its engine process exited")) == (1, "exited with code 3")
+    assert reader.after_stop((0, "killed by SIGKILL")) == (0, "killed by SIGKILL")  # exact

@@ -3,12 +3,15 @@
 it, ``doctor`` passes, and in a real kernel of that environment ``%%distributed`` runs Horovod
 and gloo collectives under Hydra's ``mpiexec``, names a rank killed by a signal and one that
 exits (Hydra kills every rank, then reports them alike: the engine seen ending first is the one
-named), and runs the next cell on the restarted cluster; the same under the ``slurm``
-launcher, its ranks on two Slurm nodes. Controller, engines and MPI's transport
-listen on loopback only; Hydra's ``mpiexec``, like Open MPI's (FAULTS.md), keeps its control
-port on every interface."""
+named), and a rank's ``MPI_Abort``, and runs the next cell on the restarted cluster; under the
+``slurm`` launcher, its ranks on two Slurm nodes, a rank killed by a signal (named from Hydra's
+banner) and one that exits with a code (Hydra does not end the job: the cell does, soon).
+Controller, engines and MPI's transport listen on loopback only; Hydra's ``mpiexec``, like
+Open MPI's (FAULTS.md), keeps its control port on every interface."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from venvs import Venv, VenvKernel, assert_cpu_build_and_doctor, mpi_environment_fixtures
@@ -55,6 +58,16 @@ def test_cells_run_under_hydra_and_a_dead_rank_is_named(kernel: VenvKernel) -> N
         assert f"rank 1 died ({cause})" in reply.evalue, reply.text
         assert "the cluster was restarted" in reply.evalue, reply.text
         kernel.assert_allreduce("--backend horovod")
+    # Hydra may end the job before it passes on the rank's "application called MPI_Abort": then
+    # every engine exits at once, and the error names them all rather than guess
+    reply = kernel.run(
+        "%%distributed --no-widget\nfrom mpi4py import MPI\nimport time\nif rank == 1:\n"
+        "    MPI.COMM_WORLD.Abort(5)\ntime.sleep(5)",
+        300,
+    )
+    named = reply.evalue.startswith("rank 1 died (called MPI_Abort with error code 5)")
+    assert named or "died with it; MPI did not say which failed first" in reply.evalue, reply.text
+    kernel.assert_allreduce("--backend horovod")
 
 
 def test_the_slurm_launcher_runs_hydra_across_nodes(kernel: VenvKernel, slurm_up: None) -> None:
@@ -66,8 +79,19 @@ def test_the_slurm_launcher_runs_hydra_across_nodes(kernel: VenvKernel, slurm_up
         300,
     )
     assert reply.status == "error", reply.text
-    # Hydra's line for rank 0's host may be missing (its proxy fails): the engine seen
-    # ending first is named, never rank 0 as the statuses' first
-    assert "rank 1 died (" in reply.evalue, reply.text
+    # Hydra's banner names the host (Slurm's node name) of the rank it ended the job for
+    assert "rank 1 died (killed by SIGKILL)" in reply.evalue, reply.text
+    kernel.assert_allreduce("--launcher slurm --nodes 2")
+    # Hydra ends no job for a rank that exits with a code: the cell stops it after a short wait
+    started = time.monotonic()
+    reply = kernel.run(
+        "%%distributed --no-widget --launcher slurm --nodes 2\n"
+        "import os, torch\nfor i in range(1_000_000):\n    hvd.allreduce(torch.ones(1))\n"
+        "    if rank == 1 and i == 50:\n        os._exit(3)",
+        300,
+    )
+    took = time.monotonic() - started
+    assert reply.evalue.startswith("rank 1 died ("), reply.text
+    assert took < 15, took  # it was 19-26 s: 15 s waiting for a report Hydra never writes
     kernel.assert_allreduce("--launcher slurm --nodes 2")
     assert kernel.run("%dtrain stop").status == "ok"

@@ -7,7 +7,7 @@ import pytest
 
 from dtrain_magics.cluster import TrainingCluster
 from dtrain_magics.config.options import RunOptions
-from dtrain_magics.errors import BadOptions
+from dtrain_magics.errors import BadOptions, RankError
 from dtrain_magics.run.outcome import RankOutcome, RunResult, raise_for_result, retryable
 from dtrain_magics.run.runner import DistributedRunner
 from dtrain_magics.run.state import RunState
@@ -96,3 +96,15 @@ def test_step_times_start_again_with_each_attempt() -> None:
             state.add_telemetry(rank, {"timing": ["log", step, 114.0 + step * 0.5, 0.0]})
     splits = [r.split for r in state.ranks]
     assert all(s is not None and abs(s.step - 0.5) < 1e-9 for s in splits), splits
+
+
+def test_ranks_that_died_together_unexplained_are_all_named() -> None:
+    """MPICH across hosts: an MPI_Abort ends every rank at once, and its report may be lost."""
+    died = [RankOutcome(r, "died", "its engine process exited") for r in range(3)]
+    result = RunResult("failed", died, 1.0, failing_rank=0, restarted=True)
+    with pytest.raises(RankError) as info:
+        raise_for_result(result, None)
+    assert str(info.value).startswith(
+        "rank 0 died (its engine process exited). Ranks 1, 2 died with it; MPI did not say "
+        "which failed first. mpiexec ends the whole job"
+    ), str(info.value)

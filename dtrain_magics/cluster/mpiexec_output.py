@@ -2,11 +2,12 @@
 
 When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``mpiexec``
 (``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and
-how. MPICH's (Hydra) kills every rank first, then prints (with ``-print-all-exitcodes``) every
-rank's wait status as the job ends. Both print a rank's call of ``MPI_Abort``. Between hosts,
-Open MPI may name a rank that aborted because its peer vanished, not the peer. ipyparallel only
-knows that the engine went away. ``cause_of_death`` turns those reports into ``(rank, "killed by
-SIGKILL")``.
+how. MPICH's (Hydra) ends the job only for a rank killed by a signal, naming its host, and
+prints (with ``-print-all-exitcodes``) every rank's wait status as the job ends: a rank that
+exits with a code is reported only then. Both print a rank's call of ``MPI_Abort``. Between
+hosts, Open MPI may name a rank that aborted because its peer vanished, not the peer.
+ipyparallel only knows that the engine went away. ``cause_of_death`` turns those reports into
+``(rank, "killed by SIGKILL")``.
 
 Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
 default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
@@ -41,6 +42,11 @@ _EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)\s")
 # "[mpiexec@vm] Exit codes: [vm] 0,768,0\n[node-b] 0,0\n"
 _HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*\n)+)")
 _HOST_STATUSES = re.compile(r"\] ([\d,]+)")
+# Hydra, as it ends the job for a process killed by a signal (its wait status, 9 for SIGKILL)
+_HYDRA_BAD_END = re.compile(
+    r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES[ \t]*\n=[ \t]*PID \d+ RUNNING AT "
+    r"(\S+)[ \t]*\n=[ \t]*EXIT CODE: (\d+)[ \t]*\n"
+)
 # the program called MPI_Abort: Open MPI (5 adds "Proc: [[job,1],WORLD_RANK]"), then MPICH;
 # a communicator without a name is "MPI COMM 3 SPLIT FROM 0"
 _ABORT_CALLED = re.compile(
@@ -79,8 +85,10 @@ def cause_of_death(
     """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
 
     ``first_exit`` is the rank whose engine was seen ending first (``ExitOrder``), where known,
-    and ``hosts`` each rank's host. Hydra reports every rank's end once it has killed them all:
-    the rank is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL.
+    and ``hosts`` each rank's host. Hydra's report of a process killed by a signal names its
+    host, and the first of a host's processes it then killed: the rank is the one on that host.
+    Its statuses at the end of the job name every rank: the dead one is ``first_exit``, else the
+    one that ended otherwise than by Hydra's SIGKILL.
     Before the ``final`` read (mpiexec is still writing), a report that may yet be followed by
     what explains it gives None."""
     match = _SIGNALLED.search(output)
@@ -92,6 +100,7 @@ def cause_of_death(
     return (
         _abort_called(output)
         or _aborted(output, first_exit, hosts, final)
+        or _hydra_bad_end(output, first_exit, hosts)
         or _hydra_statuses(output, first_exit, None if hosts is None else len(hosts))
     )
 
@@ -160,6 +169,21 @@ def _peer(output: str, rank: int, hosts: list[str] | None) -> int | None:
 def _short(host: str) -> str:
     """``node-b.example.org`` → ``node-b``, as MPI and ``gethostname`` may each write it."""
     return host.split(".")[0].lower()
+
+
+def _hydra_bad_end(
+    output: str, first_exit: int | None, hosts: list[str] | None
+) -> tuple[int, str] | None:
+    """The rank in Hydra's banner for a process killed by a signal: the only rank on the host it
+    names, and only if no other rank was seen ending first (the banner shows the first process
+    in the host's list that was killed, which may be one Hydra killed itself)."""
+    match = _HYDRA_BAD_END.search(output)
+    if match is None or hosts is None:
+        return None
+    there = [r for r, host in enumerate(hosts) if _short(host) == _short(match.group(1))]
+    if len(there) != 1 or first_exit not in (None, there[0]):
+        return None
+    return there[0], _ended(int(match.group(2)))
 
 
 def _hydra_statuses(

@@ -29,6 +29,11 @@ class RankEngine:
     engine_id: int
     pid: int
     host: str
+    node: str = ""  # the host as MPI's report names it: Slurm's node name, else ``host``
+
+    @property
+    def mpi_host(self) -> str:
+        return self.node or self.host
 
 
 def _describe_rank() -> dict[str, Any]:
@@ -38,7 +43,9 @@ def _describe_rank() -> dict[str, Any]:
 
     from dtrain_magics.rank.world import place
 
-    return {"rank": place().rank, "pid": os.getpid(), "host": socket.gethostname()}
+    host = socket.gethostname()
+    node = os.environ.get("SLURMD_NODENAME", host)
+    return {"rank": place().rank, "pid": os.getpid(), "host": host, "node": node}
 
 
 def describe(client: Any) -> list[RankEngine]:
@@ -47,7 +54,7 @@ def describe(client: Any) -> list[RankEngine]:
     described = client[ids].apply_sync(_describe_rank)
     engines = sorted(
         (
-            RankEngine(d["rank"], eid, d["pid"], d["host"])
+            RankEngine(d["rank"], eid, d["pid"], d["host"], d["node"])
             for eid, d in zip(ids, described, strict=True)
         ),
         key=lambda e: e.rank,

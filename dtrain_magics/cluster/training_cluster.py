@@ -16,13 +16,14 @@ from typing import Any
 import psutil
 
 from ..errors import ClusterStartError, RankError
+from ..install.mpi_flavours import is_hydra
 from ..store import diagnostics, kernel_state
 from ..store.kernel_state import Activity
 from ..store.schema import ClusterRecord, ClusterStatus
 from . import controller, engine, mpiexec_output, security, watchdog
 from .exit_order import ExitOrder
 from .launchers import LaunchSpec, Layout, get_launcher
-from .launchers.base import check_horovod_build
+from .launchers.base import check_horovod_build, find_supported_mpi
 from .listeners import StateListeners
 from .processes import kill_trees, trees
 from .ranks import BackendKey, RankBackends, RankEngine, describe, local_pids, signal_engines
@@ -67,6 +68,7 @@ class TrainingCluster:
         self._client: Any = None
         self._pids: set[int] = set()
         self.exit_order: ExitOrder | None = None  # which engine here ended first
+        self.hydra = False  # its mpiexec is MPICH's, which reports a rank's exit code at the end
         self._connected = False  # to a cluster we did not start (a launcher owning no processes)
         # set from another thread to give up a start in progress (the notebook was interrupted)
         self.abort_start = threading.Event()
@@ -203,6 +205,7 @@ class TrainingCluster:
         kwargs["config"].LocalControllerLauncher.controller_cmd = controller.command()
         kwargs["config"].EngineLauncher.engine_cmd = engine.command()
         self.layout = layout
+        self.hydra = is_hydra(find_supported_mpi())
         self._cluster = ipp.Cluster(
             profile=self.profile,
             # this kernel's diagnostics log, not the cell: ipyparallel prints the engines' whole

@@ -11,64 +11,85 @@ from ..cluster.training_cluster import TrainingCluster
 from .watch import RankWatch
 
 log = logging.getLogger(__name__)
+Death = tuple[int, str]
+
+REPORT_WAIT = 15.0
+"""Seconds to wait for the report of a rank's death: Open MPI writes it as it aborts the job,
+which takes several on a loaded machine."""
+HYDRA_WAIT = 3.0
+"""The same under MPICH's Hydra, which writes its report at once when a rank is killed by a
+signal, and none until the job ends when one exits with a code: the stop then ends it."""
 
 
-async def read_cause_of_death(
-    cluster: TrainingCluster,
-    watch: RankWatch,
-    wait: float = 15.0,
-    every: float = 0.1,
-    settle: float = 1.0,
-) -> tuple[int, str] | None:
-    """``(rank, cause)`` from ``mpiexec``'s report of the rank that died, if it makes one.
+class DeathReader:
+    """Reads ``mpiexec``'s report of the rank that died in ``cluster``'s job, from the
+    ``watch``'s held-open output (readable after the job was stopped), else the cluster's."""
 
-    mpiexec writes the report as it aborts the job, then exits (a batch job leaves the queue):
-    wait for either, at most ``wait`` seconds (a loaded machine can take several), taking the
-    ranks' last output meanwhile, then read for ``settle`` seconds more (a batch job's file may
-    reach a shared file system late). Read from the watch's held-open files, else from the
-    cluster's engine sets. Without a report, the rank whose engine was seen ending first, where
-    known. An interrupt (Stop) ends the wait, not the caller's stopping of the ranks.
-    """
-    deadline = time.monotonic() + wait
-    exited = False
-    hosts = [e.host for e in cluster.engines]
-    while True:
-        final = time.monotonic() >= deadline
-        death = _read(cluster, watch, hosts, final)
-        if death is not None or final:
-            return death or _ended_first(cluster)
-        watch.poll(interrupted=True)
+    def __init__(self, cluster: TrainingCluster, watch: RankWatch) -> None:
+        self._cluster = cluster
+        self._watch = watch
+        self._hosts = [e.mpi_host for e in cluster.engines]  # this job's, kept over a restart
+        self._order = cluster.exit_order
+        self._hydra = cluster.hydra
+
+    async def read(
+        self, wait: float | None = None, every: float = 0.1, settle: float = 1.0
+    ) -> Death | None:
+        """``(rank, cause)`` from the report, if ``mpiexec`` makes one.
+
+        ``mpiexec`` writes it as it aborts the job, then exits (a batch job leaves the queue):
+        wait for either, at most ``wait`` seconds (by default ``REPORT_WAIT``, ``HYDRA_WAIT``
+        under Hydra), taking the ranks' last output meanwhile, then read for ``settle`` seconds
+        more (a batch job's file may reach a shared file system late). Without a report, the
+        rank whose engine was seen ending first, where known. An interrupt (Stop) ends the wait,
+        not the caller's stopping of the ranks.
+        """
+        if wait is None:
+            wait = HYDRA_WAIT if self._hydra else REPORT_WAIT
+        deadline = time.monotonic() + wait
+        exited = False
+        while True:
+            final = time.monotonic() >= deadline
+            death = self._read(final)
+            if death is not None or final:
+                return death or self._ended_first()
+            self._watch.poll(interrupted=True)
+            try:
+                if not exited and await asyncio.to_thread(self._cluster.engines_exited, True):
+                    exited, deadline = True, min(deadline, time.monotonic() + settle)
+                await asyncio.sleep(every)  # mpiexec is writing its report right now
+            except (KeyboardInterrupt, asyncio.CancelledError):  # Stop: the ranks' stop goes on
+                return self._read(True) or self._ended_first()
+
+    def after_stop(self, death: Death | None) -> Death | None:
+        """``death`` made exact from what ``mpiexec`` wrote as the job was stopped (Hydra's
+        statuses at its exit), when it named no cause: one read of the held-open output."""
+        if death is not None and death[1] != ENGINE_EXITED:
+            return death
+        return self._read(True, stopped=True) or death or self._ended_first()
+
+    def _first_exit(self) -> int | None:
+        """The rank whose engine process was seen ending first (one-host clusters), else None."""
+        return self._order.first if self._order is not None else None
+
+    def _ended_first(self) -> Death | None:
+        """``(rank, cause)`` for the rank seen ending first, when mpiexec did not say."""
+        first = self._first_exit()
+        return None if first is None else (first, ENGINE_EXITED)
+
+    def _read(self, final: bool, stopped: bool = False) -> Death | None:
+        """The dead rank and its cause in what mpiexec has written so far, if it says;
+        ``final`` once it has written all it will. Once the job was ``stopped``, the cluster's
+        own output is another job's."""
+        first = self._first_exit()
         try:
-            if not exited and await asyncio.to_thread(cluster.engines_exited, True):
-                exited, deadline = True, min(deadline, time.monotonic() + settle)
-            await asyncio.sleep(every)  # mpiexec is writing its report right now
-        except (KeyboardInterrupt, asyncio.CancelledError):  # Stop: the ranks' stop goes on
-            return _read(cluster, watch, hosts, True) or _ended_first(cluster)
-
-
-def _first_exit(cluster: TrainingCluster) -> int | None:
-    """The rank whose engine process was seen ending first (one-host clusters), else None."""
-    return cluster.exit_order.first if cluster.exit_order is not None else None
-
-
-def _ended_first(cluster: TrainingCluster) -> tuple[int, str] | None:
-    """``(rank, cause)`` for the rank seen ending first, when mpiexec did not say."""
-    first = _first_exit(cluster)
-    return None if first is None else (first, ENGINE_EXITED)
-
-
-def _read(
-    cluster: TrainingCluster, watch: RankWatch, hosts: list[str], final: bool
-) -> tuple[int, str] | None:
-    """The dead rank and its cause in what mpiexec has written so far, if it says (``hosts``:
-    each rank's); ``final`` once it has written all it will."""
-    first = _first_exit(cluster)
-    try:
-        death = None
-        if watch.mpiexec is not None:
-            watch.mpiexec.new_text()
-            death = cause_of_death(watch.mpiexec.text, first, hosts, final)
-        return death or cause_of_death(cluster.mpiexec_output(), first, hosts, final)
-    except OSError:
-        log.debug("could not read mpiexec's output", exc_info=True)
-        return None
+            death = None
+            if self._watch.mpiexec is not None:
+                self._watch.mpiexec.new_text()
+                death = cause_of_death(self._watch.mpiexec.text, first, self._hosts, final)
+            if death is not None or stopped:
+                return death
+            return cause_of_death(self._cluster.mpiexec_output(), first, self._hosts, final)
+        except OSError:
+            log.debug("could not read mpiexec's output", exc_info=True)
+            return None

@@ -162,6 +162,10 @@ def exit_reason(result: RunResult, timeout: float | None) -> str:
     return f"rank {failing.rank} {failing.phrase()}"
 
 
+def _listed(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks))
+
+
 def raise_for_result(result: RunResult, timeout: float | None) -> None:
     """Turn a result that is not a success into the error the notebook shows."""
     if result.status == "succeeded":
@@ -192,7 +196,11 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
     if len(others) == 1:
         stopped = f" Rank {others[0]} was interrupted."
     elif others:
-        stopped = f" Ranks {', '.join(map(str, others))} were interrupted."
+        stopped = f" Ranks {_listed(others)} were interrupted."
+    together = [o.rank for o in result.ranks if o.status == "died" and o.rank != failing.rank]
+    if failing.status == "died" and together:  # no report said which ended the job
+        which = f"Rank {together[0]}" if len(together) == 1 else f"Ranks {_listed(together)}"
+        stopped += f" {which} died with it; MPI did not say which failed first."
     raise RankError(
         f"rank {failing.rank} {failing.phrase().rstrip('.')}.{stopped}{restart_note}",
         failing.rank,

@@ -23,7 +23,7 @@ from ..store.records import RunStore, new_run_id
 from .aio import Wakeup, run_sync
 from .broadcasts import settle_broadcasts
 from .cell_syntax import check_cell_syntax
-from .death import read_cause_of_death
+from .death import DeathReader
 from .gate import RunGate
 from .outcome import (
     STATUS_OF_STOP,
@@ -304,9 +304,9 @@ class DistributedRunner:
             if stop is not None:
                 state.set_status("stopping", f"{stop}: interrupting every rank")
                 view.refresh(force=True)
-                died = bool(watch.died)
+                died, reader = bool(watch.died), DeathReader(self.cluster, watch)
                 if died:
-                    death = await read_cause_of_death(self.cluster, watch)
+                    death = await reader.read()
                 start_again = not (died and retry and not self._stop_requested)
                 if stop == "failed" and not died:  # the others may be failing too, just now
                     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Stop
@@ -314,8 +314,10 @@ class DistributedRunner:
                 restarted = await stop_ranks(
                     self.cluster, watch, wake, self.grace, died, start_again
                 )
-                if not died and watch.died:  # a rank's error came first (gloo: "reset by peer")
-                    death = await read_cause_of_death(self.cluster, watch)
+                if restarted and watch.died:  # Hydra's statuses come as its job is stopped
+                    death = reader.after_stop(death)
+                elif watch.died:  # a rank's error came first (gloo: "reset by peer")
+                    death = await reader.read()
             if stop is None and watch.stuck:  # a collective's wait was ended, and caught
                 restarted = await stop_ranks(self.cluster, watch, wake, self.grace)
             watch.drain()

@@ -135,11 +135,13 @@ class RankWatch:
         self.view.refresh(force=True)
 
     def blame(self, rank: int, cause: str) -> None:
-        """``rank`` died of ``cause``; the ranks that ended with it were stopped by MPI."""
+        """``rank`` died of ``cause``; the ranks that ended with it were stopped by MPI. When
+        the cause is only that its engine exited (no report said which rank ended the job), the
+        others whose engines exited stay dead: the error names them with it."""
         for r, o in list(self.outcomes.items()):
             if r == rank:
                 self._set(RankOutcome(r, "died", cause))
-            elif o.status in ("died", "killed"):
+            elif o.status == "killed" or (o.status == "died" and cause != ENGINE_EXITED):
                 self._set(RankOutcome(r, "interrupted", f"stopped when rank {rank} died"))
 
     def _any_failed(self) -> bool:
