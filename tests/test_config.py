@@ -334,6 +334,45 @@ def test_profile_launcher_connects_and_never_stops_a_foreign_cluster(magics: Any
 
 
 @pytest.mark.cluster
+def test_a_rank_dying_in_a_foreign_cluster_disconnects_at_once(magics: Any) -> None:
+    """Its mpiexec is not ours to read or restart: the cell waited 15 s for a report, then 120 s
+    to connect to the engines MPI had ended, then failed to start (170 s in all)."""
+    import ipyparallel as ipp
+
+    from dtrain_magics.cluster.launchers import LaunchSpec, Layout, get_launcher
+    from dtrain_magics.errors import RankError
+
+    kwargs = get_launcher("local").cluster_kwargs(LaunchSpec(), Layout(2, 1))
+    foreign = ipp.Cluster(
+        profile="dtrain-foreign", controller_args=["--HeartMonitor.period=500"], **kwargs
+    )
+    foreign.start_cluster_sync()
+    line = f"--launcher profile --profile dtrain-foreign --cluster-id {foreign.cluster_id}"
+    try:
+        magics.distributed(f"{line} --no-widget", "x = rank")
+        started = time.monotonic()
+        with pytest.raises(RankError) as info:
+            magics.distributed(
+                f"{line} --no-widget",
+                "import os, torch\nfor i in range(1_000_000):\n    hvd.allreduce(torch.ones(1))\n"
+                "    if rank == 1 and i == 50:\n        os._exit(3)",
+            )
+        took = time.monotonic() - started
+        said = str(info.value)
+        # MPI's report is not ours to read: which of the ranks it ended came first is unknown
+        assert said.startswith("rank 1 died (") or "Rank 1 died with it" in said, said
+        assert said.endswith(
+            "the cluster was started elsewhere, the notebook disconnected from it: start it "
+            "again (ipcluster start), then run the cell."
+        ), said
+        assert took < 30, took
+        assert not magics.cluster.running
+        assert foreign.controller is not None and foreign.controller.running  # never stopped
+    finally:
+        foreign.stop_cluster_sync()
+
+
+@pytest.mark.cluster
 def test_a_profile_cluster_whose_engines_are_not_one_mpi_job_is_refused(magics: Any) -> None:
     import ipyparallel as ipp
 

@@ -265,6 +265,11 @@ def test_hydras_exit_codes_without_a_host_name_only_the_rank_seen_ending_first()
         "its engine process exited",
     )
     assert cause_of_death(HYDRA_HOST_MISSING, hosts=ONE_HOST) is None  # not rank 0, as it was
+    # the line of rank 1's own host, one status for its one rank: that is rank 1's
+    two_nodes = [("vm-1", "vm"), ("vm-2", "vm")]
+    assert cause_of_death(HYDRA_HOST_MISSING, 1, two_nodes) == (1, "killed by SIGKILL")
+    assert cause_of_death(HYDRA_HOST_MISSING, 0, two_nodes) == (0, "its engine process exited")
+    assert cause_of_death(HYDRA_HOST_MISSING, hosts=two_nodes) is None
 
 
 class _NotYet:
@@ -273,6 +278,7 @@ class _NotYet:
     mpiexec = None
     exit_order = None
     hydra = False
+    owns_processes = True
 
     def mpiexec_output(self) -> str:
         return ""
@@ -312,16 +318,38 @@ def test_hydras_banner_names_the_only_rank_on_the_host_it_names() -> None:
     assert cause_of_death(HYDRA_BAD_END, hosts=["vm-2", "vm-2"]) is None
     assert cause_of_death(HYDRA_BAD_END, first_exit=0, hosts=two_nodes) is None
     assert cause_of_death(HYDRA_BAD_END.split("EXIT CODE: 9")[0] + "EXIT CODE: 1") is None
+    assert cause_of_death(HYDRA_BAD_END, hosts=two_nodes, final=False) is None  # more may come
+    # the banner's process may be one Hydra killed: the statuses, where written, say more
+    banner_first = HYDRA_BAD_END.replace("vm-2", "vm-1")
+    statuses = "[mpiexec@vm] Exit codes: [vm-1] 9\n[vm-2] 1280\n"
+    assert cause_of_death(banner_first + statuses, hosts=two_nodes) == (1, "exited with code 5")
+    # a host's line missing from the statuses (its proxy failed): the banner still tells
+    missing = HYDRA_BAD_END + "[mpiexec@vm] Exit codes: [vm-2] 9\n"
+    assert cause_of_death(missing, 1, two_nodes, final=False) == (1, "killed by SIGKILL")
+    # Slurm's node name and the host's own both match MPI's word for the host
+    aliases = [("vm-1", "vm"), ("vm-2", "vm")]
+    assert cause_of_death(HYDRA_BAD_END, hosts=aliases) == (1, "killed by SIGKILL")
+    assert cause_of_death(HYDRA_BAD_END, hosts=[("vm-1", "a"), ("vm-1", "vm-2")]) == (
+        1,
+        "killed by SIGKILL",
+    )
 
 
 class _Stopped(_NotYet):
-    """A job on two nodes whose mpiexec (Hydra) wrote nothing until it was stopped."""
+    """A job on two nodes whose mpiexec (Hydra) wrote nothing until it was stopped; rank 1 was
+    seen dead before the stop. The cluster's own output is by then the next job's."""
 
     hydra = True
     engines = (RankEngine(0, 0, 10, "vm-1"), RankEngine(1, 1, 11, "vm-2"))
 
     def __init__(self, text: str) -> None:
         self.mpiexec: Any = _Held(text)
+        self.died = [1]
+
+    next_job = ""  # the cluster's output once it was stopped and started again
+
+    def mpiexec_output(self) -> str:
+        return self.next_job
 
 
 class _Held:
@@ -339,13 +367,17 @@ class _Held:
 
 def test_under_hydra_the_wait_is_short_and_the_stopped_jobs_report_is_read() -> None:
     """Hydra ends no job for a rank that exits with a code: its statuses come when the job is
-    stopped, from the output held open (the cluster's own output is the next job's by then)."""
-    stopped: Any = _Stopped("[mpiexec@vm] Exit codes: [vm-1] 0\n[vm-2] 768\n")
+    stopped, from the output held open; what the stop itself ended is not taken."""
+    stopped: Any = _Stopped("[mpiexec@vm] Exit codes: [vm-1] 15\n[vm-2] 768\n")
     reader = DeathReader(stopped, stopped)
     started = time.monotonic()
     assert asyncio.run(reader.read()) is None
-    assert 2.5 < time.monotonic() - started < 5  # HYDRA_WAIT, not the 15 s of Open MPI's
+    assert 2.5 < time.monotonic() - started < 10  # HYDRA_WAIT, not the 15 s of Open MPI's
     stopped.mpiexec.write()
+    stopped.next_job = "[mpiexec@vm] Exit codes: [vm-1] 1280\n[vm-2] 0\n"  # not this job's
+    # rank 0 ended by the stop's SIGTERM (15), rank 1 by its own exit(3), seen before the stop
     assert reader.after_stop(None) == (1, "exited with code 3")
     assert reader.after_stop((1, "its engine process exited")) == (1, "exited with code 3")
     assert reader.after_stop((0, "killed by SIGKILL")) == (0, "killed by SIGKILL")  # exact
+    stopped.died = [0, 1]  # which ended first is not known: the statuses do not tell it
+    assert reader.after_stop((1, "its engine process exited")) == (1, "its engine process exited")

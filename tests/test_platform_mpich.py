@@ -1,13 +1,14 @@
 """A cluster's MPICH (Cray's and many clusters' MPI is MPICH-based), here PyPI's ``mpich``
-5.0.2 in an environment of its own with no other MPI: ``install-horovod`` builds Horovod for
-it, ``doctor`` passes, and in a real kernel of that environment ``%%distributed`` runs Horovod
-and gloo collectives under Hydra's ``mpiexec``, names a rank killed by a signal and one that
-exits (Hydra kills every rank, then reports them alike: the engine seen ending first is the one
+5.0.2 in an environment of its own with no other MPI: ``install-horovod`` builds Horovod for it,
+``doctor`` passes, and in a real kernel of that environment ``%%distributed`` runs Horovod and gloo
+collectives under Hydra's ``mpiexec``, names a rank killed by a signal and one that exits (on one
+host Hydra kills every rank, then reports them alike: the engine seen ending first is the one
 named), and a rank's ``MPI_Abort``, and runs the next cell on the restarted cluster; under the
 ``slurm`` launcher, its ranks on two Slurm nodes, a rank killed by a signal (named from Hydra's
 banner) and one that exits with a code (Hydra does not end the job: the cell does, soon).
-Controller, engines and MPI's transport listen on loopback only; Hydra's ``mpiexec``, like
-Open MPI's (FAULTS.md), keeps its control port on every interface."""
+Controller, engines and MPI's transport listen on loopback only; Hydra's ``mpiexec``, like Open
+MPI's (FAULTS.md), keeps its control port on every interface.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_cells_run_under_hydra_and_a_dead_rank_is_named(kernel: VenvKernel) -> N
         300,
     )
     assert reply.status == "ok" and reply.text.count("SUM 2.0") == 2, reply.text
-    # Hydra kills every rank and reports them alike: the engine seen ending first is named
+    # on one host Hydra kills every rank and reports them alike: the engine seen ending first
     for backend, how, cause in [
         ("horovod", "os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
         ("horovod", "os._exit(3)", "exited with code 3"),

@@ -3,12 +3,20 @@ keeps, and the lines the views show."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dtrain_magics.cluster import TrainingCluster
 from dtrain_magics.config.options import RunOptions
 from dtrain_magics.errors import BadOptions, RankError
-from dtrain_magics.run.outcome import RankOutcome, RunResult, raise_for_result, retryable
+from dtrain_magics.run.outcome import (
+    RankOutcome,
+    RunResult,
+    exit_reason,
+    raise_for_result,
+    retryable,
+)
 from dtrain_magics.run.runner import DistributedRunner
 from dtrain_magics.run.state import RunState
 from dtrain_magics.ui.headline import headline, restart_lines, restarts_html
@@ -108,3 +116,18 @@ def test_ranks_that_died_together_unexplained_are_all_named() -> None:
         "rank 0 died (its engine process exited). Ranks 1, 2 died with it; MPI did not say "
         "which failed first. mpiexec ends the whole job"
     ), str(info.value)
+    reason = "rank 0 died (its engine process exited); ranks 1, 2 died with it"
+    assert exit_reason(result, None) == reason  # the run record's line
+
+
+def test_blame_keeps_the_ranks_dead_when_no_report_said_which_ended_the_job() -> None:
+    from dtrain_magics.run.watch import RankWatch
+
+    state = RunState("run", 3, {})
+    watch: Any = RankWatch({0: None, 1: None, 2: None}, state, None, None)  # type: ignore[arg-type]
+    for rank, status in [(0, "died"), (1, "died"), (2, "killed")]:
+        watch.outcomes[rank] = RankOutcome(rank, status, "its engine process exited")  # type: ignore[arg-type]
+    watch.blame(1, "its engine process exited")
+    assert [o.status for o in watch.outcomes.values()] == ["died", "died", "interrupted"]
+    watch.blame(1, "killed by SIGKILL")  # a report: the others ended with it
+    assert [o.status for o in watch.outcomes.values()] == ["interrupted", "died", "interrupted"]

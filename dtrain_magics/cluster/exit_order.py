@@ -1,8 +1,8 @@
 """Which engine process of a one-host cluster exited first, seen as it happens.
 
-MPICH's ``mpiexec`` (Hydra) kills every rank as soon as one dies, then reports each one's end
-(``-print-all-exitcodes``), not which came first: a rank killed by SIGKILL looks like the
-others Hydra killed. The one that died is the one whose process ended first: one thread waits
+MPICH's ``mpiexec`` (Hydra) kills every rank when one on this host dies, then reports each
+one's end (``-print-all-exitcodes``), not which came first: a rank killed by SIGKILL looks like
+the others Hydra killed. The one that died is the one whose process ended first: one thread waits
 on a pidfd per engine, which costs nothing while they run.
 """
 

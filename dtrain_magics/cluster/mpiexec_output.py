@@ -1,13 +1,13 @@
 """What ``mpiexec`` prints that ipyparallel does not capture: why a rank died, which rank stalls.
 
 When a rank is killed by a signal or exits with a non-zero status, Open MPI's ``mpiexec``
-(``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and
-how. MPICH's (Hydra) ends the job only for a rank killed by a signal, naming its host, and
-prints (with ``-print-all-exitcodes``) every rank's wait status as the job ends: a rank that
-exits with a code is reported only then. Both print a rank's call of ``MPI_Abort``. Between
-hosts, Open MPI may name a rank that aborted because its peer vanished, not the peer.
-ipyparallel only knows that the engine went away. ``cause_of_death`` turns those reports into
-``(rank, "killed by SIGKILL")``.
+(``prterun`` from 5, ``orterun`` before) aborts the whole job and prints which rank ended and how.
+MPICH's (Hydra) ends the job for a rank killed by a signal, naming its host, or one that calls
+``MPI_Abort``, and prints (with ``-print-all-exitcodes``) every rank's wait status as the job ends:
+a rank that exits with a code does not end it, and is reported only then. Both print a rank's call
+of ``MPI_Abort``. Between hosts, Open MPI may name a rank that aborted because its peer vanished,
+not the peer. ipyparallel only knows that the engine went away. ``cause_of_death`` turns those
+reports into ``(rank, "killed by SIGKILL")``.
 
 Horovod's stall inspector (on rank 0, after ``HOROVOD_STALL_CHECK_TIME_SECONDS``, 60 s by
 default) prints from C++ to the process's stderr, which ``mpiexec`` writes to its output file::
@@ -25,7 +25,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ _EXITED = re.compile(r"Process name:\s*\[\S*?,(\d+)\]\s*Exit code:\s*(\d+)\s")
 # Hydra with -print-all-exitcodes, a line per host, ranks in order:
 # "[mpiexec@vm] Exit codes: [vm] 0,768,0\n[node-b] 0,0\n"
 _HYDRA_STATUSES = re.compile(r"Exit codes: ((?:\[[^\]\s]+\] [\d,]+[ \t]*\n)+)")
-_HOST_STATUSES = re.compile(r"\] ([\d,]+)")
+_HOST_LINE = re.compile(r"\[([^\]\s]+)\] ([\d,]+)")
 # Hydra, as it ends the job for a process killed by a signal (its wait status, 9 for SIGKILL)
 _HYDRA_BAD_END = re.compile(
     r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES[ \t]*\n=[ \t]*PID \d+ RUNNING AT "
@@ -76,19 +76,23 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+Hosts = Sequence[str | tuple[str, ...]]
+"""Each rank's host, by one name or several (as Slurm names its node, and the host's own)."""
+
+
 def cause_of_death(
     output: str,
     first_exit: int | None = None,
-    hosts: list[str] | None = None,
+    hosts: Hosts | None = None,
     final: bool = True,
 ) -> tuple[int, str] | None:
     """``(rank, cause)`` from ``mpiexec``'s output, or None if it reports no dead rank.
 
     ``first_exit`` is the rank whose engine was seen ending first (``ExitOrder``), where known,
-    and ``hosts`` each rank's host. Hydra's report of a process killed by a signal names its
-    host, and the first of a host's processes it then killed: the rank is the one on that host.
-    Its statuses at the end of the job name every rank: the dead one is ``first_exit``, else the
-    one that ended otherwise than by Hydra's SIGKILL.
+    and ``hosts`` each rank's host. Hydra's statuses at the end of the job name every rank: the
+    dead one is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL. Its
+    banner for a process killed by a signal names the host, and the first of the host's
+    processes it then killed: taken on the ``final`` read, where that host runs one rank.
     Before the ``final`` read (mpiexec is still writing), a report that may yet be followed by
     what explains it gives None."""
     match = _SIGNALLED.search(output)
@@ -97,12 +101,15 @@ def cause_of_death(
     match = _EXITED.search(output)
     if match:
         return int(match.group(1)), f"exited with code {match.group(2)}"
-    return (
-        _abort_called(output)
-        or _aborted(output, first_exit, hosts, final)
-        or _hydra_bad_end(output, first_exit, hosts)
-        or _hydra_statuses(output, first_exit, None if hosts is None else len(hosts))
-    )
+    found = _abort_called(output) or _aborted(output, first_exit, hosts, final)
+    if found is not None:
+        return found
+    statuses = _hydra_statuses(output, first_exit, hosts)
+    if statuses is not None and statuses[1] != ENGINE_EXITED:
+        return statuses
+    # the banner comes before the statuses, Hydra's last words: with them, it is all there is
+    banner = _hydra_bad_end(output, first_exit, hosts) if final or statuses else None
+    return banner or statuses
 
 
 def _abort_called(output: str) -> tuple[int, str] | None:
@@ -127,7 +134,7 @@ def _lost_peer(output: str) -> bool:
 
 
 def _aborted(
-    output: str, first_exit: int | None, hosts: list[str] | None, final: bool
+    output: str, first_exit: int | None, hosts: Hosts | None, final: bool
 ) -> tuple[int, str] | None:
     """Open MPI's report of a rank aborted by MPI's error handler. The rank seen ending first,
     where known, is the dead one. Else, when the error was a peer that vanished (the transport
@@ -154,13 +161,13 @@ def _aborted(
     return dead, f"{ENGINE_EXITED}; rank {rank} {how}"
 
 
-def _peer(output: str, rank: int, hosts: list[str] | None) -> int | None:
+def _peer(output: str, rank: int, hosts: Hosts | None) -> int | None:
     """The rank that ``rank`` lost: the only other one on the banner's peer host, or the other
     of two; None if that does not tell."""
     others = [r for r in range(len(hosts or ())) if r != rank]
     lost = _LOST_PEER.search(output)
     if hosts and lost:
-        there = [r for r in others if _short(hosts[r]) == _short(lost.group(1))]
+        there = [r for r in _ranks_on(hosts, lost.group(1)) if r != rank]
         if len(there) == 1:
             return there[0]
     return others[0] if len(others) == 1 else None
@@ -171,8 +178,14 @@ def _short(host: str) -> str:
     return host.split(".")[0].lower()
 
 
+def _ranks_on(hosts: Hosts, name: str) -> list[int]:
+    """The ranks whose host goes by ``name`` (by any of its names)."""
+    names = [(h,) if isinstance(h, str) else h for h in hosts]
+    return [r for r, known in enumerate(names) if _short(name) in {_short(n) for n in known}]
+
+
 def _hydra_bad_end(
-    output: str, first_exit: int | None, hosts: list[str] | None
+    output: str, first_exit: int | None, hosts: Hosts | None
 ) -> tuple[int, str] | None:
     """The rank in Hydra's banner for a process killed by a signal: the only rank on the host it
     names, and only if no other rank was seen ending first (the banner shows the first process
@@ -180,27 +193,36 @@ def _hydra_bad_end(
     match = _HYDRA_BAD_END.search(output)
     if match is None or hosts is None:
         return None
-    there = [r for r, host in enumerate(hosts) if _short(host) == _short(match.group(1))]
+    there = _ranks_on(hosts, match.group(1))
     if len(there) != 1 or first_exit not in (None, there[0]):
         return None
     return there[0], _ended(int(match.group(2)))
 
 
 def _hydra_statuses(
-    output: str, first_exit: int | None, ranks: int | None
+    output: str, first_exit: int | None, hosts: Hosts | None
 ) -> tuple[int, str] | None:
     """The dead rank in Hydra's ``Exit codes:`` lines (wait statuses, a line per host, in rank
-    order). A host whose proxy failed has no line, and the ranks after it cannot be placed:
-    then only ``first_exit`` is named."""
+    order). A host whose proxy failed has no line, and the ranks after it cannot be placed by
+    position: then only ``first_exit`` is named, with its status if its host's line has one
+    status per rank there."""
     blocks = _HYDRA_STATUSES.findall(output)
     if not blocks:
         return None
-    statuses = [int(s) for codes in _HOST_STATUSES.findall(blocks[-1]) for s in codes.split(",")]
-    if ranks is not None and len(statuses) != ranks:
-        return None if first_exit is None else (first_exit, ENGINE_EXITED)
+    lines = _HOST_LINE.findall(blocks[-1])
+    statuses = [int(s) for _, codes in lines for s in codes.split(",")]
+    if hosts is not None and len(statuses) != len(hosts):
+        if first_exit is None:
+            return None
+        for host, codes in lines:
+            there, ended = _ranks_on(hosts, host), codes.split(",")
+            if first_exit in there and len(there) == len(ended):
+                return first_exit, _ended(int(ended[there.index(first_exit)]))
+        return first_exit, ENGINE_EXITED
     if first_exit is not None and first_exit < len(statuses):
         return first_exit, _ended(statuses[first_exit])
-    # Hydra kills the other ranks with SIGKILL: a rank that ended otherwise is the one
+    # Hydra kills the other ranks with SIGKILL: a rank that ended otherwise is the one (read
+    # after our own stop, another may have ended by it: the reader then gives first_exit)
     own = [r for r, s in enumerate(statuses) if s and not _sigkill(s)]
     killed = [r for r, s in enumerate(statuses) if _sigkill(s)]
     if own:

@@ -29,11 +29,7 @@ class RankEngine:
     engine_id: int
     pid: int
     host: str
-    node: str = ""  # the host as MPI's report names it: Slurm's node name, else ``host``
-
-    @property
-    def mpi_host(self) -> str:
-        return self.node or self.host
+    node: str = ""  # Slurm's name for the host (MPI's reports use it there), else ``host``
 
 
 def _describe_rank() -> dict[str, Any]:
@@ -54,7 +50,7 @@ def describe(client: Any) -> list[RankEngine]:
     described = client[ids].apply_sync(_describe_rank)
     engines = sorted(
         (
-            RankEngine(d["rank"], eid, d["pid"], d["host"], d["node"])
+            RankEngine(d["rank"], eid, d["pid"], d["host"], d.get("node", ""))
             for eid, d in zip(ids, described, strict=True)
         ),
         key=lambda e: e.rank,

@@ -195,17 +195,18 @@ class TrainingCluster:
             raise RuntimeError("the cluster is already started; stop it first.")
         self.backends.forget()
         launcher = get_launcher(self.launcher)
+        self.hydra = False
         if not launcher.owns_processes:
             self._connect(report)
             self.publish_state()
             return
         import ipyparallel as ipp
 
+        hydra = is_hydra(find_supported_mpi())
         kwargs = launcher.cluster_kwargs(self.spec, layout)
         kwargs["config"].LocalControllerLauncher.controller_cmd = controller.command()
         kwargs["config"].EngineLauncher.engine_cmd = engine.command()
-        self.layout = layout
-        self.hydra = is_hydra(find_supported_mpi())
+        self.layout, self.hydra = layout, hydra
         self._cluster = ipp.Cluster(
             profile=self.profile,
             # this kernel's diagnostics log, not the cell: ipyparallel prints the engines' whole

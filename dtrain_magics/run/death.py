@@ -1,4 +1,5 @@
-"""Which rank died, and how: read from mpiexec's report while MPI aborts the job."""
+"""Which rank died, and how: read from mpiexec's report while MPI aborts the job, and once
+more after the runner stopped it (MPICH's Hydra reports a rank's exit code only then)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class DeathReader:
     def __init__(self, cluster: TrainingCluster, watch: RankWatch) -> None:
         self._cluster = cluster
         self._watch = watch
-        self._hosts = [e.mpi_host for e in cluster.engines]  # this job's, kept over a restart
+        self._hosts = [(e.node, e.host) for e in cluster.engines]  # this job's, kept over a restart
         self._order = cluster.exit_order
         self._hydra = cluster.hydra
 
@@ -44,6 +45,8 @@ class DeathReader:
         rank whose engine was seen ending first, where known. An interrupt (Stop) ends the wait,
         not the caller's stopping of the ranks.
         """
+        if not self._cluster.owns_processes:  # its mpiexec is not ours to read
+            return self._ended_first()
         if wait is None:
             wait = HYDRA_WAIT if self._hydra else REPORT_WAIT
         deadline = time.monotonic() + wait
@@ -63,10 +66,13 @@ class DeathReader:
 
     def after_stop(self, death: Death | None) -> Death | None:
         """``death`` made exact from what ``mpiexec`` wrote as the job was stopped (Hydra's
-        statuses at its exit), when it named no cause: one read of the held-open output."""
-        if death is not None and death[1] != ENGINE_EXITED:
-            return death
-        return self._read(True, stopped=True) or death or self._ended_first()
+        statuses at its exit), when it named no cause: one read of the held-open output, for
+        the one rank seen dead before the stop (the stop ended the others)."""
+        dead = self._watch.died
+        if (death is not None and death[1] != ENGINE_EXITED) or len(dead) != 1:
+            return death or self._ended_first()
+        read = self._read(True, stopped=True, first=dead[0])
+        return read if read is not None and read[0] == dead[0] else death or self._ended_first()
 
     def _first_exit(self) -> int | None:
         """The rank whose engine process was seen ending first (one-host clusters), else None."""
@@ -77,11 +83,11 @@ class DeathReader:
         first = self._first_exit()
         return None if first is None else (first, ENGINE_EXITED)
 
-    def _read(self, final: bool, stopped: bool = False) -> Death | None:
+    def _read(self, final: bool, stopped: bool = False, first: int | None = None) -> Death | None:
         """The dead rank and its cause in what mpiexec has written so far, if it says;
-        ``final`` once it has written all it will. Once the job was ``stopped``, the cluster's
-        own output is another job's."""
-        first = self._first_exit()
+        ``final`` once it has written all it will; ``first`` the rank that ended first, where
+        known. Once the job was ``stopped``, the cluster's own output is another job's."""
+        first = self._first_exit() if first is None else first
         try:
             death = None
             if self._watch.mpiexec is not None:

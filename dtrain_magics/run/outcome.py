@@ -60,6 +60,7 @@ class RunResult:
     failing_rank: int | None = None
     restarted: bool = False
     restarts: int = 0  # attempts before this one that a dead rank ended (--max-restarts)
+    started_elsewhere: bool = False  # the cluster is not ours: stopping it only disconnects
     pulled: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -159,11 +160,21 @@ def exit_reason(result: RunResult, timeout: float | None) -> str:
     assert failing is not None
     if failing.status == "error" and not failing.phrased:
         return f"rank {failing.rank} failed: {failing.error}"
-    return f"rank {failing.rank} {failing.phrase()}"
+    together = _died_with(result, failing)
+    return f"rank {failing.rank} {failing.phrase()}{f'; {together.lower()}' if together else ''}"
 
 
 def _listed(ranks: list[int]) -> str:
     return ", ".join(map(str, ranks))
+
+
+def _died_with(result: RunResult, failing: RankOutcome) -> str:
+    """``Rank 0 died with it``, when no report said which of the dead ranks ended the job."""
+    together = [o.rank for o in result.ranks if o.status == "died" and o.rank != failing.rank]
+    if failing.status != "died" or not together:
+        return ""
+    which = f"Rank {together[0]}" if len(together) == 1 else f"Ranks {_listed(together)}"
+    return f"{which} died with it"
 
 
 def raise_for_result(result: RunResult, timeout: float | None) -> None:
@@ -172,11 +183,18 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
         return
     failing = result.failing
     restart_note = ""
-    if result.restarted:
+    died = failing is not None and failing.status == "died"
+    if result.restarted and result.started_elsewhere:
+        why = "mpiexec ends the whole job when one rank dies" if died else "the ranks did not stop"
+        restart_note = (
+            f" As {why}, and the cluster was started elsewhere, the notebook disconnected from "
+            "it: start it again (ipcluster start), then run the cell."
+        )
+    elif result.restarted:
         restart_note = (
             " mpiexec ends the whole job when one rank dies, so the cluster was restarted; "
             "rank namespaces were reset."
-            if failing is not None and failing.status == "died"
+            if died
             else " The ranks did not stop, so the cluster was restarted; rank namespaces were "
             "reset."
         )
@@ -197,10 +215,9 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
         stopped = f" Rank {others[0]} was interrupted."
     elif others:
         stopped = f" Ranks {_listed(others)} were interrupted."
-    together = [o.rank for o in result.ranks if o.status == "died" and o.rank != failing.rank]
-    if failing.status == "died" and together:  # no report said which ended the job
-        which = f"Rank {together[0]}" if len(together) == 1 else f"Ranks {_listed(together)}"
-        stopped += f" {which} died with it; MPI did not say which failed first."
+    together = _died_with(result, failing)
+    if together:
+        stopped += f" {together}; MPI did not say which failed first."
     raise RankError(
         f"rank {failing.rank} {failing.phrase().rstrip('.')}.{stopped}{restart_note}",
         failing.rank,

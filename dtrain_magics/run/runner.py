@@ -179,7 +179,8 @@ class DistributedRunner:
                 await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
                 result = await attempt()
             result.restarts = len(state.attempts)
-            if result.restarted and not self.cluster.running:  # stopped for a retry not made
+            owned = self.cluster.owns_processes
+            if result.restarted and not self.cluster.running and owned:  # for a retry not made
                 await ensure_cluster(self.cluster, options.layout, spec, starting, run_view.refresh)
             if script is not None:
                 self.cluster.backends.resume_next = True  # it may have shut Horovod down
@@ -304,7 +305,8 @@ class DistributedRunner:
             if stop is not None:
                 state.set_status("stopping", f"{stop}: interrupting every rank")
                 view.refresh(force=True)
-                died, reader = bool(watch.died), DeathReader(self.cluster, watch)
+                died = bool(watch.died)
+                reader = DeathReader(self.cluster, watch)
                 if died:
                     death = await reader.read()
                 start_again = not (died and retry and not self._stop_requested)
@@ -330,6 +332,7 @@ class DistributedRunner:
                 STATUS_OF_STOP[stop], outcomes, time.monotonic() - started, restarted=restarted
             )
             result.failing_rank = death[0] if death is not None else first_failure(outcomes)
+            result.started_elsewhere = not self.cluster.owns_processes
             return result
         finally:
             mpiexec.close()

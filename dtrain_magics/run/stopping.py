@@ -69,8 +69,8 @@ async def stop_ranks(
 ) -> bool:
     """Interrupt every running rank and give them ``grace`` seconds, then reset the backend;
     restart the cluster if the ranks do not come back, or at once with ``restart`` (a rank
-    died: MPI aborts the job; without ``start_again`` it is only stopped). Returns True if the
-    cluster was stopped."""
+    died: MPI aborts the job; without ``start_again``, or if it was started elsewhere, it is only
+    stopped). Returns True if the cluster was stopped."""
     pending = watch.pending
     responsive = not restart
     if pending and responsive and cluster.running:
@@ -90,7 +90,7 @@ async def stop_ranks(
     if responsive and stopped and cluster.reset_ranks():
         return False
     layout = cluster.layout
-    cluster.stop()
-    if layout is not None and start_again:
+    cluster.stop()  # a cluster started elsewhere: only disconnected, not to be waited for again
+    if layout is not None and start_again and cluster.owns_processes:
         cluster.start(layout)
     return True
