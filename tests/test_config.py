@@ -362,8 +362,8 @@ def test_a_rank_dying_in_a_foreign_cluster_disconnects_at_once(magics: Any) -> N
         # MPI's report is not ours to read: which of the ranks it ended came first is unknown
         assert said.startswith("rank 1 died (") or "Rank 1 died with it" in said, said
         assert said.endswith(
-            "the cluster was started elsewhere, the notebook disconnected from it: start it "
-            "again (ipcluster start), then run the cell."
+            "the cluster was started elsewhere, the notebook disconnected from it: restart it "
+            "(ipcluster stop, then ipcluster start), then run the cell."
         ), said
         assert took < 30, took
         assert not magics.cluster.running

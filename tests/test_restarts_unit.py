@@ -131,3 +131,18 @@ def test_blame_keeps_the_ranks_dead_when_no_report_said_which_ended_the_job() ->
     assert [o.status for o in watch.outcomes.values()] == ["died", "died", "interrupted"]
     watch.blame(1, "killed by SIGKILL")  # a report: the others ended with it
     assert [o.status for o in watch.outcomes.values()] == ["interrupted", "died", "interrupted"]
+
+
+def test_a_cluster_started_elsewhere_is_said_to_be_disconnected_not_restarted() -> None:
+    result = _result("failed", "died")
+    result.restarted, result.started_elsewhere = True, True
+    with pytest.raises(RankError) as info:
+        raise_for_result(result, None)
+    assert str(info.value) == (
+        "rank 1 died (killed by SIGKILL). Rank 0 was interrupted. As mpiexec ends the whole job "
+        "when one rank dies, and the cluster was started elsewhere, the notebook disconnected "
+        "from it: restart it (ipcluster stop, then ipcluster start), then run the cell."
+    )
+    result.started_elsewhere = False
+    with pytest.raises(RankError, match="so the cluster was restarted; rank namespaces"):
+        raise_for_result(result, None)

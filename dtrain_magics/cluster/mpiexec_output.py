@@ -92,7 +92,8 @@ def cause_of_death(
     and ``hosts`` each rank's host. Hydra's statuses at the end of the job name every rank: the
     dead one is ``first_exit``, else the one that ended otherwise than by Hydra's SIGKILL. Its
     banner for a process killed by a signal names the host, and the first of the host's
-    processes it then killed: taken on the ``final`` read, where that host runs one rank.
+    processes it then killed: taken where the statuses do not tell, once they or the ``final``
+    read are there, where that host runs one rank.
     Before the ``final`` read (mpiexec is still writing), a report that may yet be followed by
     what explains it gives None."""
     match = _SIGNALLED.search(output)
@@ -108,7 +109,8 @@ def cause_of_death(
     if statuses is not None and statuses[1] != ENGINE_EXITED:
         return statuses
     # the banner comes before the statuses, Hydra's last words: with them, it is all there is
-    banner = _hydra_bad_end(output, first_exit, hosts) if final or statuses else None
+    written = final or _HYDRA_STATUSES.search(output) is not None
+    banner = _hydra_bad_end(output, first_exit, hosts) if written else None
     return banner or statuses
 
 

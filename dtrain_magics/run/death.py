@@ -43,9 +43,12 @@ class DeathReader:
         under Hydra), taking the ranks' last output meanwhile, then read for ``settle`` seconds
         more (a batch job's file may reach a shared file system late). Without a report, the
         rank whose engine was seen ending first, where known. An interrupt (Stop) ends the wait,
-        not the caller's stopping of the ranks.
+        not the caller's stopping of the ranks. A cluster started elsewhere has no report to
+        read: the ranks' ends are taken for half a second.
         """
         if not self._cluster.owns_processes:  # its mpiexec is not ours to read
+            await asyncio.sleep(every * 5)  # the hub's word of the other engines MPI ended
+            self._watch.poll(interrupted=True)
             return self._ended_first()
         if wait is None:
             wait = HYDRA_WAIT if self._hydra else REPORT_WAIT
@@ -68,7 +71,7 @@ class DeathReader:
         """``death`` made exact from what ``mpiexec`` wrote as the job was stopped (Hydra's
         statuses at its exit), when it named no cause: one read of the held-open output, for
         the one rank seen dead before the stop (the stop ended the others)."""
-        dead = self._watch.died
+        dead = self._watch.died  # with several, statuses at the end do not tell which was first
         if (death is not None and death[1] != ENGINE_EXITED) or len(dead) != 1:
             return death or self._ended_first()
         read = self._read(True, stopped=True, first=dead[0])

@@ -188,7 +188,7 @@ def raise_for_result(result: RunResult, timeout: float | None) -> None:
         why = "mpiexec ends the whole job when one rank dies" if died else "the ranks did not stop"
         restart_note = (
             f" As {why}, and the cluster was started elsewhere, the notebook disconnected from "
-            "it: start it again (ipcluster start), then run the cell."
+            "it: restart it (ipcluster stop, then ipcluster start), then run the cell."
         )
     elif result.restarted:
         restart_note = (
