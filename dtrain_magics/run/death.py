@@ -20,6 +20,9 @@ which takes several on a loaded machine."""
 HYDRA_WAIT = 3.0
 """The same under MPICH's Hydra, which writes its report at once when a rank is killed by a
 signal, and none until the job ends when one exits with a code: the stop then ends it."""
+FOREIGN_SETTLE = 0.5
+"""Seconds a cluster started elsewhere gets for the hub's word of the other engines MPI ended
+(there is no report of ours to read)."""
 
 
 class DeathReader:
@@ -44,10 +47,10 @@ class DeathReader:
         more (a batch job's file may reach a shared file system late). Without a report, the
         rank whose engine was seen ending first, where known. An interrupt (Stop) ends the wait,
         not the caller's stopping of the ranks. A cluster started elsewhere has no report to
-        read: the ranks' ends are taken for half a second.
+        read: the ranks' ends are taken for ``FOREIGN_SETTLE`` seconds.
         """
         if not self._cluster.owns_processes:  # its mpiexec is not ours to read
-            await asyncio.sleep(every * 5)  # the hub's word of the other engines MPI ended
+            await asyncio.sleep(FOREIGN_SETTLE)
             self._watch.poll(interrupted=True)
             return self._ended_first()
         if wait is None:
