@@ -176,3 +176,29 @@ def test_when_the_restarts_run_out_the_cell_fails_naming_the_death(ip: Any, clus
     # the cluster is up again for the next cell
     ip.run_cell_magic("distributed", "--nodes 2 --no-widget", "ok = rank + 1")
     assert rank_values(cluster, "ok") == [1, 2]
+
+
+def test_a_value_of_the_attempt_that_died_is_not_shown(
+    ip: Any, cluster: Any, tmp_path: Path
+) -> None:
+    """Rank 0 ended the first attempt with a value before rank 1 died; the second attempt's
+    rank 0 fails: the run shows rank 1's value of the second attempt only."""
+    ip.user_ns["DIED"] = str(tmp_path / "died-once")
+    code = (
+        "import os, time, torch\n"
+        "first = not os.path.exists(DIED)\n"
+        "hvd.allreduce(torch.ones(1))\n"
+        "if rank == 1 and first:\n"
+        "    time.sleep(1)\n"
+        "    open(DIED, 'w').close()\n"
+        "    os._exit(3)\n"
+        "if rank == 0 and not first:\n"
+        "    raise ValueError('second attempt')\n"
+        "f'rank {rank} first={first}'\n"
+    )
+    with pytest.raises(RankError) as info:
+        ip.run_cell_magic("distributed", "--nodes 2 --no-widget --max-restarts 1 --push DIED", code)
+    assert str(info.value).startswith("rank 0 failed with ValueError: second attempt")
+    record = dtrain_magics.last_run()
+    assert record is not None and len(record.attempts) == 2
+    assert record.values == [{"ranks": [1], "text": "'rank 1 first=False'"}], record.values

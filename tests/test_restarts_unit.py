@@ -19,6 +19,7 @@ from dtrain_magics.run.outcome import (
 )
 from dtrain_magics.run.runner import DistributedRunner
 from dtrain_magics.run.state import RunState
+from dtrain_magics.store.schema import RankOutput
 from dtrain_magics.ui.headline import headline, restart_lines, restarts_html
 from dtrain_magics.ui.record_html import record_html, record_text
 
@@ -42,8 +43,18 @@ def test_only_a_dead_rank_is_retried_while_restarts_are_left() -> None:
 def test_every_attempt_is_kept_and_shown() -> None:
     state = RunState("run", 2, {"max_restarts": 2, "backend": "horovod"})
     state.set_status("running")
+    state.ranks[0].n, state.ranks[0].total, state.ranks[0].rate = 6, 6, 90.0
+    value: RankOutput = {
+        "output_type": "execute_result",
+        "data": {"text/plain": "6"},
+        "metadata": {},
+    }
+    state.set_outputs(0, [value])
+    assert state.values() == [{"ranks": [0], "text": "6"}]
     state.restart("rank 1 died (killed by SIGKILL)", 1)
     assert state.status == "starting cluster"
+    assert (state.ranks[0].n, state.ranks[0].total, state.ranks[0].rate) == (0, None, 0.0)
+    assert state.values() == []  # the dead attempt's value: its namespace is gone
     assert [r.status for r in state.ranks] == ["running", "running"]
     assert "attempt 2 of 3" in headline(state)
     (line,) = restart_lines(state)

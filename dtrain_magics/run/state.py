@@ -106,10 +106,13 @@ class RunState:
 
     def restart(self, cause: str, failing_rank: int | None) -> None:
         """The attempt running now ended with ``cause`` and the cell runs again on a restarted
-        cluster: every rank runs anew; metrics, output and progress carry on."""
+        cluster: every rank runs anew, so its progress and its cell's value start again;
+        metrics and output carry on."""
         self._end_attempt("failed", cause, failing_rank)
         for r in self.ranks:  # step times start again: a new process counts from its start
             r.status, r.error, r.times, r.split = "running", "", StepTimes(), None
+            r.n, r.total, r.rate = 0, None, 0.0
+        self.outputs = {}  # values of the attempt that died: the namespaces that held them are gone
         self.straggler = None
         self.set_status("starting cluster", f"restart {len(self.attempts)}: {cause}")
 
