@@ -24,6 +24,7 @@ from dtrain_magics.cluster.launchers.slurm import (
     SlurmOptions,
     slurm_batch_template,
 )
+from dtrain_magics.cluster.launchers.slurm_engines import sbatch_reason
 from dtrain_magics.cluster.slurm_jobs import query_state
 from dtrain_magics.errors import ClusterStartError
 
@@ -64,6 +65,26 @@ def test_no_sbatch_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, tmp_pa
     message = str(info.value)
     assert "sbatch was not found" in message and "--launcher local" in message
     assert message.count(". ") == 0 and message.endswith(".")
+
+
+def test_what_sbatch_said_is_one_line_without_its_prefixes() -> None:
+    assert sbatch_reason("sbatch: error: Invalid --time specification\n") == (
+        "Invalid --time specification"
+    )
+    assert (
+        sbatch_reason(
+            "sbatch: error: invalid partition specified: nope\n"
+            "allocation failure: Invalid partition name specified\n"
+        )
+        == "invalid partition specified: nope; allocation failure: Invalid partition name specified"
+    )
+    assert (
+        sbatch_reason(
+            "sbatch: unrecognized option '--bogus'\nTry \"sbatch --help\" for more information\n"
+        )
+        == "unrecognized option '--bogus'"
+    )
+    assert sbatch_reason("") == "it gave no reason"
 
 
 def test_local_hostfile_keeps_the_controller_on_loopback(tmp_path: Path) -> None:
@@ -260,6 +281,7 @@ def test_slurm_launcher_runs_horovod_under_mpiexec(slurm_cluster: tuple[Any, ...
     [engines] = cluster.engines.values()
     job_id = engines.job_id
     assert job_id in _squeue_ids()
+    assert not os.path.exists(engines.batch_file)  # Slurm keeps its copy of the job script
     _check_horovod(client)
     assert query_state(job_id)[1] == "RUNNING"
     places = client[:].apply_sync(_slurm_place)
@@ -397,3 +419,49 @@ def test_a_killed_kernel_cancels_its_slurm_job(slurm_up: None) -> None:
         # also once the kernel is dead: it closes the manager's sockets, which would otherwise
         # hold pytest's exit (zmq's context waits for them)
         session.km.shutdown_kernel(now=True)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_job_slurm_refuses_is_a_usage_error_and_the_running_cluster_stays(
+    slurm_up: None, magics: Any
+) -> None:
+    magics.distributed("--nodes 2 --no-widget", "kept = rank")
+    pids = [e.pid for e in magics.cluster.engines]
+    for flags, reason in [
+        ("--time-limit abc", "Invalid --time specification"),
+        ("--partition nope", "invalid partition specified: nope"),
+        ("--nodes 3", "allocation failure: Requested node configuration is not available"),
+    ]:
+        with pytest.raises(UsageError) as info:
+            magics.distributed(f"--launcher slurm {flags} --no-widget", "x = rank")
+        said = str(info.value)
+        assert said.startswith(f"Slurm refused the engines' job ({reason}"), said
+        assert said.endswith("--time-limit or --sbatch-option."), said
+    assert magics.cluster.running and [e.pid for e in magics.cluster.engines] == pids
+    magics.distributed("--nodes 2 --no-widget --pull kept", "kept = kept + 1")
+    assert magics.shell.user_ns["kept"] == 1
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_job_sbatch_refuses_as_it_starts_says_why_and_leaves_nothing(
+    slurm_up: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    """Past the check (Slurm's limits may change between the two): sbatch's reason, not a
+    traceback of ipyparallel's; no scancel of no job; no job script left in the temp dir."""
+    import tempfile
+
+    from dtrain_magics.cluster import TrainingCluster
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spec = LaunchSpec(launcher="slurm", options=(("slurm_time_limit", "abc"),))
+    cluster = TrainingCluster(spec=spec, profile="dtrain-launchers")
+    with pytest.raises(ClusterStartError) as info:
+        cluster.start(Layout(2, 1))
+    assert str(info.value).startswith(
+        "Slurm refused the engines' job (Invalid --time specification); change --nodes"
+    ), info.value
+    assert not cluster.running and not cluster.processes()
+    assert not list(tmp_path.glob("dtrain-engines-*.sbatch"))
+    assert "scancel" not in capfd.readouterr().err

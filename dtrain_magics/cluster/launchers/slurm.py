@@ -146,8 +146,8 @@ def submit_command(environ: Mapping[str, str], keep: Collection[str] = ()) -> li
     return [shutil.which("env") or "/usr/bin/env", *unset, find_sbatch()]
 
 
-def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
-    """The ``#SBATCH`` lines for ``layout`` and ``options`` (braces escaped for the template)."""
+def sbatch_options(layout: Layout, options: SlurmOptions) -> list[str]:
+    """The ``sbatch`` options for ``layout`` and ``options``."""
     opts = [f"--nodes={layout.nodes}", f"--ntasks-per-node={layout.procs_per_node}"]
     if options.gpus_per_node:
         # not --gpus-per-task: mpiexec starts one daemon per node with srun, and every rank
@@ -159,8 +159,29 @@ def _sbatch_lines(layout: Layout, options: SlurmOptions) -> list[str]:
         opts.append(f"--account={options.account}")
     if options.time_limit:
         opts.append(f"--time={options.time_limit}")
-    opts += options.extra_sbatch_options
-    return [f"#SBATCH {o}".replace("{", "{{").replace("}", "}}") for o in opts]
+    return opts + options.extra_sbatch_options
+
+
+def check_submission(layout: Layout, options: SlurmOptions) -> None:
+    """``ClusterStartError`` naming Slurm's reason if ``sbatch --test-only`` refuses a job of
+    ``layout`` and ``options`` (nothing is submitted); nothing if Slurm does not answer in time,
+    as the start then says why."""
+    script = "\n".join(["#!/bin/sh", *(f"#SBATCH {o}" for o in sbatch_options(layout, options))])
+    try:
+        done = subprocess.run(
+            [*submit_command(os.environ), "--test-only"],
+            input=script + "\ntrue\n",
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+    except (OSError, subprocess.SubprocessError):
+        log.debug("sbatch --test-only failed", exc_info=True)
+        return
+    if done.returncode != 0:
+        from .slurm_engines import refused, sbatch_reason
+
+        raise refused(sbatch_reason(done.stderr))
 
 
 def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str, str]) -> str:
@@ -177,7 +198,10 @@ def slurm_batch_template(layout: Layout, options: SlurmOptions, env: Mapping[str
             "#SBATCH --export=ALL",
             "#SBATCH --job-name=ipengine-{cluster_id}",
             "#SBATCH --output={output_file}",
-            *_sbatch_lines(layout, options),
+            *(
+                f"#SBATCH {o}".replace("{", "{{").replace("}", "}}")  # not template fields
+                for o in sbatch_options(layout, options)
+            ),
             f"exec {mpiexec} -n {{n}} {{program}} --mpi {{program_args}}",
             "",
         ]
@@ -198,15 +222,20 @@ class SlurmLauncher(OwnedLauncher):
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_sbatch()
         find_supported_mpi()
-        SlurmOptions.from_spec(spec)
+        if layout is not None:  # before a running cluster is stopped for one Slurm refuses
+            check_submission(layout, self._options(spec, layout)[0])
+
+    @staticmethod
+    def _options(spec: LaunchSpec, layout: Layout) -> tuple[SlurmOptions, list[SlurmNode]]:
+        """The job's options, GPUs included, and the partition's nodes as ``sinfo`` lists them."""
+        options = SlurmOptions.from_spec(spec)
+        nodes = slurm_nodes(options.partition)
+        gpus = gpus_per_node(options.device, layout, nodes)
+        return dataclasses.replace(options, gpus_per_node=gpus), nodes
 
     def cluster_kwargs(self, spec: LaunchSpec, layout: Layout) -> dict[str, Any]:
         find_sbatch()
-        options = SlurmOptions.from_spec(spec)
-        nodes = slurm_nodes(options.partition)
-        options = dataclasses.replace(
-            options, gpus_per_node=gpus_per_node(options.device, layout, nodes)
-        )
+        options, nodes = self._options(spec, layout)
         local_only = bool(nodes) and all(is_local_host(n.host) for n in nodes)
         env = {**multi_host_environment(layout, local_only), **dict(spec.env)}
         if layout.nodes > 1 and "OMPI_MCA_btl" in env:
@@ -222,7 +251,7 @@ class SlurmLauncher(OwnedLauncher):
         # but not the variables of a job the notebook itself runs in
         config.SlurmEngineSetLauncher.submit_command = submit_command(os.environ, keep=env)
         return {
-            "engines": "slurm",
+            "engines": "dtrain_magics.cluster.launchers.slurm_engines.SlurmEngines",
             "n": layout.ranks,
             "config": config,
             **controller_address(local_only),
