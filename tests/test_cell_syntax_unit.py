@@ -16,10 +16,11 @@ def test_what_the_ranks_ipython_runs_passes(code: str) -> None:
     check_cell_syntax(code)
 
 
-def test_an_error_points_at_the_cells_line_with_its_text() -> None:
+def test_an_error_points_at_the_bodys_line_with_its_text() -> None:
+    """Counted from the first line under ``%%distributed``, as a rank's traceback counts."""
     with pytest.raises(SyntaxError) as caught:
-        check_cell_syntax("x = 1\ny = (1,\n", first_line=2)
-    assert caught.value.lineno == 3 and caught.value.text is not None
+        check_cell_syntax("x = 1\ny = (1,\n")
+    assert caught.value.lineno == 2 and caught.value.text is not None
     assert caught.value.text.strip() == "y = (1,"
     assert caught.value.__suppress_context__
 
@@ -36,10 +37,10 @@ def test_await_in_a_plain_function_keeps_pythons_message() -> None:
     assert caught.value.text == "    await g()"  # the compiler leaves it out; filled in
 
 
-def test_blank_lines_at_the_start_keep_the_cells_line_numbers() -> None:
-    for body, line in (("\nx = (\n", 3), ("\n!echo hi\n\nx = (\n", 5)):
+def test_blank_lines_at_the_start_are_not_counted_as_the_ranks_ipython_does_not() -> None:
+    for body, line in (("\nx = (\n", 1), ("\n \n!echo hi\n\nx = (\n", 3)):
         with pytest.raises(SyntaxError) as caught:
-            check_cell_syntax(body, first_line=2)
+            check_cell_syntax(body)
         assert caught.value.lineno == line, body
 
 
@@ -48,7 +49,7 @@ def test_the_transformer_checks_the_cell_and_consoles_wait_for_its_end() -> None
 
     with pytest.raises(SyntaxError) as caught:
         await_distributed_cells(["%%distributed --nodes 2\n", "x = (\n"])
-    assert caught.value.lineno == 2
+    assert caught.value.lineno == 1
     assert await_distributed_cells(["%%distributed\n", "\n"])  # empty: the magic's message
     manager = TransformerManager()
     manager.cleanup_transforms.append(await_distributed_cells)

@@ -53,6 +53,10 @@ def test_interrupt_stops_every_rank_and_dtrain_controls_the_cluster(kernel: Kern
     reply = kernel.run("%dtrain stop")
     assert "Cluster stopped." in reply.text
     assert not alive(pids)
+    reply = kernel.run("%dtrain restart")  # IPython shows a UsageError as one line
+    assert "UsageError: no cluster is running to restart; a %%distributed cell starts one." in (
+        reply.text
+    ), reply.text
 
 
 def test_an_interrupted_restart_is_recorded_so_and_the_next_cell_starts_the_same_cluster(

@@ -85,3 +85,17 @@ def test_a_run_keeps_its_notebook_after_its_kernel_is_gone(tmp_path: Path) -> No
     assert describe_run(summary, {}, str(tmp_path))["path"] == "rel/nb.ipynb"
     run = describe_run(summary, {"gone": "live.ipynb"}, str(tmp_path))
     assert run["path"] == "live.ipynb" and run["live"]  # a live kernel's session comes first
+
+
+def test_state_files_of_dead_kernels_and_unreadable_ones_are_forgotten(tmp_path: Path) -> None:
+    from dtrain_magics.store.kernel_state import UNREADABLE_AFTER, forget_dead_kernels
+
+    live = {"kernel_id": "k1", "kernel_pid": os.getpid(), "state": "idle"}
+    (tmp_path / "k1.json").write_text(json.dumps(live))
+    (tmp_path / "k2.json").write_text(json.dumps({**live, "kernel_pid": _dead_pid()}))
+    for name in ("pid-11343.json", "new.json"):  # a write cut short, before writes were atomic
+        (tmp_path / name).write_text('{"kernel_pid": 11343, "updated": 1.0}7}')
+    old = (tmp_path / "pid-11343.json").stat().st_mtime - UNREADABLE_AFTER - 1
+    os.utime(tmp_path / "pid-11343.json", (old, old))
+    forget_dead_kernels(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k1.json", "new.json"]

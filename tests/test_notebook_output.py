@@ -180,10 +180,11 @@ def test_flags_change_only_what_they_name_and_the_ranks_keep_their_backend() -> 
 
 
 def test_cells_read_and_fail_as_local_cells_do() -> None:
-    """IPython's syntax runs on the ranks; a syntax error shows as a local cell's, at the
-    cell's line, with nothing sent; top-level ``await`` (which ipyparallel's engines never
+    """IPython's syntax runs on the ranks; a syntax error shows as a local cell's, with
+    nothing sent; top-level ``await`` (which ipyparallel's engines never
     answer) is refused so; ``sys.exit`` and ``--check-replicas`` fail with a sentence, not
-    IPython's console hints or the injected check's line."""
+    IPython's console hints or the injected check's line. Lines count from the first one under
+    the magic, as a rank's traceback counts them."""
     plain = re.compile(r"\x1b\[[0-9;]*m")
     session = KernelSession(env=_env())
     try:
@@ -191,7 +192,7 @@ def test_cells_read_and_fail_as_local_cells_do() -> None:
         reply = session.run("%%distributed --nodes 2 --no-widget\nx = (1,\n")
         assert reply.ename == "SyntaxError", reply.text
         shown = plain.sub("", reply.text)
-        assert "File <distributed cell>:2" in shown and "x = (1," in shown, shown
+        assert "File <distributed cell>:1" in shown and "x = (1," in shown, shown
         assert "Traceback" not in shown and "magics.py" not in shown, shown
         assert "Starting 2 ranks" not in shown  # nothing was sent: no cluster was started
         reply = session.run(
@@ -202,7 +203,7 @@ def test_cells_read_and_fail_as_local_cells_do() -> None:
         reply = session.run("%%distributed --no-widget\nimport asyncio\nawait asyncio.sleep(0)")
         assert reply.ename == "SyntaxError", reply.text
         assert "the ranks cannot await at the top level of a cell" in reply.text, reply.text
-        assert "File <distributed cell>:3" in plain.sub("", reply.text), reply.text
+        assert "File <distributed cell>:2" in plain.sub("", reply.text), reply.text
         reply = session.run("%%distributed --no-widget\nimport sys\nsys.exit(3)")
         assert reply.ename == "RankError" and "rank 0 failed with SystemExit: 3." in reply.text
         assert "%tb" not in reply.text and "To exit" not in reply.text, reply.text

@@ -228,6 +228,11 @@ def test_every_rank_listed_is_a_cell_on_every_rank(run: Any, cluster: Any) -> No
         (",", "--ranks names no rank; give rank numbers such as 0 or 0,2-3."),
         ("''", "--ranks names no rank; give rank numbers such as 0 or 0,2-3."),
         ("0-99999", "--ranks names rank 99999; a cluster has at most 1024 ranks."),
+        (
+            "1 --check-replicas",
+            "--check-replicas compares the models of every rank, and --ranks 1 runs the cell on "
+            "some of them: leave out one of the two.",
+        ),
     ],
 )
 def test_bad_rank_lists_are_usage_errors(run: Any, cluster: Any, ranks: str, message: str) -> None:

@@ -45,6 +45,9 @@ def test_a_subset_of_every_rank_is_no_subset() -> None:
         RunOptions(ranks=(0, 2)).subset(2)
     with pytest.raises(BadOptions, match=r"the cluster has 1 rank \(0\)"):
         RunOptions(ranks=(1,)).subset(1)
+    assert RunOptions(ranks=(0, 1), check_replicas=()).subset(2) is None  # every rank: fine
+    with pytest.raises(BadOptions, match=r"^--check-replicas compares .* --ranks 0,2 runs"):
+        RunOptions(ranks=(0, 2), check_replicas=("model",)).subset(3)
 
 
 def _value(text: str, **more: Any) -> dict[str, Any]:

@@ -35,7 +35,8 @@ class RunOptions:
 
     def subset(self, size: int) -> tuple[int, ...] | None:
         """The ranks of a cluster of ``size`` this cell runs on, or None for every rank;
-        ``BadOptions`` if ``--ranks`` names a rank the cluster lacks."""
+        ``BadOptions`` if ``--ranks`` names a rank the cluster lacks, or some of the ranks with
+        ``--check-replicas`` (a collective)."""
         if self.ranks is None:
             return None
         beyond = [r for r in self.ranks if r >= size]
@@ -44,7 +45,15 @@ class RunOptions:
                 f"--ranks names rank {beyond[0]}, but the cluster has {size} "
                 f"rank{'s' if size != 1 else ''} ({format_ranks(range(size))})."
             )
-        return None if len(self.ranks) == size else self.ranks
+        if len(self.ranks) == size:
+            return None
+        if self.check_replicas is not None:
+            raise BadOptions(
+                "--check-replicas compares the models of every rank, and --ranks "
+                f"{format_ranks(self.ranks)} runs the cell on some of them: "
+                "leave out one of the two."
+            )
+        return self.ranks
 
     @classmethod
     def from_settings(

@@ -370,7 +370,7 @@ class DistributedMagics(Magics):
 
     def _dtrain_restart(self) -> None:
         if self.cluster.layout is None:
-            raise UsageError("no cluster has been started yet; run a %%distributed cell first.")
+            raise UsageError("no cluster is running to restart; a %%distributed cell starts one.")
         status = StatusLine()
         try:
             self.cluster.restart(report=status.update)

@@ -33,7 +33,7 @@ def await_distributed_cells(lines: list[str]) -> list[str]:
             return lines
         cell = "".join(lines[1:])
         if cell.strip():  # an empty cell gets the magic's own message
-            check_cell_syntax(cell, first_line=2)
+            check_cell_syntax(cell)
         return [f"{CALL}({line!r}, {cell!r})\n"]
     if not any(line.startswith(LINE_MAGIC) for line in lines):
         return lines

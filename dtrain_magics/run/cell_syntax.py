@@ -15,14 +15,11 @@ import functools
 CELL_FILENAME = "<distributed cell>"
 
 
-def check_cell_syntax(code: str, first_line: int = 1) -> None:
-    """Raise ``SyntaxError`` if the ranks' IPython could not run ``code``.
-
-    ``first_line`` is the cell's line that holds the code's first one, so the error points
-    at the line the notebook shows.
-    """
+def check_cell_syntax(code: str) -> None:
+    """Raise ``SyntaxError`` if the ranks' IPython could not run ``code``; its line numbers
+    count from the code's first line, as the ranks' tracebacks and ``%%px``'s do."""
     if not _runnable(code):
-        _check(code, "\n" * (first_line - 1))
+        _check(code)
 
 
 @functools.lru_cache(maxsize=64)
@@ -34,18 +31,18 @@ def _runnable(code: str) -> bool:
         return False
 
 
-def _check(code: str, padding: str = "") -> None:
+def _check(code: str) -> None:
+    lines = code.splitlines(keepends=True)
+    blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    code = "".join(lines[blank:])  # IPython drops them, and counts lines without them
     try:
-        _compile(padding + code)
+        _compile(code)
         return
     except SyntaxError:
         pass  # perhaps IPython's syntax; checked below, outside this handler (no chained error)
     from IPython.core.inputtransformer2 import TransformerManager
 
-    lines = code.splitlines(keepends=True)
-    blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    # IPython drops the blank lines a cell starts with: put them back for the line numbers
-    _compile(padding + "\n" * blank + TransformerManager().transform_cell(code))
+    _compile(TransformerManager().transform_cell(code))
 
 
 def _compile(source: str) -> None:

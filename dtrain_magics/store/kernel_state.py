@@ -8,6 +8,7 @@ has to ask a kernel that is busy training, and a server restart loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -23,6 +24,7 @@ from .schema import ClusterRecord, ClusterState, ClusterStatus
 from .writer import writer
 
 log = logging.getLogger(__name__)
+UNREADABLE_AFTER = 60.0  # seconds: an unreadable state file this old is removed
 _KERNEL_FILE = re.compile(r"kernel-(?P<id>[\w-]+)\.json$")
 Activity = Literal["starting", "busy"]
 
@@ -137,9 +139,15 @@ def other_local_ranks(folder: Path | None = None) -> int:
 
 
 def forget_dead_kernels(folder: Path | None = None) -> None:
-    """Remove the state files of kernels that have exited."""
+    """Remove the state files of kernels that have exited, and files that cannot be read (they
+    are written atomically: one a minute old that cannot be read never will be)."""
     for path in (folder or clusters_dir()).glob("*.json"):
-        data = read_json(path) or {}
+        data = read_json(path)
+        if data is None:
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > UNREADABLE_AFTER:
+                    path.unlink()
+            continue
         try:
             pid = int(data.get("kernel_pid", 0))
         except (TypeError, ValueError):
