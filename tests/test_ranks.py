@@ -122,6 +122,24 @@ def test_the_mpi_helpers_fail_at_once_on_some_ranks(run: Any, cluster: Any) -> N
     _works_on_every_rank(run, cluster)
 
 
+def test_the_mpi_helpers_fail_at_once_on_some_ranks_before_mpi_is_up(magics: Any) -> None:
+    """Under ``--backend torch`` MPI is down until a helper starts it: importing mpi4py on
+    rank 0 alone started it, waiting for rank 1 for ever (2 of 2 before)."""
+    line = "--nodes 2 --backend torch --no-widget"
+    magics.distributed(line, "import sys\nup = 'mpi4py.MPI' in sys.modules")
+    assert rank_values(magics.cluster, "up") == [False, False]
+    for cell in ("dtrain.barrier()", "dtrain.checkpoint({'x': 1}, 'never.pt')"):
+        started = time.monotonic()
+        with pytest.raises(RankError, match="collectives need every rank"):
+            magics.distributed(f"{line} --ranks 0", cell)
+        assert time.monotonic() - started < 5
+    magics.distributed(
+        line,
+        "dtrain.barrier()\nimport torch\nt = torch.ones(1)\ndist.all_reduce(t)\ntotal = t.item()",
+    )
+    assert rank_values(magics.cluster, "total") == [2.0, 2.0]
+
+
 def test_a_torch_distributed_collective_on_some_ranks_fails_at_once(run: Any, cluster: Any) -> None:
     line = "--nodes 2 --backend torch"
     try:

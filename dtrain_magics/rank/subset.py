@@ -77,10 +77,12 @@ def check() -> None:
 
 def world_comm() -> Any:
     """MPI's world for a helper's collective; ``CollectiveNeedsEveryRank`` in a cell on some of
-    the ranks, at once, rather than a wait for ranks that never come."""
+    the ranks, at once, rather than a wait for ranks that never come (checked first: where MPI
+    is still down, under ``--backend torch``, importing mpi4py starts it, which waits for
+    every rank)."""
+    check()
     from mpi4py import MPI
 
-    check()
     return MPI.COMM_WORLD
 
 
