@@ -100,27 +100,49 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_venv(path: Path, environ: dict[str, str], requirements: list[str]) -> Venv:
-    """A new venv at ``path`` (replacing what is there) with ``requirements`` installed."""
+def create_venv(
+    path: Path, environ: dict[str, str], requirements: list[str], python: str = sys.executable
+) -> Venv:
+    """A new venv of ``python`` at ``path`` (replacing what is there) with ``requirements``."""
     shutil.rmtree(path, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
+    subprocess.run([python, "-m", "venv", str(path)], check=True, timeout=300)
     venv = Venv(path, environ)
     if requirements:
         venv.pip_install(*requirements)
     return venv
 
 
-def cached_venv(name: str, requirements: list[str], environ: dict[str, str]) -> Venv:
-    """``$DTRAIN_CACHE/venvs/<name>`` with ``requirements``: made once, reused while unchanged."""
+def cached_venv(
+    name: str, requirements: list[str], environ: dict[str, str], python: str = sys.executable
+) -> Venv:
+    """``$DTRAIN_CACHE/venvs/<name>`` of ``python`` with ``requirements``: made once, reused
+    while unchanged."""
     path = VENVS / name
     stamp = path / ".dtrain-venv-stamp"
-    recipe = json.dumps({"requirements": requirements, "python": sys.version}, sort_keys=True)
+    made = {"requirements": requirements, "python": sys.version}
+    if python != sys.executable:
+        made["python"] = subprocess.check_output([python, "-VV"], text=True, timeout=60).strip()
+    recipe = json.dumps(made, sort_keys=True)
     with _locked(VENVS / f"{name}.lock"):
         if stamp.is_file() and stamp.read_text() == recipe and (path / "bin" / "python").exists():
             return Venv(path, environ)
-        venv = create_venv(path, environ, requirements)
+        venv = create_venv(path, environ, requirements, python)
         stamp.write_text(recipe)
         return venv
+
+
+def find_python(version: str) -> str | None:
+    """A ``python<version>`` that runs: on ``PATH``, else pyenv's newest of that version."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    pyenvs = sorted(
+        root.glob(f"{version}.*/bin/python{version}"),
+        key=lambda p: [int(n) if n.isdigit() else -1 for n in p.parents[1].name.split(".")],
+    )
+    for python in [shutil.which(f"python{version}"), *map(str, reversed(pyenvs))]:
+        # pyenv's shim is on PATH even when it would refuse to run that version
+        if python and subprocess.run([python, "-c", ""], capture_output=True).returncode == 0:
+            return python
+    return None
 
 
 _wheel: list[Path] = []

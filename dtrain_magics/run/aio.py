@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -23,6 +27,7 @@ class Wakeup:
         self._scheduled = False
         self._client = client
         client.add_listener(self.notify)
+        self._signals = _SignalWakeup(self._loop)
 
     def notify(self) -> None:
         if not self._scheduled:
@@ -49,6 +54,58 @@ class Wakeup:
 
     def close(self) -> None:
         self._client.remove_listener(self.notify)
+        self._signals.close()
+
+
+class _SignalWakeup:
+    """While a run waits, a signal wakes the loop at once (``signal.set_wakeup_fd``).
+
+    Python runs a signal's handler (the kernel's interrupt: Stop) in the main thread, when that
+    runs Python code; a signal that reaches another thread (ipyparallel's, zmq's) leaves the
+    main thread asleep in the loop's ``select`` until its next timer, up to a second later. The
+    byte Python's C handler writes to this socket ends that ``select``. Nothing is done where
+    the loop is not in the main thread or a wakeup fd is already set (``asyncio``'s own signal
+    handlers set one).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter
+            previous = -2
+        if previous != -1:
+            if previous >= 0:
+                signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return
+        self._pair = (reader, writer)
+        loop.add_reader(reader.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        if self._pair is not None:
+            with contextlib.suppress(OSError):
+                self._pair[0].recv(512)
+
+    def close(self) -> None:
+        if self._pair is None:
+            return
+        reader, writer = self._pair
+        self._pair = None
+        with contextlib.suppress(ValueError):
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, writer.fileno()):  # set by someone else since: theirs
+                signal.set_wakeup_fd(current)
+        self._loop.remove_reader(reader.fileno())
+        reader.close()
+        writer.close()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -65,7 +122,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     else:
         loop_running = True
     if not loop_running:  # outside the except block: the run's errors are not chained to it
-        return asyncio.run(coro)
+        return run_cancelled_by_ctrl_c(coro)
     box: dict[str, Any] = {}
 
     def main() -> None:
@@ -80,3 +137,52 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def run_cancelled_by_ctrl_c(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, where Ctrl-C cancels ``coro``'s task (its handlers stop the ranks)
+    rather than raising ``KeyboardInterrupt`` wherever the loop is: ``asyncio.run`` does so from
+    Python 3.11; before, the same as its ``Runner`` does, for the main thread."""
+    if sys.version_info >= (3, 11):
+        return asyncio.run(coro)
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return asyncio.run(coro)
+    return run_cancelling_on_sigint(coro)
+
+
+def run_cancelling_on_sigint(coro: Coroutine[Any, Any, T]) -> T:
+    """In the main thread: ``asyncio.Runner.run`` of Python 3.11, for Python 3.10 (the loop's
+    own signal handler, which its wakeup fd delivers whichever thread the signal reaches)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(coro)
+    interrupts = 0
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1 or task.done():  # a second Ctrl-C: as Python would
+            raise KeyboardInterrupt()
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupts:
+            raise KeyboardInterrupt() from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)  # Python's default_int_handler again
+        try:
+            left = asyncio.all_tasks(loop)
+            for other in left:
+                other.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
