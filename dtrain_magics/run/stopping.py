@@ -28,13 +28,15 @@ async def follow(
     stop_on_failure: bool,
     stop_requested: Callable[[], bool] = lambda: False,
     interrupted: bool = False,
+    until_fewer: int | None = None,
 ) -> Stop | None:
-    """Collect outcomes until every rank is done (None), a rank fails, or the deadline."""
+    """Collect outcomes until every rank is done (None), a rank fails, or the deadline; with
+    ``until_fewer``, also until fewer ranks than that are pending (None)."""
     while True:
         failed = watch.poll(interrupted)
         if stop_on_failure and failed:
             return "failed"
-        if watch.done:
+        if watch.done or (until_fewer is not None and len(watch.pending) < until_fewer):
             return None
         if stop_on_failure and stop_requested():
             return "interrupted"
@@ -48,15 +50,21 @@ async def follow(
 
 
 async def _end_torch_waits(
-    cluster: TrainingCluster, watch: RankWatch, wake: Wakeup, after: float = 0.5
+    cluster: TrainingCluster, watch: RankWatch, wake: Wakeup, deadline: float, after: float = 0.5
 ) -> None:
-    """``after`` seconds after an interrupt, the ranks that stopped drop their process group:
-    that ends their peers' ``torch.distributed`` waits (gloo), which no interrupt ends."""
-    soon = time.monotonic() + after
-    await follow(watch, wake, soon, stop_on_failure=False, interrupted=True)
-    stopped = [r for r in range(len(cluster.engines)) if r not in watch.pending]
-    if watch.pending and stopped:
-        cluster.backends.abandon(cluster.view(stopped))
+    """From ``after`` seconds after an interrupt until ``deadline``: whenever ranks have stopped
+    while others still run, the stopped ones drop their process group. That ends their peers'
+    ``torch.distributed`` waits (gloo), which no interrupt ends. A rank inside a long torch op
+    stops only when it returns: one look, at ``after``, missed it (4 of 6)."""
+    await follow(watch, wake, time.monotonic() + after, stop_on_failure=False, interrupted=True)
+    dropped: set[int] = set()
+    while watch.pending and time.monotonic() < deadline:
+        stopped = [r for r in range(len(cluster.engines)) if r not in watch.pending]
+        fresh = [r for r in stopped if r not in dropped]
+        if fresh:
+            cluster.backends.abandon(cluster.view(fresh))
+            dropped.update(fresh)
+        await follow(watch, wake, deadline, False, interrupted=True, until_fewer=len(watch.pending))
 
 
 async def stop_ranks(
@@ -78,7 +86,7 @@ async def stop_ranks(
             cluster.interrupt(pending)
             deadline = time.monotonic() + grace
             if cluster.backends.name == "torch":
-                await _end_torch_waits(cluster, watch, wake)
+                await _end_torch_waits(cluster, watch, wake, deadline)
             await follow(watch, wake, deadline, stop_on_failure=False, interrupted=True)
         except (KeyboardInterrupt, asyncio.CancelledError):  # a second interrupt: stop waiting
             pass
