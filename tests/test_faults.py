@@ -151,6 +151,16 @@ def test_exception_while_others_in_collective_is_timed(run: Any, cluster: Any) -
     assert_next_cell_works(run, cluster)
 
 
+def _times_out_without_a_restart(run: Any, rank_1_stays: str, line: str) -> float:
+    """Seconds until the cell times out: ``rank_1_stays`` keeps rank 1, while rank 0 waits in a
+    gloo allreduce; the cluster is not restarted."""
+    started = time.monotonic()
+    with pytest.raises(RunTimeoutError) as timed_out:
+        run(f"import torch\n{rank_1_stays}dist.all_reduce(torch.ones(1))", line)
+    assert "restarted" not in str(timed_out.value)
+    return time.monotonic() - started
+
+
 def test_a_gloo_wait_ends_at_once_when_another_rank_fails_or_the_cell_times_out(
     run: Any, cluster: Any
 ) -> None:
@@ -171,27 +181,14 @@ def test_a_gloo_wait_ends_at_once_when_another_rank_fails_or_the_cell_times_out(
     assert "restarted" not in str(info.value)
     assert took < 5
     record("rank 1 raises while rank 0 waits in a gloo allreduce", took)
-    sleeping = (
-        "import time, torch\nif rank == 1:\n    time.sleep(60)\ndist.all_reduce(torch.ones(1))"
-    )
-    started = time.monotonic()
-    with pytest.raises(RunTimeoutError) as timed_out:
-        run(sleeping, f"{line} --timeout 2")
-    took = time.monotonic() - started
-    assert "restarted" not in str(timed_out.value)
+    sleeping = "import time\nif rank == 1:\n    time.sleep(60)\n"
+    took = _times_out_without_a_restart(run, sleeping, f"{line} --timeout 2")
     assert took < 2 + 5
     record("--timeout 2 while rank 0 waits in a gloo allreduce (incl. the 2 s)", took)
     # rank 1 inside a long torch op takes the interrupt only when the op returns, well over
     # half a second later: the ranks that stopped were looked for once, then (4 of 6 runs)
-    busy = (
-        "import torch\nif rank == 1:\n    a = torch.randn(5000, 5000)\n    while True:\n"
-        "        b = a @ a\ndist.all_reduce(torch.ones(1))"
-    )
-    started = time.monotonic()
-    with pytest.raises(RunTimeoutError) as timed_out:
-        run(busy, f"{line} --timeout 1")
-    took = time.monotonic() - started
-    assert "restarted" not in str(timed_out.value)
+    busy = "if rank == 1:\n    a = torch.randn(5000, 5000)\n    while True:\n        b = a @ a\n"
+    took = _times_out_without_a_restart(run, busy, f"{line} --timeout 1")
     assert took < 10  # the 10 s grace and a restart: about 19 s
     record("--timeout 1 while rank 1 is in a long matmul, rank 0 in a gloo allreduce", took)
     assert [e.pid for e in cluster.engines] == pids, "the cluster was restarted"
