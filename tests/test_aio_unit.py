@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import os
 import signal
 import threading
 import time
@@ -26,8 +25,8 @@ async def _sleep_until_cancelled() -> str:
 
 
 def _sigint() -> None:
-    """SIGINT to the process, as a terminal's Ctrl-C sends it (any thread may receive it)."""
-    os.kill(os.getpid(), signal.SIGINT)
+    """SIGINT to the main thread, as a terminal's Ctrl-C usually lands."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +42,25 @@ def test_ctrl_c_not_handled_by_the_run_is_a_keyboard_interrupt() -> None:
     threading.Timer(0.2, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         run_cancelling_on_sigint(asyncio.sleep(30))
+
+
+def test_a_second_ctrl_c_ends_a_call_that_blocks_the_loop() -> None:
+    """As ``asyncio.Runner``: the first Ctrl-C cancels, a second one raises at once where the
+    thread is, even inside a blocking call (the run's own, say a push to the ranks)."""
+
+    async def block_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            time.sleep(10)
+
+    for delay in (0.2, 0.5):
+        threading.Timer(delay, _sigint).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_cancelling_on_sigint(block_when_cancelled())
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_run_without_ctrl_c_returns_its_value_and_its_error() -> None:
@@ -76,7 +94,8 @@ def test_a_signal_reaching_another_thread_wakes_a_waiting_run_at_once() -> None:
     async def wait_for_signal() -> float:
         wake = Wakeup(_Client())
         previous = signal.signal(signal.SIGUSR1, lambda *_: wake.set())
-        other = threading.Thread(target=time.sleep, args=(0.5,))
+        release = threading.Event()
+        other = threading.Thread(target=release.wait, args=(30,))
         other.start()
         try:
             started = time.monotonic()
@@ -86,6 +105,7 @@ def test_a_signal_reaching_another_thread_wakes_a_waiting_run_at_once() -> None:
         finally:
             signal.signal(signal.SIGUSR1, previous)
             wake.close()
+            release.set()
             other.join()
 
     assert asyncio.run(wait_for_signal()) < 2

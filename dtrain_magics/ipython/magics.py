@@ -201,7 +201,7 @@ class DistributedMagics(Magics):
             )
             choice.check_launcher_flags(flags, spec.launcher, type(settings))
             if self.cluster.needs_start(layout, spec):  # a bad spec keeps the running cluster
-                check_spec(spec, layout)
+                check_spec(spec, layout, ask_scheduler=True)
         except (BadOptions, ClusterStartError) as e:
             raise UsageError(str(e)) from None
         options = dataclasses.replace(

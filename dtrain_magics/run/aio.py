@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -26,8 +27,8 @@ class Wakeup:
         self._event = asyncio.Event()
         self._scheduled = False
         self._client = client
-        client.add_listener(self.notify)
         self._signals = _SignalWakeup(self._loop)
+        client.add_listener(self.notify)
 
     def notify(self) -> None:
         if not self._scheduled:
@@ -53,8 +54,10 @@ class Wakeup:
             self._event.clear()
 
     def close(self) -> None:
-        self._client.remove_listener(self.notify)
-        self._signals.close()
+        try:
+            self._signals.close()
+        finally:
+            self._client.remove_listener(self.notify)
 
 
 class _SignalWakeup:
@@ -87,6 +90,8 @@ class _SignalWakeup:
             writer.close()
             return
         self._pair = (reader, writer)
+        # if ``close`` is never reached: no later signal is written to a reused fd number
+        self._finalizer = weakref.finalize(self, _forget_wakeup_fd, writer.fileno())
         loop.add_reader(reader.fileno(), self._drain)
 
     def _drain(self) -> None:
@@ -99,13 +104,20 @@ class _SignalWakeup:
             return
         reader, writer = self._pair
         self._pair = None
-        with contextlib.suppress(ValueError):
-            current = signal.set_wakeup_fd(-1)
-            if current not in (-1, writer.fileno()):  # set by someone else since: theirs
-                signal.set_wakeup_fd(current)
-        self._loop.remove_reader(reader.fileno())
-        reader.close()
-        writer.close()
+        self._finalizer()
+        try:
+            self._loop.remove_reader(reader.fileno())
+        finally:
+            reader.close()
+            writer.close()
+
+
+def _forget_wakeup_fd(fd: int) -> None:
+    """Unset the wakeup fd if it is still ``fd`` (someone else's is left as it is)."""
+    with contextlib.suppress(ValueError):  # not the main thread (a late garbage collection)
+        current = signal.set_wakeup_fd(-1)
+        if current not in (-1, fd):
+            signal.set_wakeup_fd(current)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -152,21 +164,26 @@ def run_cancelled_by_ctrl_c(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def run_cancelling_on_sigint(coro: Coroutine[Any, Any, T]) -> T:
-    """In the main thread: ``asyncio.Runner.run`` of Python 3.11, for Python 3.10 (the loop's
-    own signal handler, which its wakeup fd delivers whichever thread the signal reaches)."""
+    """In the main thread: ``asyncio.Runner.run`` of Python 3.11, for Python 3.10. The first
+    Ctrl-C cancels ``coro``'s task; a second one, or one after the task is done, raises
+    ``KeyboardInterrupt`` where the thread is (a call that blocks the loop included). A Ctrl-C
+    that reaches another thread wakes the loop too."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     task = loop.create_task(coro)
     interrupts = 0
 
-    def on_sigint() -> None:
+    def on_sigint(signum: int, frame: Any) -> None:
         nonlocal interrupts
         interrupts += 1
-        if interrupts > 1 or task.done():  # a second Ctrl-C: as Python would
-            raise KeyboardInterrupt()
-        task.cancel()
+        if interrupts == 1 and not task.done():
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake a select with a long timeout
+            return
+        raise KeyboardInterrupt()
 
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
+    waker = _SignalWakeup(loop)  # also for a signal that reaches another thread
     try:
         return loop.run_until_complete(task)
     except asyncio.CancelledError:
@@ -174,7 +191,9 @@ def run_cancelling_on_sigint(coro: Coroutine[Any, Any, T]) -> T:
             raise KeyboardInterrupt() from None
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGINT)  # Python's default_int_handler again
+        waker.close()
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             left = asyncio.all_tasks(loop)
             for other in left:

@@ -265,7 +265,6 @@ class DistributedRunner:
         client = self.cluster.client
         backends = self.cluster.backends
         some = state.info.get("ranks")
-        wake = self._wake = Wakeup(client)
         engines = [self.cluster.engine_id(r) for r in ranks]
         where = self._where = WhereWatch(
             lambda: ask_where(client, engines, ranks),
@@ -274,6 +273,12 @@ class DistributedRunner:
             lambda: state.active_at,
         )
         mpiexec = OutputFollower(self.cluster.mpiexec_output_files())  # held open from here
+        try:
+            wake = self._wake = Wakeup(client)  # last: what it sets up, the finally undoes
+        except BaseException:
+            mpiexec.close()
+            self._where = None
+            raise
         try:
             started = time.monotonic()
             if some:

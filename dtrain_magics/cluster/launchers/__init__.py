@@ -33,11 +33,15 @@ def get_launcher(name: str) -> Launcher:
         ) from None
 
 
-def check_spec(spec: LaunchSpec, layout: Layout | None = None) -> None:
+def check_spec(spec: LaunchSpec, layout: Layout | None = None, ask_scheduler: bool = False) -> None:
     """``ClusterStartError`` if ``spec`` cannot start a cluster (of ``layout``, if given: a
     hostfile that cannot be read or names too few hosts, no ``sbatch``), found at once and
-    without starting anything: before a running cluster is stopped for it."""
-    get_launcher(spec.launcher).check(spec, layout)
+    without starting anything: before a running cluster is stopped for it. With
+    ``ask_scheduler``, also if a batch scheduler would refuse its job (Slurm's reason)."""
+    launcher = get_launcher(spec.launcher)
+    launcher.check(spec, layout)
+    if ask_scheduler and layout is not None:
+        launcher.check_submission(spec, layout)
 
 
 __all__ = [

@@ -86,6 +86,11 @@ class Launcher(Protocol):
         found at once (files and programs it names; nothing that waits on a network service)."""
         ...
 
+    def check_submission(self, spec: LaunchSpec, layout: Layout) -> None:
+        """``ClusterStartError`` if a batch scheduler would refuse the cluster's job: asked
+        only before a cell stops a running cluster for a new one (it waits on the scheduler)."""
+        ...
+
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         """A connected ``ipyparallel.Client`` (launchers that do not own processes)."""
         ...
@@ -110,6 +115,9 @@ class OwnedLauncher:
 
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_supported_mpi()
+
+    def check_submission(self, spec: LaunchSpec, layout: Layout) -> None:
+        """Nothing to ask: no scheduler takes the job."""
 
     def pending(self, engine_set: Any) -> str | None:
         return None

@@ -30,6 +30,9 @@ class ProfileLauncher:
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         """Nothing to find before connecting: the connection says what is wrong."""
 
+    def check_submission(self, spec: LaunchSpec, layout: Layout) -> None:
+        """Nothing is submitted."""
+
     def connect(self, spec: LaunchSpec, timeout: float) -> Any:
         from ..client import NotifyingClient
 

@@ -222,8 +222,11 @@ class SlurmLauncher(OwnedLauncher):
     def check(self, spec: LaunchSpec, layout: Layout | None = None) -> None:
         find_sbatch()
         find_supported_mpi()
-        if layout is not None:  # before a running cluster is stopped for one Slurm refuses
-            check_submission(layout, self._options(spec, layout)[0])
+
+    def check_submission(self, spec: LaunchSpec, layout: Layout) -> None:
+        """``ClusterStartError`` if Slurm would refuse the job (``sbatch --test-only``): asked
+        before a running cluster is stopped for one, as it waits on Slurm's controller."""
+        check_submission(layout, self._options(spec, layout)[0])
 
     @staticmethod
     def _options(spec: LaunchSpec, layout: Layout) -> tuple[SlurmOptions, list[SlurmNode]]:

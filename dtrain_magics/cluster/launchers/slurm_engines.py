@@ -38,6 +38,10 @@ class SlurmEngines(SlurmEngineSetLauncher):  # type: ignore[misc]
     """Says why ``sbatch`` refused the job, keeps no job script once it is submitted (Slurm has
     its copy), and cancels nothing when no job was submitted."""
 
+    # the name ipyparallel's cluster file records, read back with traitlets' import_item
+    # (``ipcluster list``, ``ipcluster stop``): its default, ``module:Class``, is not importable
+    entrypoint_name = "dtrain_magics.cluster.launchers.slurm_engines.SlurmEngines"
+
     def _run_command(self, command: list[str], **kwargs: Any) -> str:
         if command[-1:] != [self.batch_file]:  # scancel, scontrol: as ipyparallel runs them
             return str(super()._run_command(command, **kwargs))
