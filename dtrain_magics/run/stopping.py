@@ -59,8 +59,8 @@ async def _end_torch_waits(
     await follow(watch, wake, time.monotonic() + after, stop_on_failure=False, interrupted=True)
     dropped: set[int] = set()
     while watch.pending and time.monotonic() < deadline:
-        stopped = [r for r in range(len(cluster.engines)) if r not in watch.pending]
-        fresh = [r for r in stopped if r not in dropped]
+        pending = watch.pending
+        fresh = [r for r in range(len(cluster.engines)) if r not in pending and r not in dropped]
         if fresh:
             cluster.backends.abandon(cluster.view(fresh))
             dropped.update(fresh)
