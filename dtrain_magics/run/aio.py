@@ -167,34 +167,41 @@ def run_cancelling_on_sigint(coro: Coroutine[Any, Any, T]) -> T:
     """In the main thread: ``asyncio.Runner.run`` of Python 3.11, for Python 3.10. The first
     Ctrl-C cancels ``coro``'s task; a second one, or one after the task is done, raises
     ``KeyboardInterrupt`` where the thread is (a call that blocks the loop included). A Ctrl-C
-    that reaches another thread wakes the loop too. ``asyncio.run`` does the rest."""
+    that reaches another thread wakes the loop too."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(coro)
+    interrupts = 0
 
-    async def main() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        interrupts = 0
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and not task.done():
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake a select with a long timeout
+            return
+        raise KeyboardInterrupt()
 
-        def on_sigint(signum: int, frame: Any) -> None:
-            nonlocal interrupts
-            interrupts += 1
-            if interrupts == 1 and not task.done():
-                task.cancel()
-                loop.call_soon_threadsafe(lambda: None)  # wake a select with a long timeout
-                return
-            raise KeyboardInterrupt()
-
-        signal.signal(signal.SIGINT, on_sigint)
-        waker = _SignalWakeup(loop)  # also for a signal that reaches another thread
+    signal.signal(signal.SIGINT, on_sigint)
+    waker = _SignalWakeup(loop)  # also for a signal that reaches another thread
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupts:
+            raise KeyboardInterrupt() from None
+        raise
+    finally:
+        waker.close()
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            return await coro
-        except asyncio.CancelledError:
-            if interrupts:
-                raise KeyboardInterrupt() from None
-            raise
+            left = asyncio.all_tasks(loop)
+            for other in left:
+                other.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
         finally:
-            waker.close()
-            if signal.getsignal(signal.SIGINT) is on_sigint:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    return asyncio.run(main())
+            asyncio.set_event_loop(None)
+            loop.close()
