@@ -19,6 +19,7 @@ from venvs import (
     install_project,
     kernelspec,
     pypi_environ,
+    run_suite,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
@@ -94,22 +95,6 @@ def test_quickstart_runs_with_that_build(
 def test_horovod_collective_tests_pass_with_that_build(
     cuda_venv: Venv, install_output: str, tmp_path: Path
 ) -> None:
-    env = {**cuda_venv.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
-    done = Venv(cuda_venv.path, env).run(
-        [
-            cuda_venv.python,
-            "-m",
-            "pytest",
-            "tests/test_distributed.py",
-            "-k",
-            "horovod or allreduce",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-        ],
-        cwd=REPO,
-        timeout=1500,
+    run_suite(
+        cuda_venv, tmp_path, "tests/test_distributed.py", "-k", "horovod or allreduce", timeout=1500
     )
-    assert done.returncode == 0, done.stdout[-4000:]
-    summary = done.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "failed" not in summary, summary

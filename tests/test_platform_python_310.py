@@ -19,6 +19,7 @@ from venvs import (
     install_horovod,
     install_project,
     pypi_environ,
+    run_suite,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.platform, pytest.mark.timeout(3600)]
@@ -48,20 +49,10 @@ def built(venv: Venv) -> str:
     return install_horovod(venv)
 
 
-def run_tests(venv: Venv, tmp_path: Path, *args: str) -> str:
-    """Run the suite's ``args`` with ``venv``'s Python and pytest; its summary line (they must
-    pass, none skipped)."""
-    env = {**venv.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
-    done = Venv(venv.path, env).run(
-        [venv.python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", *args],
-        cwd=REPO,
-        timeout=1800,
-    )
-    summary = done.stdout.strip().splitlines()[-1]
-    assert done.returncode == 0, done.stdout[-4000:]
-    assert " passed" in summary and "failed" not in summary, summary
-    assert "skipped" not in summary, done.stdout[-3000:]
-    return summary
+def run_tests(venv: Venv, tmp_path: Path, *args: str) -> None:
+    """``run_suite``, none of them skipped."""
+    out = run_suite(venv, tmp_path, *args)
+    assert "skipped" not in out.strip().splitlines()[-1], out[-3000:]
 
 
 def test_python_is_3_10_and_torch_pypis_cuda_build(venv: Venv) -> None:

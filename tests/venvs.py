@@ -203,6 +203,21 @@ def horovod_build(venv: Venv) -> dict[str, bool]:
     return result
 
 
+def run_suite(venv: Venv, tmp_path: Path, *args: str, timeout: float = 1800) -> str:
+    """Run this checkout's tests ``args`` with ``venv``'s Python and pytest (an IPython
+    directory of their own); they must pass. The output, its summary line last."""
+    env = {**venv.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    done = Venv(venv.path, env).run(
+        [venv.python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", *args],
+        cwd=REPO,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, summary
+    return done.stdout
+
+
 def kernelspec(venv: Venv, name: str) -> Path:
     """A kernelspec directory (for JUPYTER_PATH) whose kernel ``name`` runs ``venv``'s Python."""
     root = Path(tempfile.mkdtemp(prefix="dtrain-kernels-"))
